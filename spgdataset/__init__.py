@@ -1,0 +1,8 @@
+"""spgdataset: log-mel spectrogram shards for speech and bioacoustics, streamed as sliding windows."""
+
+__version__ = "0.1.0"
+
+from .features import FeatureConfig  # noqa: E402
+from .writer import WriteResult, write_shards  # noqa: E402
+
+__all__ = ["FeatureConfig", "WriteResult", "write_shards", "__version__"]

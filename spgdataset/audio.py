@@ -1,0 +1,76 @@
+"""Audio in and out: decode any libsndfile format to mono at a target rate, and lossless FLAC bytes."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Tuple
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from .errors import BadInput
+
+# Subtypes whose samples a 16-bit FLAC holds exactly.
+EXACT_16BIT = {"PCM_16", "PCM_S8", "PCM_U8"}
+
+
+def probe(path: str) -> Tuple[int, int]:
+    """(samples per channel, sample rate) from the header, without decoding the audio."""
+    try:
+        info = sf.info(path)
+    except FileNotFoundError:
+        raise BadInput(path, "file not found") from None
+    except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
+        raise BadInput(path, f"unreadable audio: {_one_line(exc)}") from None
+    return int(info.frames), int(info.samplerate)
+
+
+def read_audio(path: str, sample_rate: int) -> Tuple[np.ndarray, int, int, str]:
+    """Decode `path`, downmix to mono, resample to `sample_rate`.
+
+    Returns (float32 samples, original rate, original length in samples, original subtype).
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            data = f.read(dtype="float32", always_2d=True)
+            orig_rate, subtype = int(f.samplerate), str(f.subtype)
+    except FileNotFoundError:
+        raise BadInput(path, "file not found") from None
+    except Exception as exc:
+        raise BadInput(path, f"corrupt or unreadable audio: {_one_line(exc)}") from None
+    length = data.shape[0]
+    if length == 0:
+        raise BadInput(path, "audio is empty (0 samples)")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise BadInput(path, "audio contains NaN or infinite samples")
+    if orig_rate != sample_rate:
+        mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, subtype
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+    """Resampling kernels are worth caching: a corpus has few distinct rates."""
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int, exact_16bit: bool) -> bytes:
+    """Lossless storage: 16-bit FLAC when the source was 16-bit and untouched, else 24-bit."""
+    buf = io.BytesIO()
+    clipped = np.clip(audio, -1.0, 1.0 - 2.0**-23)
+    sf.write(buf, clipped, sample_rate, format="FLAC", subtype="PCM_16" if exact_16bit else "PCM_24")
+    return buf.getvalue()
+
+
+def decode_flac(data: bytes) -> np.ndarray:
+    """FLAC bytes from a shard -> float32 mono samples."""
+    audio, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return audio
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,102 @@
+"""Feature parameters and the log-mel computation shared by the writer and the benchmarks."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+import torchaudio
+
+STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """How audio becomes a log-mel spectrogram. Units: Hz and samples at `sample_rate`."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: Optional[float] = None
+    log_eps: float = 1e-6
+    storage_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_rate <= 0:
+            problems.append(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            problems.append("n_fft, hop_length and n_mels must be positive")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            problems.append(f"storage_dtype must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= nyquist:
+            problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
+        if problems:
+            raise ValueError("bad feature configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "FeatureConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown feature parameters: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    def fingerprint(self) -> str:
+        """Short hash stored in every sample, so a reader can tell shards of other parameters apart."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def min_samples(self) -> int:
+        """A centred STFT reflect-pads n_fft // 2 samples, which needs more samples than that."""
+        return self.n_fft // 2 + 1
+
+
+def load_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a JSON config from `configs/`: {"features": {...}, "windows": {...}} (both optional)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read config: {exc}") from None
+    if not isinstance(values, dict) or not set(values) <= {"features", "windows"}:
+        raise ValueError(f"{path}: a config is an object with 'features' and/or 'windows'")
+    return values
+
+
+class LogMel:
+    """torchaudio MelSpectrogram followed by log(x + eps), returned C-ordered (n_mels, T)."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.transform = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate,
+            n_fft=config.n_fft,
+            hop_length=config.hop_length,
+            n_mels=config.n_mels,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            center=True,
+            power=2.0,
+        )
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """`audio`: mono float32 samples at config.sample_rate. Returns float32 (n_mels, T)."""
+        with torch.inference_mode():
+            mel = self.transform(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))
+            logmel = torch.log(mel + self.config.log_eps)
+        # torchaudio returns a column-major view; make the bytes row-major for zero-copy readers.
+        return np.ascontiguousarray(logmel.numpy())

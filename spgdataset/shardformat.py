@@ -1,0 +1,98 @@
+"""The shard format: sample keys, members, npy and msgpack encoding, deterministic tar, manifest files.
+
+A shard `shard-000012.tar` is a plain tar (WebDataset layout) holding, per audio file, members
+`{key}.spec.npy` (C-ordered (n_mels, T) log-mel), `{key}.info.msgpack` (frames, intervals, metadata)
+and with --with-audio `{key}.audio.flac`. Beside the shards: `manifest.json` and `index.msgpack`.
+Nothing here is pickled: npy with object dtype is refused on read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from typing import Any, BinaryIO, Dict, Iterable, Tuple, Union
+
+import msgpack
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.msgpack"
+STATE_DIR = ".spg-state"  # per-shard records of a run in progress; a reader ignores it
+SPEC, INFO, AUDIO = "spec.npy", "info.msgpack", "audio.flac"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(number: int, path: str) -> str:
+    """Unique, tar- and WebDataset-safe key: running number + readable slug of the path (no dots)."""
+    stem = os.path.splitext(path)[0]
+    slug = _UNSAFE.sub("_", stem).strip("_")[-60:]
+    return f"{number:07d}_{slug}" if slug else f"{number:07d}"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_view(data: Union[bytes, memoryview]) -> np.ndarray:
+    """A read-only array over the npy bytes, without copying the payload."""
+    header = io.BytesIO(bytes(data[:1024]) if len(data) > 1024 else bytes(data))
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    else:
+        raise ValueError(f"unsupported npy version {version}")
+    if dtype.hasobject:
+        raise ValueError("npy member has object dtype (would need pickle); refusing to decode")
+    count = int(np.prod(shape))
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def write_tar(fileobj: BinaryIO, members: Iterable[Tuple[str, bytes]]) -> None:
+    """A tar whose bytes depend only on the members: fixed mtime, owner and mode."""
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: readers see all or nothing."""
+    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    with open(path, "rb") as f:
+        return json.loads(f.read().decode("utf-8"))

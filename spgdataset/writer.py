@@ -1,0 +1,453 @@
+"""spg-shard: audio files -> log-mel WebDataset shards + manifest.json + index.msgpack.
+
+How a run goes, and why:
+1. Collect and check the inputs (metadata.py); probe each file's header for its length.
+2. Plan the shards from those lengths alone (bytes and file limits), before any audio is decoded.
+   The plan fixes which file goes into which shard, so the output is the same whatever the worker
+   count, a killed run knows which shards are finished, and `--part i/N` jobs agree without talking.
+3. Workers compute spectrograms file by file (single-threaded torch each, so results do not depend on
+   the thread count); the main process packs them in plan order into `shard-NNNNNN.tar`, written under
+   a temporary name and renamed when complete, then records the shard in `.spg-state/`.
+4. When every shard of the plan is recorded, write index.msgpack and then manifest.json (last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import __version__
+from .audio import EXACT_16BIT, encode_flac, probe, read_audio
+from .errors import BadInput, SpgError
+from .features import FeatureConfig, LogMel
+from .frames import num_frames, rescale_intervals, resampled_length
+from .metadata import FileEntry, collect_inputs
+from .progress import Progress
+from .shardformat import (AUDIO, FORMAT_VERSION, INDEX_NAME, INFO, MANIFEST_NAME, SPEC, STATE_DIR, npy_bytes,
+                          pack, read_json, sample_key, shard_name, unpack, write_bytes_atomic, write_json_atomic,
+                          write_tar)
+
+DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
+
+
+@dataclasses.dataclass
+class WriteResult:
+    """What a run did. `manifest` is None when other parts of a split run are still missing."""
+
+    output_dir: str
+    manifest: Optional[Dict[str, Any]]
+    shards_written: int
+    shards_reused: int
+    files_processed: int
+    audio_seconds_processed: float
+    wall_seconds: float
+    rejected: List[Dict[str, str]]
+
+
+@dataclasses.dataclass
+class _Planned:
+    number: int  # position in the sorted input list; fixes the sample key
+    entry: FileEntry
+    frames: int  # expected, from the header
+    seconds: float
+
+
+def write_shards(
+    audio_root: Union[str, os.PathLike],
+    metadata_path: Optional[Union[str, os.PathLike]],
+    output_dir: Union[str, os.PathLike],
+    *,
+    files: Optional[Sequence[str]] = None,
+    features: Optional[FeatureConfig] = None,
+    with_audio: bool = False,
+    max_shard_bytes: Optional[int] = DEFAULT_MAX_SHARD_BYTES,
+    max_shard_files: Optional[int] = None,
+    labelset: Optional[Mapping[str, Sequence[Any]]] = None,
+    workers: Optional[int] = None,
+    part: Optional[Tuple[int, int]] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> WriteResult:
+    """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
+
+    `files`: paths (relative to `audio_root`) to take instead of the metadata keys or a folder walk.
+    `part=(i, n)`: write only shards i, i+n, i+2n, ... (for job arrays); the part that completes the
+    set writes the manifest. `workers`: processes computing spectrograms (default: all cores).
+    """
+    features = features or FeatureConfig()
+    started = time.monotonic()
+    output_dir = os.fspath(output_dir)
+    if max_shard_bytes is None and max_shard_files is None:
+        raise ValueError("give max_shard_bytes and/or max_shard_files")
+    workers = max(1, workers or os.cpu_count() or 1)
+    part_index, part_count = part or (0, 1)
+    if not 0 <= part_index < part_count:
+        raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
+
+    entries, rejected = collect_inputs(audio_root, metadata_path, files, labelset)
+    if not entries:
+        raise SpgError(_nothing_usable(len(rejected), rejected, "no audio files to shard"))
+    reporter = Progress(0, 0.0, enabled=progress)
+    for bad in rejected:
+        reporter.message(_describe(bad))
+    planned = _probe_all(entries, features, workers, rejected, reporter)
+    plan = _plan_shards(planned, features, with_audio, max_shard_bytes, max_shard_files)
+
+    state_dir = os.path.join(output_dir, STATE_DIR)
+    os.makedirs(state_dir, exist_ok=True)
+    fingerprint = _run_fingerprint(planned, plan, features, with_audio)
+    _claim_output(output_dir, state_dir, fingerprint, overwrite, clean_temporaries=part_count == 1)
+
+    mine = [k for k in range(len(plan)) if k % part_count == part_index]
+    pending = [k for k in mine if not _shard_done(output_dir, k)]
+    work = [item for k in pending for item in plan[k]]
+    reporter = Progress(len(work), sum(p.seconds for p in work), enabled=progress)
+    written = processed = 0
+    processed_seconds = 0.0
+    results = _process_all(work, features, with_audio, workers)
+    for k in pending:
+        records = []
+        for _ in plan[k]:
+            result = next(results)
+            records.append(result)
+            if isinstance(result, BadInput):
+                reporter.message(_describe(result))
+                reporter.update(files=1, bad=1)
+            else:
+                reporter.update(files=1, seconds=result["seconds"])
+                processed_seconds += result["seconds"]
+            processed += 1
+        _write_shard(output_dir, k, records)
+        written += 1
+    reporter.close()
+
+    rejected_early = [_report_row(bad) for bad in rejected]
+    manifest = None
+    if all(_shard_done(output_dir, k) for k in range(len(plan))):
+        manifest = _finalize(output_dir, len(plan), features, with_audio, rejected_early)
+    result = WriteResult(output_dir, manifest, written, len(mine) - len(pending), processed,
+                         processed_seconds, time.monotonic() - started,
+                         manifest["report"]["files"] if manifest else rejected_early)
+    return result
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _probe_one(entry: FileEntry, features: FeatureConfig) -> Tuple[int, float]:
+    """Expected frames and seconds of one file from its header; checks the metadata length."""
+    length, rate = probe(entry.abspath)
+    if length == 0:
+        raise BadInput(entry.path, "audio is empty (0 samples)")
+    if entry.length is not None and entry.length != length:
+        raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {length} samples")
+    samples = resampled_length(length, rate, features.sample_rate)
+    return num_frames(samples, features.hop_length), length / rate
+
+
+def _probe_task(args: Tuple[FileEntry, FeatureConfig]) -> Union[Tuple[int, float], BadInput]:
+    try:
+        return _probe_one(*args)
+    except BadInput as bad:
+        return bad
+
+
+def _probe_all(entries: List[FileEntry], features: FeatureConfig, workers: int,
+               rejected: List[BadInput], reporter: Progress) -> List[_Planned]:
+    """Header reads are cheap but add up over a million files: run them in a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, 2 * workers)) as pool:
+        probed = list(pool.map(_probe_task, [(e, features) for e in entries]))
+    planned = []
+    for number, (entry, outcome) in enumerate(zip(entries, probed)):
+        if isinstance(outcome, BadInput):
+            rejected.append(outcome)
+            reporter.message(_describe(outcome))
+        else:
+            planned.append(_Planned(number, entry, *outcome))
+    if not planned:
+        raise SpgError(_nothing_usable(len(entries), rejected, "no readable audio"))
+    return planned
+
+
+def _estimated_bytes(item: _Planned, features: FeatureConfig, with_audio: bool) -> int:
+    itemsize = 2 if features.storage_dtype == "float16" else 4
+    size = 3 * 512 + 256 + 128 + features.n_mels * item.frames * itemsize + 64 * sum(
+        len(v) for v in item.entry.intervals.values()) + 64 * len(item.entry.metadata)
+    if with_audio:
+        size += item.frames * features.hop_length  # FLAC of speech: about one byte per sample
+    return size
+
+
+def _plan_shards(planned: List[_Planned], features: FeatureConfig, with_audio: bool,
+                 max_bytes: Optional[int], max_files: Optional[int]) -> List[List[_Planned]]:
+    """Greedy packing in path order; a file larger than the limit gets a shard of its own."""
+    plan: List[List[_Planned]] = [[]]
+    size = 0
+    for item in planned:
+        estimate = _estimated_bytes(item, features, with_audio)
+        full = (max_files is not None and len(plan[-1]) >= max_files) or (
+            max_bytes is not None and size + estimate > max_bytes)
+        if plan[-1] and full:
+            plan.append([])
+            size = 0
+        plan[-1].append(item)
+        size += estimate
+    return plan
+
+
+def _run_fingerprint(planned: List[_Planned], plan: List[List[_Planned]], features: FeatureConfig,
+                     with_audio: bool) -> str:
+    """Identifies the inputs and arguments, so a rerun into the same folder can tell it is the same job."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([FORMAT_VERSION, features.to_dict(), with_audio]).encode())
+    for k, shard in enumerate(plan):
+        for item in shard:
+            e = item.entry
+            digest.update(json.dumps([k, item.number, e.path, item.frames, e.intervals, e.metadata],
+                                     sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _claim_output(output_dir: str, state_dir: str, fingerprint: str, overwrite: bool,
+                  clean_temporaries: bool) -> None:
+    """Refuse to mix two different jobs in one folder unless asked to overwrite."""
+    marker = os.path.join(state_dir, "run.json")
+    if os.path.exists(marker):
+        previous = read_json(marker).get("fingerprint")
+        if previous == fingerprint:
+            return
+        if not overwrite:
+            raise SpgError(f"{output_dir}: holds shards of a different job (other inputs or parameters); "
+                           "use a new output folder or --overwrite")
+    elif any(name.startswith("shard-") for name in os.listdir(output_dir)) and not overwrite:
+        raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
+    for name in os.listdir(output_dir) if clean_temporaries else ():
+        if name.startswith(".") and ".tmp" in name:  # left by a killed run; other parts may be writing theirs
+            os.remove(os.path.join(output_dir, name))
+    if overwrite:
+        for name in os.listdir(output_dir):
+            if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME):
+                os.remove(os.path.join(output_dir, name))
+        for name in os.listdir(state_dir):
+            os.remove(os.path.join(state_dir, name))
+    write_json_atomic(marker, {"fingerprint": fingerprint, "spgdataset": __version__})
+
+
+# ---------------------------------------------------------------- computing
+
+
+_LOGMEL: Optional[LogMel] = None
+
+
+def _init_worker() -> None:
+    # One thread per process: results then do not depend on how many threads a run happens to use.
+    torch.set_num_threads(1)
+
+
+def _logmel(features: FeatureConfig) -> LogMel:
+    global _LOGMEL
+    if _LOGMEL is None or _LOGMEL.config != features:
+        _LOGMEL = LogMel(features)
+    return _LOGMEL
+
+
+def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
+    """Decode, check and featurise one file: returns its tar members and its share of the statistics."""
+    entry = item.entry
+    audio, orig_rate, orig_length, subtype = read_audio(entry.abspath, features.sample_rate)
+    if entry.length is not None and entry.length != orig_length:
+        raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {orig_length} samples")
+    for name, spans in entry.intervals.items():
+        for start, stop in spans:
+            if stop > orig_length:
+                raise BadInput(entry.path, f"intervals[{name!r}] [{start}, {stop}] ends after the audio's {orig_length} samples")
+    if len(audio) < features.min_samples:
+        raise BadInput(entry.path, f"audio too short: {len(audio)} samples at {features.sample_rate} Hz, "
+                                   f"a centred STFT with n_fft={features.n_fft} needs {features.min_samples}")
+    spectrogram = _logmel(features)(audio).astype(features.storage_dtype)
+    frames = spectrogram.shape[1]
+    stored = spectrogram.astype(np.float64)
+    key = sample_key(item.number, entry.path)
+    info = {
+        "path": entry.path,
+        "frames": frames,
+        "samples": len(audio),
+        "sample_rate": features.sample_rate,
+        "orig_sample_rate": orig_rate,
+        "orig_length": orig_length,
+        "intervals": rescale_intervals(entry.intervals, orig_rate, features.sample_rate),
+        "metadata": entry.metadata,
+        "params": features.fingerprint(),
+        "audio": with_audio,
+    }
+    members = [(f"{key}.{SPEC}", npy_bytes(spectrogram)), (f"{key}.{INFO}", pack(info))]
+    if with_audio:
+        exact = subtype in EXACT_16BIT and orig_rate == features.sample_rate
+        members.append((f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact)))
+    index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio),
+                 "intervals": info["intervals"], "metadata": entry.metadata}
+    return {"members": members, "index": index_row, "seconds": orig_length / orig_rate,
+            "sum": stored.sum(axis=1), "sumsq": np.square(stored).sum(axis=1)}
+
+
+def _process_task(args: Tuple[_Planned, FeatureConfig, bool]) -> Union[Dict[str, Any], BadInput]:
+    try:
+        return process_file(*args)
+    except BadInput as bad:
+        return bad
+    except Exception as exc:  # an unexpected failure on one file must not lose the others
+        return BadInput(args[0].entry.path, f"failed: {type(exc).__name__}: {exc}")
+
+
+def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool,
+                 workers: int) -> Iterator[Union[Dict[str, Any], BadInput]]:
+    """Results in plan order. Spawned processes: fork after torch is loaded is not safe."""
+    tasks = [(item, features, with_audio) for item in work]
+    if workers == 1 or len(tasks) <= 1:
+        threads = torch.get_num_threads()
+        _init_worker()
+        try:
+            for task in tasks:
+                yield _process_task(task)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap(_process_task, tasks, chunksize=1)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _state_path(output_dir: str, k: int) -> str:
+    return os.path.join(output_dir, STATE_DIR, shard_name(k) + ".msgpack")
+
+
+def _shard_done(output_dir: str, k: int) -> bool:
+    """A shard is done when its record exists and its tar (if any) is there with the recorded digest."""
+    record_path = _state_path(output_dir, k)
+    if not os.path.exists(record_path):
+        return False
+    with open(record_path, "rb") as f:
+        record = unpack(f.read())
+    if record["files"] == 0:
+        return True
+    tar_path = os.path.join(output_dir, record["name"])
+    return os.path.exists(tar_path) and os.path.getsize(tar_path) == record["bytes"] and \
+        _sha256_file(tar_path) == record["sha256"]
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], BadInput]]) -> None:
+    good = [r for r in records if not isinstance(r, BadInput)]
+    record: Dict[str, Any] = {
+        "name": shard_name(k), "files": len(good), "frames": sum(r["index"]["frames"] for r in good),
+        "seconds": sum(r["seconds"] for r in good), "bytes": 0, "sha256": None,
+        "sum": [float(v) for v in np.sum([r["sum"] for r in good], axis=0)] if good else None,
+        "sumsq": [float(v) for v in np.sum([r["sumsq"] for r in good], axis=0)] if good else None,
+        "index": [dict(r["index"], shard=shard_name(k)) for r in good],
+        "report": [_report_row(r) for r in records if isinstance(r, BadInput)],
+    }
+    if good:
+        buf = io.BytesIO()
+        write_tar(buf, (m for r in good for m in r["members"]))
+        data = buf.getvalue()
+        record["bytes"], record["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        write_bytes_atomic(os.path.join(output_dir, shard_name(k)), data)
+    write_bytes_atomic(_state_path(output_dir, k), pack(record))
+
+
+def _finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_audio: bool,
+              rejected_early: List[Dict[str, str]]) -> Dict[str, Any]:
+    """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
+    records = []
+    for k in range(shard_count):
+        with open(_state_path(output_dir, k), "rb") as f:
+            records.append(unpack(f.read()))
+    report = sorted(rejected_early + [row for r in records for row in r["report"]], key=lambda row: row["path"])
+    good = [r for r in records if r["files"]]
+    if not good:
+        raise SpgError(_nothing_usable(len(report), report, "every file was rejected"))
+    index = [row for r in good for row in r["index"]]
+    frames = sum(r["frames"] for r in good)
+    total = np.sum([r["sum"] for r in good], axis=0)
+    total_sq = np.sum([r["sumsq"] for r in good], axis=0)
+    mean = total / frames
+    std = np.sqrt(np.maximum(total_sq / frames - mean**2, 0.0))
+    seconds = sum(r["seconds"] for r in good)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"spgdataset {__version__}",
+        "features": features.to_dict(),
+        "params": features.fingerprint(),
+        "with_audio": with_audio,
+        "shards": [{k: r[k] for k in ("name", "files", "frames", "seconds", "bytes", "sha256")} for r in good],
+        "totals": {"files": len(index), "frames": frames, "seconds": seconds, "hours": seconds / 3600,
+                   "bytes": sum(r["bytes"] for r in good), "shards": len(good)},
+        "labels": label_vocabularies(row["metadata"] for row in index),
+        "stats": {"frames": frames, "mean": mean.tolist(), "std": std.tolist()},
+        "index": INDEX_NAME,
+        "report": {"counts": _count_kinds(report), "files": report},
+    }
+    write_bytes_atomic(os.path.join(output_dir, INDEX_NAME), pack(index))
+    write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
+    return manifest
+
+
+def label_vocabularies(metadatas: Any) -> Dict[str, List[Any]]:
+    """Sorted distinct values of every metadata key (numbers before strings; None last)."""
+    values: Dict[str, set] = {}
+    for metadata in metadatas:
+        for key, value in metadata.items():
+            values.setdefault(key, set()).add(value)
+    return {key: sorted(found, key=_vocabulary_order) for key, found in sorted(values.items())}
+
+
+def _vocabulary_order(value: Any) -> Tuple[int, Any]:
+    if value is None:
+        return (3, 0)
+    if isinstance(value, bool):
+        return (0, int(value))
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, str(value))
+
+
+def _report_row(bad: BadInput) -> Dict[str, str]:
+    return {"path": bad.path, "problem": bad.problem, "kind": bad.kind}
+
+
+def _count_kinds(report: List[Dict[str, str]]) -> Dict[str, int]:
+    counts = {"bad": 0, "filtered": 0}
+    for row in report:
+        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+    return counts
+
+
+def _describe(bad: BadInput) -> str:
+    return f"{'skipped' if bad.kind == 'filtered' else 'bad input'}: {bad.path}: {bad.problem}"
+
+
+def _nothing_usable(count: int, rejected: Sequence[Any], what: str) -> str:
+    first = [(r.path, r.problem) if isinstance(r, BadInput) else (r["path"], r["problem"]) for r in rejected[:3]]
+    detail = "; ".join(f"{p}: {why}" for p, why in first)
+    return f"nothing usable: {what} ({count} rejected{': ' + detail if detail else ''})"

@@ -1,0 +1,237 @@
+"""Sliding windows out of decoded files, batched with one gather per output.
+
+Why it looks like this (DESIGN.md, "Performance shape"): neighbouring 1.92 s windows every 0.1 s share
+95% of their frames, so windows are never materialised one by one. Files are taken in chunks of at least
+`chunk_windows` windows; each chunk's spectrograms are converted (float16 -> output dtype) and normalised
+once into one (n_mels, total_frames) tensor, window starts are shuffled inside the chunk, and each batch
+is one `index_select` on a strided view of that tensor, straight into the batch.
+
+Shuffle quality: the windows of one batch are a uniform sample (without replacement) of the windows of
+one chunk, i.e. of the files that made the chunk (several files drawn from the file shuffle buffer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .frames import interval_mask
+
+
+@dataclasses.dataclass
+class FileRecord:
+    """One decoded audio file from a shard. `spec` is a read-only (n_mels, T) view of the tar member."""
+
+    key: str
+    path: str
+    spec: np.ndarray
+    intervals: Dict[str, List[List[int]]]
+    metadata: Dict[str, Any]
+    starts: np.ndarray  # kept window starts, frames
+    label: int = -1
+    audio: Optional[np.ndarray] = None  # float32 samples at the feature rate
+
+    @property
+    def frames(self) -> int:
+        return int(self.spec.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.spec.nbytes + (self.audio.nbytes if self.audio is not None else 0))
+
+
+@dataclasses.dataclass
+class WindowSpec:
+    """What each window carries and how it is shaped. Units: frames unless said otherwise."""
+
+    window: int
+    hop_length: int
+    n_mels: int
+    spectrogram: bool = True
+    audio: bool = False
+    masks: Sequence[str] = ()
+    valid_mask: bool = False  # add masks["valid"]: False on padding of files shorter than a window
+    meta: Sequence[str] = ()
+    label: bool = False
+    dtype: torch.dtype = torch.float32
+    mean: Optional[torch.Tensor] = None  # (n_mels,) global normalisation
+    std: Optional[torch.Tensor] = None
+    per_window_norm: bool = False
+    pad_value: float = 0.0  # log-mel of silence, used for padding before normalisation
+
+
+class Chunk:
+    """Several files laid end to end in one tensor, plus the references of their windows."""
+
+    def __init__(self, files: List[FileRecord], spec: WindowSpec) -> None:
+        self.files, self.spec = files, spec
+        W = spec.window
+        lengths = np.array([max(f.frames, W) for f in files], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self.total = int(lengths.sum())
+        counts = np.array([len(f.starts) for f in files], dtype=np.int64)
+        self.file_of = np.repeat(np.arange(len(files)), counts)
+        self.local_start = np.concatenate([f.starts for f in files]) if files else np.zeros(0, np.int64)
+        self.global_start = torch.from_numpy(self.local_start + offsets[self.file_of])
+        self.count = int(counts.sum())
+        self.data = self._spectrograms(offsets, lengths) if spec.spectrogram else None
+        self.masks = {name: self._mask(offsets, lengths, name) for name in spec.masks}
+        if spec.valid_mask:
+            valid = np.zeros(self.total, dtype=bool)
+            for f, off in zip(files, offsets):
+                valid[off : off + f.frames] = True
+            self.masks["valid"] = torch.from_numpy(valid)
+        self.audio = self._audio(offsets) if spec.audio else None
+        self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
+
+    def _spectrograms(self, offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        spec = self.spec
+        normalise = spec.mean is not None
+        work = torch.float32 if normalise or spec.per_window_norm else spec.dtype
+        data = torch.empty((spec.n_mels, self.total), dtype=work)
+        with warnings.catch_warnings():  # views of immutable tar bytes: read-only is fine, we only read
+            warnings.simplefilter("ignore", UserWarning)
+            for f, off, length in zip(self.files, offsets, lengths):
+                data[:, off : off + f.frames].copy_(torch.from_numpy(f.spec))
+                if length > f.frames:
+                    data[:, off + f.frames : off + length].fill_(spec.pad_value)
+        if normalise:
+            data.sub_(spec.mean[:, None]).div_(spec.std[:, None])
+        if not spec.per_window_norm and data.dtype != spec.dtype:
+            data = data.to(spec.dtype)
+        return data
+
+    def _mask(self, offsets: np.ndarray, lengths: np.ndarray, name: str) -> torch.Tensor:
+        mask = np.zeros(self.total, dtype=bool)
+        for f, off in zip(self.files, offsets):
+            spans = f.intervals.get(name)
+            if spans:
+                mask[off : off + f.frames] = interval_mask(spans, f.frames, self.spec.hop_length)
+        return torch.from_numpy(mask)
+
+    def _audio(self, offsets: np.ndarray) -> torch.Tensor:
+        hop = self.spec.hop_length
+        audio = np.zeros((self.total + 1) * hop, dtype=np.float32)
+        for f, off in zip(self.files, offsets):
+            samples = f.audio[: (f.frames + 1) * hop]
+            audio[off * hop : off * hop + len(samples)] = samples
+        return torch.from_numpy(audio)
+
+    def gather(self, refs: torch.Tensor) -> Dict[str, Any]:
+        """The windows at chunk positions `refs` (int64), as one batch dict."""
+        spec, W = self.spec, self.spec.window
+        starts = self.global_start[refs]
+        files = self.file_of[refs.numpy()]
+        batch: Dict[str, Any] = {}
+        if self.data is not None:
+            view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
+            x = torch.index_select(view, 0, starts)
+            if spec.per_window_norm:
+                mean = x.mean(dim=(1, 2), keepdim=True)
+                std = x.std(dim=(1, 2), keepdim=True)
+                x = ((x - mean) / (std + 1e-5)).to(spec.dtype)
+            batch["spectrogram"] = x
+        if self.audio is not None:
+            n = W * spec.hop_length
+            view = self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
+            batch["audio"] = torch.index_select(view, 0, starts * spec.hop_length)
+        if self.masks:
+            batch["masks"] = {
+                name: torch.index_select(m.as_strided((self.total - W + 1, W), (1, 1)), 0, starts)
+                for name, m in self.masks.items()
+            }
+        if spec.label:
+            batch["label"] = self.labels[torch.from_numpy(files)]
+        if spec.meta:
+            batch["meta"] = {k: [self.files[i].metadata.get(k) for i in files] for k in spec.meta}
+        batch["key"] = [self.files[i].key for i in files]
+        batch["start"] = torch.from_numpy(self.local_start[refs.numpy()])
+        return batch
+
+
+def concat_batches(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for name, value in a.items():
+        other = b[name]
+        if isinstance(value, torch.Tensor):
+            out[name] = torch.cat([value, other])
+        elif isinstance(value, dict):
+            out[name] = concat_batches(value, other)
+        else:
+            out[name] = value + other
+    return out
+
+
+def batch_size_of(batch: Dict[str, Any]) -> int:
+    return len(batch["key"])
+
+
+def split_batch(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Per-window dicts (own memory, so a DataLoader can collate and send them safely)."""
+    def pick(value: Any, i: int) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value[i].clone()
+        if isinstance(value, dict):
+            return {k: pick(v, i) for k, v in value.items()}
+        return value[i]
+
+    for i in range(batch_size_of(batch)):
+        yield {name: pick(value, i) for name, value in batch.items()}
+
+
+def iterate_windows(
+    files: Iterator[FileRecord],
+    spec: WindowSpec,
+    chunk_windows: int,
+    batch_size: Optional[int],
+    drop_last: bool = False,
+    rng: Optional[np.random.Generator] = None,
+) -> Iterator[Dict[str, Any]]:
+    """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`."""
+    size = batch_size or 256
+    carry: Optional[Dict[str, Any]] = None
+    for chunk in _chunks(files, spec, chunk_windows):
+        order = torch.from_numpy(rng.permutation(chunk.count)) if rng is not None else torch.arange(chunk.count)
+        pos = 0
+        if carry is not None:
+            need = size - batch_size_of(carry)
+            carry = concat_batches(carry, chunk.gather(order[:need]))
+            pos = need
+            if batch_size_of(carry) == size:
+                yield from _emit(carry, batch_size)
+                carry = None
+        while pos < chunk.count:
+            batch = chunk.gather(order[pos : pos + size])
+            pos += size
+            if batch_size_of(batch) < size:
+                carry = batch
+            else:
+                yield from _emit(batch, batch_size)
+    if carry is not None and (batch_size is None or not drop_last):
+        yield from _emit(carry, batch_size)
+
+
+def _emit(batch: Dict[str, Any], batch_size: Optional[int]) -> Iterator[Dict[str, Any]]:
+    if batch_size is None:
+        yield from split_batch(batch)
+    else:
+        yield batch
+
+
+def _chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int) -> Iterator[Chunk]:
+    pending: List[FileRecord] = []
+    windows = 0
+    for record in files:
+        if len(record.starts) == 0:
+            continue
+        pending.append(record)
+        windows += len(record.starts)
+        if windows >= chunk_windows:
+            yield Chunk(pending, spec)
+            pending, windows = [], 0
+    if pending:
+        yield Chunk(pending, spec)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -17,36 +19,41 @@ from .errors import BadInput
 EXACT_16BIT = {"PCM_16", "PCM_S8", "PCM_U8"}
 
 
-def probe(path: str) -> Tuple[int, int]:
-    """(samples per channel, sample rate) from the header, without decoding the audio."""
+def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
+    """(samples per channel, sample rate) from the header, without decoding the audio.
+
+    `name` is how messages call the file (its path in metadata.json); defaults to `path`.
+    """
+    name = name or path
+    if not os.path.exists(path):
+        raise BadInput(name, "file not found")
     try:
         info = sf.info(path)
-    except FileNotFoundError:
-        raise BadInput(path, "file not found") from None
     except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
-        raise BadInput(path, f"unreadable audio: {_one_line(exc)}") from None
+        raise BadInput(name, f"unreadable audio: {_one_line(exc)}") from None
     return int(info.frames), int(info.samplerate)
 
 
-def read_audio(path: str, sample_rate: int) -> Tuple[np.ndarray, int, int, str]:
+def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple[np.ndarray, int, int, str]:
     """Decode `path`, downmix to mono, resample to `sample_rate`.
 
     Returns (float32 samples, original rate, original length in samples, original subtype).
     """
+    path, name = str(path), name or str(path)
+    if not os.path.exists(path):
+        raise BadInput(name, "file not found")
     try:
         with sf.SoundFile(path) as f:
             data = f.read(dtype="float32", always_2d=True)
             orig_rate, subtype = int(f.samplerate), str(f.subtype)
-    except FileNotFoundError:
-        raise BadInput(path, "file not found") from None
     except Exception as exc:
-        raise BadInput(path, f"corrupt or unreadable audio: {_one_line(exc)}") from None
+        raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
     length = data.shape[0]
     if length == 0:
-        raise BadInput(path, "audio is empty (0 samples)")
+        raise BadInput(name, "audio is empty (0 samples)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
-        raise BadInput(path, "audio contains NaN or infinite samples")
+        raise BadInput(name, "audio contains NaN or infinite samples")
     if orig_rate != sample_rate:
         mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, subtype
@@ -73,4 +80,6 @@ def decode_flac(data: bytes) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """libsndfile's message without its "Error opening '<path>': " prefix (the caller names the file)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return re.sub(r"^Error opening .*?: ", "", text)

@@ -89,10 +89,17 @@ class Chunk:
         self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
 
     def _spectrograms(self, offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """The chunk's frames in one tensor, normalised once here rather than once per window.
+
+        Held in float16 when the shards store float16: a gather reads half the bytes and the
+        float16 -> float32 conversion of a contiguous batch is cheap, which together beat gathering
+        from float32 (see tools/bench.py). Normalised values are rounded to float16 once (about 1e-3).
+        """
         spec = self.spec
+        stored16 = all(f.spec.dtype == np.float16 for f in self.files)
+        hold = torch.float16 if stored16 and not spec.per_window_norm and spec.dtype != torch.float64 else torch.float32
         normalise = spec.mean is not None
-        work = torch.float32 if normalise or spec.per_window_norm else spec.dtype
-        data = torch.empty((spec.n_mels, self.total), dtype=work)
+        data = torch.empty((spec.n_mels, self.total), dtype=torch.float32 if normalise else hold)
         with warnings.catch_warnings():  # views of immutable tar bytes: read-only is fine, we only read
             warnings.simplefilter("ignore", UserWarning)
             for f, off, length in zip(self.files, offsets, lengths):
@@ -101,9 +108,7 @@ class Chunk:
                     data[:, off + f.frames : off + length].fill_(spec.pad_value)
         if normalise:
             data.sub_(spec.mean[:, None]).div_(spec.std[:, None])
-        if not spec.per_window_norm and data.dtype != spec.dtype:
-            data = data.to(spec.dtype)
-        return data
+        return data.to(hold)
 
     def _mask(self, offsets: np.ndarray, lengths: np.ndarray, name: str) -> torch.Tensor:
         mask = np.zeros(self.total, dtype=bool)
@@ -121,11 +126,24 @@ class Chunk:
             audio[off * hop : off * hop + len(samples)] = samples
         return torch.from_numpy(audio)
 
-    def gather(self, refs: torch.Tensor) -> Dict[str, Any]:
-        """The windows at chunk positions `refs` (int64), as one batch dict."""
+    def arrange(self, order: np.ndarray) -> None:
+        """Put the windows in `order` (a permutation of 0..count-1); take() then slices it.
+
+        Everything per-window that is not a gather (starts, file ids, keys, labels, meta) is permuted
+        here once per chunk, so a batch costs a few slices plus one index_select per tensor output.
+        """
+        files = self.file_of[order]
+        self._starts = self.global_start[torch.from_numpy(order)]
+        self._local = torch.from_numpy(self.local_start[order])
+        self._labels = self.labels[torch.from_numpy(files)]
+        keys = [f.key for f in self.files]
+        self._keys = [keys[i] for i in files.tolist()]
+        self._meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
+
+    def take(self, lo: int, hi: int) -> Dict[str, Any]:
+        """Windows lo..hi of the arranged order, as one batch dict."""
         spec, W = self.spec, self.spec.window
-        starts = self.global_start[refs]
-        files = self.file_of[refs.numpy()]
+        starts = self._starts[lo:hi]
         batch: Dict[str, Any] = {}
         if self.data is not None:
             view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
@@ -133,8 +151,8 @@ class Chunk:
             if spec.per_window_norm:
                 mean = x.mean(dim=(1, 2), keepdim=True)
                 std = x.std(dim=(1, 2), keepdim=True)
-                x = ((x - mean) / (std + 1e-5)).to(spec.dtype)
-            batch["spectrogram"] = x
+                x = (x - mean) / (std + 1e-5)
+            batch["spectrogram"] = x.to(spec.dtype)
         if self.audio is not None:
             n = W * spec.hop_length
             view = self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
@@ -145,11 +163,11 @@ class Chunk:
                 for name, m in self.masks.items()
             }
         if spec.label:
-            batch["label"] = self.labels[torch.from_numpy(files)]
+            batch["label"] = self._labels[lo:hi].clone()
         if spec.meta:
-            batch["meta"] = {k: [self.files[i].metadata.get(k) for i in files] for k in spec.meta}
-        batch["key"] = [self.files[i].key for i in files]
-        batch["start"] = torch.from_numpy(self.local_start[refs.numpy()])
+            batch["meta"] = {k: values[lo:hi] for k, values in self._meta.items()}
+        batch["key"] = self._keys[lo:hi]
+        batch["start"] = self._local[lo:hi].clone()
         return batch
 
 
@@ -195,17 +213,16 @@ def iterate_windows(
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
     for chunk in _chunks(files, spec, chunk_windows):
-        order = torch.from_numpy(rng.permutation(chunk.count)) if rng is not None else torch.arange(chunk.count)
+        chunk.arrange(rng.permutation(chunk.count) if rng is not None else np.arange(chunk.count))
         pos = 0
         if carry is not None:
-            need = size - batch_size_of(carry)
-            carry = concat_batches(carry, chunk.gather(order[:need]))
-            pos = need
+            pos = min(size - batch_size_of(carry), chunk.count)
+            carry = concat_batches(carry, chunk.take(0, pos))
             if batch_size_of(carry) == size:
                 yield from _emit(carry, batch_size)
                 carry = None
         while pos < chunk.count:
-            batch = chunk.gather(order[pos : pos + size])
+            batch = chunk.take(pos, pos + size)
             pos += size
             if batch_size_of(batch) < size:
                 carry = batch

@@ -16,6 +16,9 @@ class BadInput(SpgError):
         self.problem = problem
         self.kind = kind  # "bad" (broken input) or "filtered" (excluded on purpose, e.g. labelset)
 
+    def __reduce__(self):  # travels back from worker processes
+        return (BadInput, (self.path, self.problem, self.kind))
+
 
 class ShardError(SpgError):
     """A shard is missing, truncated, corrupt, or disagrees with its manifest."""

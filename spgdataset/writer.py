@@ -16,11 +16,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing
 import os
+import threading
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -111,6 +116,7 @@ def write_shards(
     pending = [k for k in mine if not _shard_done(output_dir, k)]
     work = [item for k in pending for item in plan[k]]
     reporter = Progress(len(work), sum(p.seconds for p in work), enabled=progress)
+    reporter.bad = len(rejected)
     written = processed = 0
     processed_seconds = 0.0
     results = _process_all(work, features, with_audio, workers)
@@ -145,7 +151,7 @@ def write_shards(
 
 def _probe_one(entry: FileEntry, features: FeatureConfig) -> Tuple[int, float]:
     """Expected frames and seconds of one file from its header; checks the metadata length."""
-    length, rate = probe(entry.abspath)
+    length, rate = probe(entry.abspath, entry.path)
     if length == 0:
         raise BadInput(entry.path, "audio is empty (0 samples)")
     if entry.length is not None and entry.length != length:
@@ -255,6 +261,18 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _init_pool_worker(parent: int) -> None:
+    """Also exit when the main process is gone (killed with SIGKILL, it cannot tell its workers)."""
+    _init_worker()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _logmel(features: FeatureConfig) -> LogMel:
     global _LOGMEL
     if _LOGMEL is None or _LOGMEL.config != features:
@@ -265,7 +283,7 @@ def _logmel(features: FeatureConfig) -> LogMel:
 def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
     """Decode, check and featurise one file: returns its tar members and its share of the statistics."""
     entry = item.entry
-    audio, orig_rate, orig_length, subtype = read_audio(entry.abspath, features.sample_rate)
+    audio, orig_rate, orig_length, subtype = read_audio(entry.abspath, features.sample_rate, entry.path)
     if entry.length is not None and entry.length != orig_length:
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {orig_length} samples")
     for name, spans in entry.intervals.items():
@@ -312,7 +330,11 @@ def _process_task(args: Tuple[_Planned, FeatureConfig, bool]) -> Union[Dict[str,
 
 def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool,
                  workers: int) -> Iterator[Union[Dict[str, Any], BadInput]]:
-    """Results in plan order. Spawned processes: fork after torch is loaded is not safe."""
+    """Results in plan order, with at most a few files in flight per worker (bounded memory).
+
+    Spawned processes, because fork after torch is loaded is not safe; an executor rather than a Pool,
+    because a Pool waits forever for the task of a worker that died, where an executor raises.
+    """
     tasks = [(item, features, with_audio) for item in work]
     if workers == 1 or len(tasks) <= 1:
         threads = torch.get_num_threads()
@@ -324,8 +346,22 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
             torch.set_num_threads(threads)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_process_task, tasks, chunksize=1)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                             initargs=(os.getpid(),)) as pool:
+        in_flight: Deque[Future] = deque()
+        todo = iter(tasks)
+        for task in itertools.islice(todo, 4 * workers):
+            in_flight.append(pool.submit(_process_task, task))
+        while in_flight:
+            future = in_flight.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise SpgError("a worker process died (out of memory or killed?); finished shards are kept, "
+                               "rerun the same command to resume") from None
+            for task in itertools.islice(todo, 1):
+                in_flight.append(pool.submit(_process_task, task))
+            yield result
 
 
 # ---------------------------------------------------------------- writing

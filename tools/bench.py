@@ -1,0 +1,645 @@
+"""Benchmark: write shards, then read 1.92 s / 0.1 s windows with SpectrogramDataset and with baselines.
+
+    python tools/bench.py --hours 1 --out bench_out      # full run (about 5-10 minutes on 2 cores)
+    python tools/bench.py --quick --out bench_quick      # smoke run: 0.1 h, few windows
+    python tools/bench.py --out bench_out --job spg_1proc --profile   # cProfile one reader (needs shards)
+
+Every measurement runs in a fresh subprocess (`--job NAME`), so peak RSS is per measurement. The parent
+prints markdown tables and writes <out>/results.json. See tools/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import msgpack
+import numpy as np
+import soundfile as sf
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset
+
+import spgdataset
+from spgdataset import SpectrogramDataset, write_shards
+from spgdataset.audio import read_audio
+from spgdataset.demo import make_corpus
+from spgdataset.features import FeatureConfig, LogMel
+from spgdataset.frames import interval_mask
+from spgdataset.windows import kept_starts, window_frames
+
+RESULT_TAG = "BENCH-RESULT "
+BATCH = 64
+WINDOW_SEC, STEP_SEC = 1.92, 0.1
+FEATURES = FeatureConfig()  # 16 kHz, n_fft 400, hop 160, 80 mels, float16 storage
+W = window_frames(WINDOW_SEC, FEATURES.sample_rate, FEATURES.hop_length)  # 192 frames
+S = window_frames(STEP_SEC, FEATURES.sample_rate, FEATURES.hop_length)  # 10 frames
+MASK, LABEL = "speech", "speaker"
+
+
+# ---------------------------------------------------------------- paths and sizes
+
+
+def paths(args: argparse.Namespace) -> Dict[str, str]:
+    """Everything lives under --out; the corpus and the npz files are cached per corpus size."""
+    tag = f"{args.hours:g}h"
+    corpus = os.path.join(args.out, f"corpus_{tag}")
+    return {
+        "corpus": corpus,
+        "metadata": os.path.join(corpus, "metadata.json"),
+        "shards": os.path.join(args.out, "shards_w1"),  # the readers read these
+        "npz": os.path.join(args.out, f"npz_{tag}"),
+    }
+
+
+def limits(args: argparse.Namespace) -> Dict[str, int]:
+    """Bounded window counts for the slow baselines (and for the copy loop)."""
+    if args.quick:
+        return {"otf_windows": 320, "npz_batches": 30, "copy_batches": 300}
+    return {"otf_windows": 3000, "npz_batches": 300, "copy_batches": 2000}
+
+
+def load_metadata(args: argparse.Namespace) -> Dict[str, Any]:
+    with open(paths(args)["metadata"], encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- memory (/proc, no psutil)
+
+
+def proc_status_kb(pid: Any, field: str) -> Optional[int]:
+    """A `kB` field of /proc/<pid>/status (VmHWM = peak RSS, VmRSS = current), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def child_pids() -> List[int]:
+    """Direct children of this process (DataLoader workers), from /proc/<pid>/stat."""
+    me, found = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4; the command name may hold spaces
+        if ppid == me and b"resource_tracker" not in cmdline:
+            found.append(int(name))
+    return found
+
+
+class WorkerPeaks:
+    """Peak RSS of the child processes, sampled now and then while they are alive (VmHWM only grows)."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.every, self.last, self.peaks_kb = every, 0.0, {}
+
+    def sample(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        for pid in child_pids():
+            hwm = proc_status_kb(pid, "VmHWM")
+            if hwm is not None:
+                self.peaks_kb[pid] = max(hwm, self.peaks_kb.get(pid, 0))
+
+
+# ---------------------------------------------------------------- measuring a stream of batches
+
+
+def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[int] = None,
+            workers: Optional[WorkerPeaks] = None) -> Dict[str, Any]:
+    """Iterate `batches` (dicts with a (B, n_mels, W) "spectrogram"); `started` is when the reader was set up.
+
+    Rate = windows after the first batch / time after the first batch (the first batch's time is reported
+    separately). Stops after `limit` windows (counted after the first batch) or at the end of the epoch.
+    """
+    workers = workers or WorkerPeaks()
+    first_at, first_cpu, counted, first_shape = None, 0.0, 0, None
+    for batch in batches:
+        spec = batch["spectrogram"]
+        if first_at is None:
+            first_at, first_cpu = time.perf_counter(), time.process_time()
+            first_shape = f"{tuple(spec.shape)} {str(spec.dtype).replace('torch.', '')}"
+        else:
+            counted += spec.shape[0]
+        workers.sample()
+        if limit is not None and counted >= limit:
+            break
+    ended, cpu = time.perf_counter(), time.process_time() - first_cpu
+    workers.sample(force=True)
+    seconds = ended - first_at if first_at is not None else float("nan")
+    return {
+        "windows_per_s": counted / seconds if counted else 0.0,
+        "main_cpu_percent": 100 * cpu / seconds if counted else 0.0,
+        "windows_measured": counted,
+        "measured_over": "full epoch" if limit is None else f"{counted} windows",
+        "first_batch_s": (first_at - started) if first_at is not None else float("nan"),
+        "first_batch_shape": first_shape,
+        "worker_peak_rss_mb": sorted(round(kb / 1024) for kb in workers.peaks_kb.values()),
+    }
+
+
+def full_epochs(make_batches: Callable[[int], Iterable[Dict[str, Any]]], started: float,
+                epochs: int) -> Dict[str, Any]:
+    """`epochs` full epochs one after the other: rate = median of the epochs' rates (the machine is shared,
+    a median resists a neighbour's burst); first batch = the first epoch's, counted from `started`."""
+    workers = WorkerPeaks()
+    runs = []
+    for epoch in range(epochs):
+        batches = make_batches(epoch)
+        runs.append(consume(batches, started if epoch == 0 else time.perf_counter(), workers=workers))
+    result = dict(runs[0])
+    result.update(
+        windows_per_s=float(np.median([r["windows_per_s"] for r in runs])),
+        main_cpu_percent=float(np.median([r["main_cpu_percent"] for r in runs])),
+        epoch_rates=[round(r["windows_per_s"]) for r in runs],
+        later_first_batch_s=[round(r["first_batch_s"], 3) for r in runs[1:]],
+        windows_measured=sum(r["windows_measured"] for r in runs),
+        measured_over=f"{epochs} full epoch{'s, median' if epochs > 1 else ''}",
+        worker_peak_rss_mb=runs[-1]["worker_peak_rss_mb"],
+    )
+    return result
+
+
+def window_dict(spec: np.ndarray, mask: np.ndarray, label: int) -> Dict[str, Any]:
+    """One window as the baselines emit it; torch's default collate stacks these into a batch."""
+    return {"spectrogram": spec, "masks": {MASK: mask}, "label": label}
+
+
+# ---------------------------------------------------------------- setup: corpus, npz
+
+
+def ensure_corpus(args: argparse.Namespace) -> None:
+    p = paths(args)
+    if os.path.exists(p["metadata"]):  # make_corpus writes metadata.json last
+        return
+    shutil.rmtree(p["corpus"], ignore_errors=True)
+    started = time.perf_counter()
+    make_corpus(p["corpus"], total_seconds=args.hours * 3600, seed=0)
+    log(f"corpus: {args.hours:g} h in {p['corpus']} ({time.perf_counter() - started:.0f} s)")
+
+
+def ensure_npz(args: argparse.Namespace) -> None:
+    """One uncompressed .npz per audio file (float16 spectrogram + speech mask), copied out of the shards."""
+    p = paths(args)
+    index_path = os.path.join(p["npz"], "index.json")
+    if os.path.exists(index_path):
+        return
+    shutil.rmtree(p["npz"], ignore_errors=True)
+    os.makedirs(p["npz"])
+    manifest = read_manifest(p["shards"])
+    labels = {v: i for i, v in enumerate(manifest["labels"][LABEL])}
+    index = []
+    for sample in wds.WebDataset(shard_urls(p["shards"]), shardshuffle=False, empty_check=False):
+        spec, info = decode_npy(sample["spec.npy"]), msgpack.unpackb(sample["info.msgpack"], raw=False)
+        mask = interval_mask(info["intervals"].get(MASK, []), info["frames"], FEATURES.hop_length)
+        name = sample["__key__"] + ".npz"
+        np.savez(os.path.join(p["npz"], name), spec=spec.astype(np.float16), speech=mask)
+        index.append({"file": name, "frames": info["frames"], "label": labels.get(info["metadata"].get(LABEL), -1)})
+    with open(index_path, "w") as f:
+        json.dump(index, f)
+
+
+def read_manifest(shard_dir: str) -> Dict[str, Any]:
+    with open(os.path.join(shard_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def shard_urls(shard_dir: str) -> List[str]:
+    return [os.path.join(shard_dir, s["name"]) for s in read_manifest(shard_dir)["shards"]]
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# ---------------------------------------------------------------- write side
+
+
+def job_write(args: argparse.Namespace, workers: int, with_audio: bool = False) -> Dict[str, Any]:
+    """write_shards into a fresh folder; with_audio runs on every 10th file only (bytes/hour estimate)."""
+    p = paths(args)
+    out = os.path.join(args.out, "shards_audio" if with_audio else f"shards_w{workers}")
+    shutil.rmtree(out, ignore_errors=True)
+    names = sorted(load_metadata(args))
+    files = names[::10] if with_audio and not args.quick else None
+    shard_files = math.ceil(len(names) / args.shards)  # --shards equal-count shards: both workers get a share
+    started = time.perf_counter()
+    result = write_shards(p["corpus"], p["metadata"], out, files=files, workers=workers, with_audio=with_audio,
+                          max_shard_files=shard_files, progress=False)
+    wall = time.perf_counter() - started
+    totals = result.manifest["totals"]
+    return {
+        "workers": workers,
+        "with_audio": with_audio,
+        "files": result.files_processed,
+        "audio_hours": totals["hours"],
+        "wall_s": wall,
+        "audio_s_per_s": result.audio_seconds_processed / wall,
+        "files_per_s": result.files_processed / wall,
+        "bytes_per_audio_hour": totals["bytes"] / totals["hours"],
+        "shards": totals["shards"],
+        "sha256": [s["sha256"] for s in result.manifest["shards"]],
+    }
+
+
+def job_decode_logmel(args: argparse.Namespace) -> Dict[str, Any]:
+    """The bare work of the writer: read_audio + LogMel, one process, one torch thread, no shard writing."""
+    torch.set_num_threads(1)
+    p = paths(args)
+    logmel = LogMel(FEATURES)
+    seconds, files = 0.0, 0
+    started = time.perf_counter()
+    for name in sorted(load_metadata(args)):
+        audio, rate, length, _ = read_audio(os.path.join(p["corpus"], name), FEATURES.sample_rate)
+        logmel(audio)
+        seconds += length / rate
+        files += 1
+    wall = time.perf_counter() - started
+    return {"workers": 1, "files": files, "audio_hours": seconds / 3600, "wall_s": wall,
+            "audio_s_per_s": seconds / wall, "files_per_s": files / wall}
+
+
+# ---------------------------------------------------------------- read side: SpectrogramDataset
+
+
+def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] = None,
+            normalize: bool = False) -> Dict[str, Any]:
+    """SpectrogramDataset: iterated directly (workers=0) or behind ds.loader(num_workers=workers)."""
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    ds = SpectrogramDataset(
+        paths(args)["shards"], window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC, window_content_ratio=0,
+        normalize=normalize, dtype=torch.float32, batch_size=BATCH,
+        output_configuration={"spectrogram": True, "masks": [MASK], "label": LABEL},
+    )
+    loader = ds if workers == 0 else ds.loader(batch_size=BATCH, num_workers=workers)  # persistent workers
+
+    def epoch(n: int) -> Iterable[Dict[str, Any]]:
+        ds.set_epoch(n)
+        return iter(loader)
+
+    result = full_epochs(epoch, started, args.epochs)
+    result["epoch_windows"] = ds.num_windows()
+    return result
+
+
+# ---------------------------------------------------------------- read side: (a) plain webdataset
+
+
+def wds_decode(sample: Dict[str, Any]) -> Dict[str, Any]:
+    info = msgpack.unpackb(sample["info.msgpack"], raw=False)
+    return {"spec": decode_npy(sample["spec.npy"]), "info": info}
+
+
+def wds_windows(samples: Iterable[Dict[str, Any]], labels: Dict[Any, int]) -> Iterable[Dict[str, Any]]:
+    """Every window of every file, each as its own float32 array."""
+    for sample in samples:
+        spec, info = sample["spec"], sample["info"]
+        frames = spec.shape[1]
+        mask = interval_mask(info["intervals"].get(MASK, []), frames, FEATURES.hop_length)
+        label = labels.get(info["metadata"].get(LABEL), -1)
+        for s in range(0, frames - W + 1, S):
+            yield window_dict(spec[:, s:s + W].astype(np.float32), mask[s:s + W], label)
+
+
+def job_wds(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
+    """What a user writes with webdataset alone: per-window items, shuffle(10000), DataLoader collate."""
+    started = time.perf_counter()
+    shard_dir = paths(args)["shards"]
+    labels = {v: i for i, v in enumerate(read_manifest(shard_dir)["labels"][LABEL])}
+    pipeline = (wds.WebDataset(shard_urls(shard_dir), shardshuffle=False, empty_check=False)
+                .map(wds_decode)
+                .compose(lambda src: wds_windows(src, labels))
+                .shuffle(10000))
+    loader = DataLoader(pipeline, batch_size=BATCH, num_workers=workers)  # workers restart every epoch
+    return full_epochs(lambda n: iter(loader), started, args.epochs)
+
+
+# ---------------------------------------------------------------- read side: (b) on the fly from WAV
+
+
+class OnTheFlyWindows(Dataset):
+    """Map-style: window i = (file, start); reads that audio slice from the WAV and computes its log-mel."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        metadata = load_metadata(args)
+        labels = {v: i for i, v in enumerate(sorted({m["metadata"][LABEL] for m in metadata.values()}))}
+        self.root, self.logmel, self.files, self.windows = paths(args)["corpus"], LogMel(FEATURES), [], []
+        for name in sorted(metadata):
+            entry = metadata[name]
+            frames = 1 + entry["length"] // FEATURES.hop_length
+            mask = interval_mask(entry["intervals"].get(MASK, []), frames, FEATURES.hop_length)
+            self.files.append((name, mask, labels[entry["metadata"][LABEL]]))
+            self.windows.extend((len(self.files) - 1, s) for s in range(0, frames - W + 1, S))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        file, start = self.windows[i]
+        name, mask, label = self.files[file]
+        hop = FEATURES.hop_length
+        audio, _ = sf.read(os.path.join(self.root, name), start=start * hop, stop=(start + W) * hop,
+                           dtype="float32", always_2d=False)
+        spec = self.logmel(audio)[:, :W]  # W * hop samples give W + 1 centred frames
+        return window_dict(spec, mask[start:start + W], label)
+
+
+def job_otf(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
+    """One torch thread, as in a DataLoader worker: small STFTs lose time to a second intra-op thread."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    loader = DataLoader(OnTheFlyWindows(args), batch_size=BATCH, shuffle=True, num_workers=workers)
+    return consume(loader, started, limit=limits(args)["otf_windows"])
+
+
+# ---------------------------------------------------------------- read side: (c) one .npz per file
+
+
+class NpzWindows(Dataset):
+    """Map-style over every (file, start); each window np.load()s its file's .npz (no cache)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.folder = paths(args)["npz"]
+        with open(os.path.join(self.folder, "index.json")) as f:
+            self.files = json.load(f)
+        self.windows = [(k, s) for k, row in enumerate(self.files) for s in range(0, row["frames"] - W + 1, S)]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        file, start = self.windows[i]
+        row = self.files[file]
+        with np.load(os.path.join(self.folder, row["file"]), allow_pickle=False) as z:
+            spec = z["spec"][:, start:start + W].astype(np.float32)
+            mask = z["speech"][start:start + W]
+        return window_dict(spec, mask, row["label"])
+
+
+def job_npz(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
+    started = time.perf_counter()
+    loader = DataLoader(NpzWindows(args), batch_size=BATCH, shuffle=True, num_workers=workers)
+    return consume(loader, started, limit=limits(args)["npz_batches"] * BATCH)
+
+
+# ---------------------------------------------------------------- read side: (d) memory-copy limit
+
+
+def job_copy(args: argparse.Namespace, threads: Optional[int] = None, source: str = "float16") -> Dict[str, Any]:
+    """Random (80, 192) windows of a corpus-sized in-memory array, gathered into a float32 (64, 80, 192) batch.
+
+    source="float16": index_select into a float16 batch, then copy_ into the float32 batch (index_select
+    cannot convert). source="float32": the array was converted to float32 beforehand (as batching.Chunk
+    does), one index_select straight into the float32 batch.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    frames = read_manifest(paths(args)["shards"])["totals"]["frames"]
+    dtype = torch.float16 if source == "float16" else torch.float32
+    data = torch.randn(FEATURES.n_mels, frames, generator=torch.Generator().manual_seed(0)).to(dtype)
+    view = data.as_strided((frames - W + 1, FEATURES.n_mels, W), (1, frames, 1))
+    out = torch.empty((BATCH, FEATURES.n_mels, W), dtype=torch.float32)
+    gathered = torch.empty((BATCH, FEATURES.n_mels, W), dtype=dtype)
+    starts = torch.randint(0, frames - W + 1, (limits(args)["copy_batches"] + 1, BATCH),
+                           generator=torch.Generator().manual_seed(1))
+
+    def batches() -> Iterable[Dict[str, Any]]:
+        for row in starts:
+            if source == "float16":
+                torch.index_select(view, 0, row, out=gathered)
+                out.copy_(gathered)
+            else:
+                torch.index_select(view, 0, row, out=out)
+            yield {"spectrogram": out}
+
+    result = consume(batches(), time.perf_counter())
+    result["measured_over"] = f"{result['windows_measured']} windows"
+    return result
+
+
+# ---------------------------------------------------------------- the jobs and the table
+
+WRITE_JOBS: Dict[str, Callable[[argparse.Namespace], Dict[str, Any]]] = {
+    "write_w1": lambda a: job_write(a, 1),
+    "write_w2": lambda a: job_write(a, 2),
+    "decode_logmel": job_decode_logmel,
+    "write_audio": lambda a: job_write(a, 2, with_audio=True),
+}
+
+# name -> (description, processes doing the work, function)
+READ_JOBS: Dict[str, Any] = {
+    "spg_1proc": ("SpectrogramDataset, 1 process, default threads", 1, job_spg),
+    "spg_1proc_1thread": ("SpectrogramDataset, 1 process, 1 torch thread", 1, lambda a: job_spg(a, threads=1)),
+    "spg_1proc_norm": ("SpectrogramDataset, 1 process, normalize=True", 1, lambda a: job_spg(a, normalize=True)),
+    "spg_2workers": ("SpectrogramDataset.loader(num_workers=2)", 2, lambda a: job_spg(a, workers=2)),
+    "wds_1proc": ("(a) plain webdataset, 1 process", 1, job_wds),
+    "wds_2workers": ("(a) plain webdataset, DataLoader 2 workers", 2, lambda a: job_wds(a, workers=2)),
+    "otf_1proc": ("(b) on the fly: WAV slice + log-mel per window, 1 process, 1 thread", 1, job_otf),
+    "otf_2workers": ("(b) on the fly, DataLoader 2 workers", 2, lambda a: job_otf(a, workers=2)),
+    "npz_1proc": ("(c) .npz per file, np.load per window, 1 process", 1, job_npz),
+    "npz_2workers": ("(c) .npz per file, DataLoader 2 workers", 2, lambda a: job_npz(a, workers=2)),
+    "copy_1thread": ("(d) copy limit: f16 gather + f32 convert, 1 thread", 1, lambda a: job_copy(a, threads=1)),
+    "copy_threads": ("(d) copy limit: f16 gather + f32 convert, default threads", 1, job_copy),
+    "copy_f32_1thread": ("(d) copy limit: f32 source gather, 1 thread", 1,
+                         lambda a: job_copy(a, threads=1, source="float32")),
+}
+
+BASELINE_WDS, BASELINE_COPY = "wds_1proc", "copy_1thread"
+
+
+def run_job(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Run one job in a fresh Python process; its result is the JSON line tagged RESULT_TAG on stdout."""
+    command = [sys.executable, os.path.abspath(__file__), "--job", name, "--out", args.out,
+               "--hours", str(args.hours), "--shards", str(args.shards), "--epochs", str(args.epochs)]
+    command += ["--quick"] if args.quick else []
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    tagged = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not tagged:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        log(f"{name}: FAILED (exit {proc.returncode})\n{tail}")
+        return {"job": name, "error": tail.splitlines()[-1] if tail else f"exit {proc.returncode}"}
+    result = json.loads(tagged[-1][len(RESULT_TAG):])
+    log(f"{name}: done in {time.perf_counter() - started:.1f} s")
+    return result
+
+
+def run_in_this_process(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """The child side of run_job: do the job, add this process's peak RSS."""
+    if name == "baseline":
+        result: Dict[str, Any] = {}
+    elif name in WRITE_JOBS:
+        result = WRITE_JOBS[name](args)
+    else:
+        result = READ_JOBS[name][2](args)
+    result["job"] = name
+    result["main_peak_rss_mb"] = round(proc_status_kb("self", "VmHWM") / 1024)
+    result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def import_torch_rss_mb() -> int:
+    """Peak RSS of a bare `python -c "import torch"`, the floor under every reader's number."""
+    code = ("import torch\nfor line in open('/proc/self/status'):\n"
+            "    if line.startswith('VmHWM:'): print(line.split()[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return round(int(out.split()[-1]) / 1024)
+
+
+def markdown_table(header: List[str], rows: List[List[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results: Dict[str, Any]) -> str:
+    write, read = results["write"], results["read"]
+    rows = []
+    for name in ("write_w1", "write_w2", "decode_logmel", "write_audio"):
+        r = write.get(name)
+        if r is None or "error" in r:
+            rows.append([name, "error: " + (r or {}).get("error", "not run")] + [""] * 4)
+            continue
+        label = {"write_w1": "write_shards, workers=1", "write_w2": "write_shards, workers=2",
+                 "decode_logmel": "bare read_audio + LogMel, 1 process, 1 thread",
+                 "write_audio": "write_shards --with-audio, workers=2" + ("" if results["config"]["quick"]
+                                                                          else ", every 10th file")}[name]
+        size = r.get("bytes_per_audio_hour")
+        rows.append([label, f"{r['audio_hours']:.2f}", r["audio_s_per_s"], r["files_per_s"],
+                     f"{size / 2**20:.1f}" if size else "", f"{r['wall_s']:.1f}"])
+    text = "### Write side\n\n" + markdown_table(
+        ["", "audio h", "audio s / s", "files / s", "MiB per audio hour", "wall s"], rows)
+
+    wds_rate = read.get(BASELINE_WDS, {}).get("windows_per_s")
+    copy_rate = read.get(BASELINE_COPY, {}).get("windows_per_s")
+    rows = []
+    for name, (label, procs, _) in READ_JOBS.items():
+        r = read.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append([label, procs, "error: " + r["error"]] + [""] * 7)
+            continue
+        rate = r["windows_per_s"]
+        workers = r["worker_peak_rss_mb"]
+        rows.append([label, procs, rate, r["measured_over"], f"{r['main_cpu_percent']:.0f}",
+                     f"{r['first_batch_s']:.2f}", r["main_peak_rss_mb"],
+                     f"{max(workers)} (max of {len(workers)})" if workers else "-",
+                     f"{rate / wds_rate:.2f}x" if wds_rate else "", f"{100 * rate / copy_rate:.0f}%" if copy_rate else ""])
+    text += "\n\n### Read side: windows of 1.92 s every 0.1 s, batch 64, float32, spectrogram + speech mask + label\n\n"
+    text += markdown_table(["reader", "procs", "windows / s", "measured over (after 1st batch)", "main CPU %",
+                            "1st batch s",
+                            "peak RSS main MB", "peak RSS workers MB", "vs (a) wds 1 proc", "of (d) copy 1 thread"], rows)
+    cfg = results["config"]
+    text += (f"\n\nCorpus {cfg['hours']:g} h, {cfg['files']} files, {cfg['epoch_windows']} windows per epoch, "
+             f"{cfg['shards']} shards. `import torch` alone: peak RSS {results['import_torch_rss_mb']} MB; "
+             f"bench.py imports (torch, webdataset, spgdataset): {results['imports_rss_mb']} MB. "
+             f"Load average before/after: {cfg['loadavg_before']} / {cfg['loadavg_after']}.")
+    return text
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hours", type=float, default=1.0, help="demo corpus size (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.1 h corpus, few windows")
+    parser.add_argument("--out", default="bench_out", help="working folder; corpus and npz files are cached here")
+    parser.add_argument("--shards", type=int, default=8, help="shard count (equal file counts; default 8)")
+    parser.add_argument("--epochs", type=int, default=3, help="full epochs for the full-epoch readers (median)")
+    parser.add_argument("--only", help="comma-separated job names to run (reuses existing shards)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
+    parser.add_argument("--profile", action="store_true", help="with --job: cProfile it, print the top 25 by tottime")
+    args = parser.parse_args()
+    if args.quick and args.hours == parser.get_default("hours"):
+        args.hours = 0.1
+
+    if args.job:
+        if args.profile:
+            profiler = cProfile.Profile()
+            result = profiler.runcall(run_in_this_process, args.job, args)
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumtime").print_stats(25)
+        else:
+            result = run_in_this_process(args.job, args)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+
+    os.makedirs(args.out, exist_ok=True)
+    selected = set(args.only.split(",")) if args.only else set(WRITE_JOBS) | set(READ_JOBS)
+    unknown = selected - set(WRITE_JOBS) - set(READ_JOBS)
+    if unknown:
+        parser.error(f"unknown jobs {sorted(unknown)}; known: {sorted(WRITE_JOBS) + sorted(READ_JOBS)}")
+    loadavg_before = os.getloadavg()
+    ensure_corpus(args)
+    write = {name: run_job(name, args) for name in WRITE_JOBS if name in selected}
+    w1, w2 = write.get("write_w1", {}), write.get("write_w2", {})
+    if "sha256" in w1 and "sha256" in w2:
+        same = w1["sha256"] == w2["sha256"]
+        log(f"shards of workers=1 and workers=2 are {'identical' if same else 'DIFFERENT'}")
+        w2["identical_to_workers_1"] = same
+    if not os.path.exists(os.path.join(paths(args)["shards"], "manifest.json")):
+        write["write_w1"] = run_job("write_w1", args)
+    if {"npz_1proc", "npz_2workers"} & selected:
+        ensure_npz(args)
+    read = {name: run_job(name, args) for name in READ_JOBS if name in selected}
+
+    manifest = read_manifest(paths(args)["shards"])
+    probe = SpectrogramDataset(paths(args)["shards"], window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC,
+                               window_content_ratio=0)
+    results = {
+        "config": {"hours": args.hours, "quick": args.quick, "out": args.out, "files": manifest["totals"]["files"],
+                   "shards": manifest["totals"]["shards"], "epoch_windows": probe.num_windows(), "batch": BATCH,
+                   "window_frames": W, "step_frames": S, "limits": limits(args), "cpus": os.cpu_count(),
+                   "python": platform.python_version(), "torch": torch.__version__, "webdataset": wds.__version__,
+                   "spgdataset": spgdataset.__version__, "loadavg_before": [round(x, 2) for x in loadavg_before],
+                   "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "import_torch_rss_mb": import_torch_rss_mb(),
+        "imports_rss_mb": run_job("baseline", args)["main_peak_rss_mb"],
+        "write": write,
+        "read": read,
+    }
+    text = report(results)
+    results["table_markdown"] = text
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(text)
+    log(f"wrote {os.path.join(args.out, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -208,16 +208,28 @@ def iterate_windows(
     batch_size: Optional[int],
     drop_last: bool = False,
     rng: Optional[np.random.Generator] = None,
+    skip_windows: int = 0,
 ) -> Iterator[Dict[str, Any]]:
-    """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`."""
+    """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
+
+    `skip_windows`: leave out the first windows of the stream exactly as an earlier run yielded them
+    (same files, same permutations), without building them: how a resumed epoch continues.
+    """
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
-    for chunk in _chunks(files, spec, chunk_windows):
-        chunk.arrange(rng.permutation(chunk.count) if rng is not None else np.arange(chunk.count))
-        pos = 0
+    for group in _file_groups(files, chunk_windows):
+        count = sum(len(f.starts) for f in group)
+        order = rng.permutation(count) if rng is not None else np.arange(count)
+        if skip_windows >= count:
+            skip_windows -= count
+            continue
+        chunk = Chunk(group, spec)
+        chunk.arrange(order)
+        pos, skip_windows = skip_windows, 0
         if carry is not None:
-            pos = min(size - batch_size_of(carry), chunk.count)
-            carry = concat_batches(carry, chunk.take(0, pos))
+            end = min(pos + size - batch_size_of(carry), chunk.count)
+            carry = concat_batches(carry, chunk.take(pos, end))
+            pos = end
             if batch_size_of(carry) == size:
                 yield from _emit(carry, batch_size)
                 carry = None
@@ -239,7 +251,8 @@ def _emit(batch: Dict[str, Any], batch_size: Optional[int]) -> Iterator[Dict[str
         yield batch
 
 
-def _chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int) -> Iterator[Chunk]:
+def _file_groups(files: Iterator[FileRecord], chunk_windows: int) -> Iterator[List[FileRecord]]:
+    """Consecutive files holding at least `chunk_windows` windows (the last group may hold fewer)."""
     pending: List[FileRecord] = []
     windows = 0
     for record in files:
@@ -248,7 +261,7 @@ def _chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int) -
         pending.append(record)
         windows += len(record.starts)
         if windows >= chunk_windows:
-            yield Chunk(pending, spec)
+            yield pending
             pending, windows = [], 0
     if pending:
-        yield Chunk(pending, spec)
+        yield pending

@@ -8,6 +8,7 @@ Pipeline per rank and DataLoader worker:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -17,13 +18,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .audio import decode_flac
 from .batching import FileRecord, WindowSpec, iterate_windows
-from .errors import ShardError, SpgError
-from .plan import epoch_rng, shards_for
+from .errors import ShardError
+from .loader import SpectrogramLoader
+from .plan import Piece, batches, resume_point, epoch_rng, shard_order, slot_pieces, slot_range
 from .shardformat import AUDIO, INFO, SPEC, npy_view, unpack
 from .source import HashingReader, ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
@@ -121,7 +123,9 @@ class SpectrogramDataset(IterableDataset):
         self._cache_bytes = 0
         self.shard_opens = 0  # shards opened by this process (the memory cache test counts these)
         self.errors: List[str] = []
-        self._windows_per_shard = self._count_windows()
+        self._consumed = torch.zeros(1, dtype=torch.int64)  # items yielded in this process this epoch
+        self._resume = torch.tensor([-1, 0], dtype=torch.int64).share_memory_()  # (epoch, items consumed)
+        self._count_windows()
 
     # ------------------------------------------------------------ plan and sizes
 
@@ -150,40 +154,76 @@ class SpectrogramDataset(IterableDataset):
         return kept_starts(frames, intervals, self.window, self.step, self.hop_length,
                            self.content_intervals, self.window_content_ratio, self.pad_short)
 
-    def _count_windows(self) -> List[int]:
-        counts = []
+    def _count_windows(self) -> None:
+        """Per shard, the subset's files (index rows) and their window counts: the plan's only input."""
+        self._subset_rows: List[List[Dict[str, Any]]] = []
+        self._file_windows: List[List[int]] = []
         for shard in self.shards.shards:
-            rows = self.shards.files_by_shard[shard["name"]]
-            counts.append(sum(len(self.file_windows(r["frames"], r["intervals"]))
-                              for r in rows if self.in_subset(r["path"], r["metadata"])))
-        return counts
+            rows = [r for r in self.shards.files_by_shard[shard["name"]] if self.in_subset(r["path"], r["metadata"])]
+            self._subset_rows.append(rows)
+            self._file_windows.append([len(self.file_windows(r["frames"], r["intervals"])) for r in rows])
 
     def windows(self) -> List[Tuple[str, int]]:
         """Every (key, start) of this subset, computed from the index alone (no shard is opened)."""
-        out = []
-        for shard in self.shards.shards:
-            for row in self.shards.files_by_shard[shard["name"]]:
-                if self.in_subset(row["path"], row["metadata"]):
-                    out.extend((row["key"], int(s)) for s in self.file_windows(row["frames"], row["intervals"]))
-        return out
+        return [(row["key"], int(s)) for rows in self._subset_rows for row in rows
+                for s in self.file_windows(row["frames"], row["intervals"])]
 
     def num_windows(self) -> int:
-        """Windows of this subset in one epoch across all ranks."""
-        return sum(self._windows_per_shard)
+        """Windows of this subset in one epoch (all ranks together, before the equal-share trim)."""
+        return sum(sum(counts) for counts in self._file_windows)
 
-    def _plan(self, worker: int, num_workers: int) -> List[int]:
+    def _slot(self, worker: int, num_workers: int, epoch: int) -> Tuple[int, int]:
         rank, world = self.rank_world
-        return shards_for(len(self.shards.shards), self.seed, self.epoch, self.shuffle, rank, world, worker,
-                          num_workers, fixed_assignment=self.max_memory_cache > 0)
+        return slot_range(self.num_windows(), rank, world, worker, num_workers)
+
+    def _plan(self, worker: int, num_workers: int, epoch: int) -> List[Tuple[int, List[Piece]]]:
+        """This worker's shards and file window ranges for `epoch` (see plan.py).
+
+        With a memory cache the assignment is the one of epoch 0 every epoch (only the reading order
+        changes), so that each worker finds its files in its own cache.
+        """
+        fixed = self.max_memory_cache > 0
+        order = shard_order(len(self.shards.shards), self.seed, 0 if fixed else epoch, self.shuffle)
+        plan = slot_pieces(order, self._file_windows, *self._slot(worker, num_workers, epoch))
+        if fixed and self.shuffle:
+            rank, _ = self.rank_world
+            plan = [plan[i] for i in epoch_rng(self.seed, epoch, rank, worker, 3).permutation(len(plan))]
+        return plan
+
+    def _worker_batches(self, num_workers: int) -> List[int]:
+        sizes = [hi - lo for lo, hi in (self._slot(w, num_workers, self.epoch) for w in range(num_workers))]
+        return [batches(n, self.batch_size or 1, self.drop_last) for n in sizes]
 
     def __len__(self) -> int:
-        """Items this rank yields per epoch: windows, or with batch_size the batches of all its workers."""
-        workers = max(self.num_workers, 1)
-        per_worker = [sum(self._windows_per_shard[k] for k in self._plan(w, workers)) for w in range(workers)]
-        if self.batch_size is None:
-            return sum(per_worker)
-        rounding = math.floor if self.drop_last else math.ceil
-        return sum(rounding(n / self.batch_size) for n in per_worker)
+        """Items this rank yields per epoch: windows, or with batch_size the batches of all its workers.
+
+        Equal on every rank: each rank's share of the epoch's windows is the same size.
+        """
+        return sum(self._worker_batches(max(self.num_workers, 1)))
+
+    # ------------------------------------------------------------ resume
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where this rank is in the epoch, counted in items consumed (valid when iterated in-process)."""
+        return {"epoch": self.epoch, "consumed": int(self._consumed[0]), "seed": self.seed,
+                "num_workers": self.num_workers, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank."""
+        for name in ("seed", "num_workers", "batch_size"):
+            if state.get(name) != getattr(self, name):
+                raise ValueError(f"state was saved with {name}={state.get(name)!r}, this dataset has "
+                                 f"{getattr(self, name)!r}: the epoch plan would differ")
+        self.set_epoch(int(state["epoch"]))
+        self._resume[0], self._resume[1] = int(state["epoch"]), int(state["consumed"])
+
+    def _resume_role(self, worker: int, num_workers: int, epoch: int) -> Tuple[int, int]:
+        """(logical worker, items it already delivered): (worker, 0) unless resuming this epoch."""
+        if int(self._resume[0]) != epoch or int(self._resume[1]) <= 0:
+            return worker, 0
+        taken, first = resume_point(int(self._resume[1]), self._worker_batches(num_workers))
+        logical = (worker + first) % num_workers
+        return logical, taken[logical]
 
     # ------------------------------------------------------------ reading
 
@@ -195,13 +235,20 @@ class SpectrogramDataset(IterableDataset):
                         self.num_workers, info.num_workers)
         rank, _ = self.rank_world
         epoch = self.epoch
-        files = self._files(self._plan(worker, num_workers))
+        worker, skip = self._resume_role(worker, num_workers, epoch)
+        self._consumed[0] = skip
+        files = self._files(self._plan(worker, num_workers, epoch))
         if self.shuffle:
             rng = random.Random(int(epoch_rng(self.seed, epoch, rank, worker, 1).integers(2**62)))
             files = wds.filters._shuffle(files, bufsize=self.file_buffer, initial=self.file_buffer, rng=rng)
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
-        yield from iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
-                                   self.drop_last, window_rng)
+        for item in iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
+                                    self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1)):
+            if info is None:
+                self._consumed[0] += 1
+            yield item
+        if info is None:
+            self._resume[0] = -1
 
     def _window_spec(self) -> WindowSpec:
         mean = std = None
@@ -217,19 +264,18 @@ class SpectrogramDataset(IterableDataset):
             per_window_norm=self.normalize == "window", pad_value=math.log(self.features["log_eps"]),
         )
 
-    def _files(self, shard_numbers: List[int]) -> Iterator[FileRecord]:
-        for k in shard_numbers:
-            shard = self.shards.shards[k]
-            if self._windows_per_shard[k] == 0:
-                continue
-            rows = [r for r in self.shards.files_by_shard[shard["name"]] if self.in_subset(r["path"], r["metadata"])]
-            cached = [self._cache.get(r["key"]) for r in rows]
-            if rows and all(c is not None for c in cached):
-                yield from cached
-                continue
-            yield from self._read_shard(shard)
+    def _files(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[FileRecord]:
+        """The planned files, each restricted to its planned window range; from the cache when it has them."""
+        for k, pieces in plan:
+            rows = self._subset_rows[k]
+            wanted = {rows[i]["key"]: (a, b) for i, a, b in pieces}
+            cached = [self._cache.get(key) for key in wanted]
+            records = cached if all(c is not None for c in cached) else self._read_shard(self.shards.shards[k], wanted)
+            for record in records:
+                a, b = wanted[record.key]
+                yield dataclasses.replace(record, starts=record.starts[a:b])
 
-    def _read_shard(self, shard: Dict[str, Any]) -> Iterator[FileRecord]:
+    def _read_shard(self, shard: Dict[str, Any], wanted: Mapping[str, Any]) -> Iterator[FileRecord]:
         url = self.shards.url(shard)
         try:
             stream = HashingReader(open_shard(url))
@@ -241,10 +287,9 @@ class SpectrogramDataset(IterableDataset):
         try:
             samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
             for sample in samples:
-                record = self._decode(url, sample)
                 seen += 1
-                if record is not None:
-                    yield record
+                if sample.get("__key__") in wanted:
+                    yield self._decode(url, sample)
             digest = stream.drain()
         except ShardError as exc:
             yield from self._fail(exc)
@@ -269,15 +314,13 @@ class SpectrogramDataset(IterableDataset):
         log.warning("skipping: %s", error)
         return iter(())
 
-    def _decode(self, url: str, sample: Dict[str, Any]) -> Optional[FileRecord]:
+    def _decode(self, url: str, sample: Dict[str, Any]) -> FileRecord:
         key = sample.get("__key__")
         if INFO not in sample or SPEC not in sample:
             raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
         info = unpack(sample[INFO])
         if info.get("params") != self.shards.manifest["params"]:
             raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
-        if not self.in_subset(info["path"], info["metadata"]):
-            return None
         spec = npy_view(sample[SPEC])
         if spec.shape != (self.n_mels, info["frames"]):
             raise ShardError(f"{url}: sample {key!r} spectrogram shape {spec.shape}, expected "
@@ -299,8 +342,9 @@ class SpectrogramDataset(IterableDataset):
 
     def loader(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
                pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
-               **kwargs: Any) -> DataLoader:
-        """A DataLoader set up for this dataset: batches built in the workers, workers kept across epochs."""
+               **kwargs: Any) -> SpectrogramLoader:
+        """A DataLoader for this dataset: batches built in the workers, workers kept across epochs, pinned
+        memory on CUDA, and state_dict()/load_state_dict() to resume mid-epoch."""
         if batch_size is not None:
             self.batch_size = batch_size
         if self.batch_size is None:
@@ -308,12 +352,11 @@ class SpectrogramDataset(IterableDataset):
         if num_workers is not None:
             self.num_workers = num_workers
         workers = self.num_workers
-        return DataLoader(
-            self, batch_size=None, num_workers=workers,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            persistent_workers=workers > 0 if persistent_workers is None else persistent_workers,
-            prefetch_factor=kwargs.pop("prefetch_factor", 4) if workers > 0 else None, **kwargs,
-        )
+        if workers > 0:
+            kwargs.setdefault("prefetch_factor", 4)
+            kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        return SpectrogramLoader(self, num_workers=workers,
+                                 pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
 
 
 def _label_token(value: Any) -> Tuple[str, Any]:

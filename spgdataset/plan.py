@@ -1,15 +1,22 @@
-"""Epoch plans as pure functions of (seed, epoch, shard count, rank, world size, worker, workers).
+"""Epoch plans as pure functions of (seed, epoch, window counts, rank, world size, worker, workers).
 
-Shards are ordered per epoch by a seeded permutation, dealt round-robin to ranks, then to each rank's
-DataLoader workers. Because the plan is a pure function, len() can be computed ahead from the index,
-and every process agrees on it without talking.
+The epoch's windows form one global sequence: shards in a seeded per-epoch order, files in shard order,
+window starts in file order. Each rank takes an equal contiguous range of it (world_size > 1 drops the
+last `total % world_size` windows, fewer than world_size, so every rank yields the same count), and each
+DataLoader worker an equal contiguous part of its rank's range. Ranges may cut through shards and files:
+a shard read by two workers is read twice, but no window is yielded twice and a dataset with one shard
+still feeds every rank. Because the plan is a pure function, len() and resume offsets are computed ahead
+and every process agrees on them without talking.
 """
 
 from __future__ import annotations
 
-from typing import List
+import math
+from typing import List, Sequence, Tuple
 
 import numpy as np
+
+Piece = Tuple[int, int, int]  # (file position in its shard's list, first window, end window)
 
 
 def epoch_rng(seed: int, epoch: int, *streams: int) -> np.random.Generator:
@@ -18,21 +25,70 @@ def epoch_rng(seed: int, epoch: int, *streams: int) -> np.random.Generator:
 
 
 def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The order all ranks agree on for this epoch."""
+    """The shard order all ranks agree on for this epoch."""
     if not shuffle:
         return np.arange(num_shards)
     return epoch_rng(seed, epoch).permutation(num_shards)
 
 
-def shards_for(num_shards: int, seed: int, epoch: int, shuffle: bool, rank: int, world_size: int,
-               worker: int, num_workers: int, fixed_assignment: bool = False) -> List[int]:
-    """Shard numbers read by one worker of one rank in this epoch.
+def rank_windows(total: int, world_size: int) -> int:
+    """Windows per rank per epoch: equal on every rank."""
+    return total // world_size if world_size > 1 else total
 
-    With `fixed_assignment` a worker keeps the same shards every epoch (only their order changes), which
-    is what lets a per-worker memory cache serve later epochs without reading shards again.
+
+def slot_range(total: int, rank: int, world_size: int, worker: int, num_workers: int) -> Tuple[int, int]:
+    """[lo, hi) of the global window sequence for one worker of one rank."""
+    per_rank = rank_windows(total, world_size)
+    workers = max(num_workers, 1)
+    base = rank * per_rank
+    return base + worker * per_rank // workers, base + (worker + 1) * per_rank // workers
+
+
+def slot_pieces(order: Sequence[int], windows_per_file: Sequence[Sequence[int]], lo: int,
+                hi: int) -> List[Tuple[int, List[Piece]]]:
+    """The shards (in `order`) and file window ranges that make up global windows [lo, hi)."""
+    out: List[Tuple[int, List[Piece]]] = []
+    pos = 0
+    for k in order:
+        counts = windows_per_file[k]
+        shard_total = int(sum(counts))
+        if pos + shard_total <= lo:
+            pos += shard_total
+            continue
+        if pos >= hi:
+            break
+        pieces = []
+        for i, n in enumerate(counts):
+            a, b = max(lo - pos, 0), min(hi - pos, n)
+            if a < b:
+                pieces.append((i, int(a), int(b)))
+            pos += n
+        if pieces:
+            out.append((int(k), pieces))
+    return out
+
+
+def batches(windows: int, batch_size: int, drop_last: bool) -> int:
+    return windows // batch_size if drop_last else math.ceil(windows / batch_size)
+
+
+def resume_point(consumed: int, batches_per_worker: Sequence[int]) -> Tuple[List[int], int]:
+    """(batches each worker had delivered, worker whose turn is next) after a DataLoader yielded `consumed`.
+
+    A DataLoader takes batches from its workers in turn, skipping exhausted ones. A resumed DataLoader
+    starts again at worker 0, so workers take on rotated roles: worker i plays worker (i + next) % n.
     """
-    order = shard_order(num_shards, seed, 0 if fixed_assignment else epoch, shuffle)
-    mine = order[rank::world_size][worker::max(num_workers, 1)]
-    if fixed_assignment and shuffle:
-        mine = mine[epoch_rng(seed, epoch, rank, worker).permutation(len(mine))]
-    return [int(k) for k in mine]
+    n = len(batches_per_worker)
+    left, taken = list(batches_per_worker), [0] * n
+    w, remaining = 0, min(consumed, sum(left))
+    while remaining > 0:
+        if left[w]:
+            left[w] -= 1
+            taken[w] += 1
+            remaining -= 1
+        w = (w + 1) % n
+    for _ in range(n):  # the next turn goes to a worker that still has batches
+        if left[w]:
+            break
+        w = (w + 1) % n
+    return taken, w

@@ -34,10 +34,11 @@ def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
     return int(info.frames), int(info.samplerate)
 
 
-def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple[np.ndarray, int, int, str]:
+def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple[np.ndarray, int, int, bool]:
     """Decode `path`, downmix to mono, resample to `sample_rate`.
 
-    Returns (float32 samples, original rate, original length in samples, original subtype).
+    Returns (float32 samples, original rate, original length in samples, exact_16bit): exact_16bit says the
+    samples are the file's own 16-bit (or narrower) values, untouched by downmix or resampling.
     """
     path, name = str(path), name or str(path)
     if not os.path.exists(path):
@@ -56,7 +57,8 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
         raise BadInput(name, "audio contains NaN or infinite samples")
     if orig_rate != sample_rate:
         mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
-    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, subtype
+    exact_16bit = subtype in EXACT_16BIT and data.shape[1] == 1 and orig_rate == sample_rate
+    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, exact_16bit
 
 
 @lru_cache(maxsize=16)

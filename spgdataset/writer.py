@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import EXACT_16BIT, encode_flac, probe, read_audio
+from .audio import encode_flac, probe, read_audio
 from .errors import BadInput, SpgError
 from .features import FeatureConfig, LogMel
 from .frames import num_frames, rescale_intervals, resampled_length
@@ -229,6 +229,10 @@ def _claim_output(output_dir: str, state_dir: str, fingerprint: str, overwrite: 
                   clean_temporaries: bool) -> None:
     """Refuse to mix two different jobs in one folder unless asked to overwrite."""
     marker = os.path.join(state_dir, "run.json")
+    for folder in (output_dir, state_dir) if clean_temporaries else ():
+        for name in os.listdir(folder):
+            if name.startswith(".") and ".tmp" in name:  # left by a killed run; other parts may be writing theirs
+                os.remove(os.path.join(folder, name))
     if os.path.exists(marker):
         previous = read_json(marker).get("fingerprint")
         if previous == fingerprint:
@@ -238,9 +242,6 @@ def _claim_output(output_dir: str, state_dir: str, fingerprint: str, overwrite: 
                            "use a new output folder or --overwrite")
     elif any(name.startswith("shard-") for name in os.listdir(output_dir)) and not overwrite:
         raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
-    for name in os.listdir(output_dir) if clean_temporaries else ():
-        if name.startswith(".") and ".tmp" in name:  # left by a killed run; other parts may be writing theirs
-            os.remove(os.path.join(output_dir, name))
     if overwrite:
         for name in os.listdir(output_dir):
             if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME):
@@ -283,7 +284,7 @@ def _logmel(features: FeatureConfig) -> LogMel:
 def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
     """Decode, check and featurise one file: returns its tar members and its share of the statistics."""
     entry = item.entry
-    audio, orig_rate, orig_length, subtype = read_audio(entry.abspath, features.sample_rate, entry.path)
+    audio, orig_rate, orig_length, exact_16bit = read_audio(entry.abspath, features.sample_rate, entry.path)
     if entry.length is not None and entry.length != orig_length:
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {orig_length} samples")
     for name, spans in entry.intervals.items():
@@ -311,8 +312,7 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
     }
     members = [(f"{key}.{SPEC}", npy_bytes(spectrogram)), (f"{key}.{INFO}", pack(info))]
     if with_audio:
-        exact = subtype in EXACT_16BIT and orig_rate == features.sample_rate
-        members.append((f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact)))
+        members.append((f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
     index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio),
                  "intervals": info["intervals"], "metadata": entry.metadata}
     return {"members": members, "index": index_row, "seconds": orig_length / orig_rate,

@@ -275,44 +275,50 @@ class SpectrogramDataset(IterableDataset):
                 a, b = wanted[record.key]
                 yield dataclasses.replace(record, starts=record.starts[a:b])
 
-    def _read_shard(self, shard: Dict[str, Any], wanted: Mapping[str, Any]) -> Iterator[FileRecord]:
+    def _read_shard(self, shard: Dict[str, Any], wanted: Mapping[str, Any]) -> List[FileRecord]:
+        """The wanted files of one shard, returned only once the whole shard has been checked.
+
+        Holding a shard's files until its end (at most one shard, `--max-shard-mb`) is what lets a
+        corrupt shard be skipped whole in warn mode and keeps unchecked files out of the memory cache.
+        """
         url = self.shards.url(shard)
-        try:
-            stream = HashingReader(open_shard(url))
-        except ShardError as exc:
-            yield from self._fail(exc)
-            return
-        self.shard_opens += 1
+        records: List[FileRecord] = []
         seen = 0
         try:
-            samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-            for sample in samples:
-                seen += 1
-                if sample.get("__key__") in wanted:
-                    yield self._decode(url, sample)
-            digest = stream.drain()
-        except ShardError as exc:
-            yield from self._fail(exc)
-            return
+            stream = HashingReader(open_shard(url))
+            self.shard_opens += 1
+            try:
+                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                    seen += 1
+                    if sample.get("__key__") in wanted:
+                        records.append(self._decode(url, sample))
+                digest = stream.drain()
+            finally:
+                stream.close()
+            if seen != shard["files"]:
+                raise ShardError(f"{url}: holds {seen} files, the manifest says {shard['files']} "
+                                 "(truncated or replaced shard)")
+            if self.verify and digest != shard["sha256"]:
+                raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
+                                 f"{shard['sha256'][:12]}... (shard changed since it was written)")
         except Exception as exc:
-            yield from self._fail(ShardError(f"{url}: truncated or corrupt shard after {seen} files: "
-                                             f"{_first_line(exc)}"))
-            return
-        finally:
-            stream.close()
-        if seen != shard["files"]:
-            yield from self._fail(ShardError(f"{url}: holds {seen} files, the manifest says {shard['files']} "
-                                             "(truncated or replaced shard)"))
-        elif self.verify and digest != shard["sha256"]:
-            yield from self._fail(ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
-                                             f"{shard['sha256'][:12]}... (shard changed since it was written)"))
+            error = exc if isinstance(exc, ShardError) else ShardError(
+                f"{url}: truncated or corrupt shard after {seen} files: {_first_line(exc)}")
+            self.errors.append(str(error))
+            if self.on_error == "raise":
+                raise error from None
+            log.warning("skipping: %s", error)
+            return []
+        for record in records:
+            self._remember(record)
+        return records
 
-    def _fail(self, error: ShardError) -> Iterator[FileRecord]:
-        self.errors.append(str(error))
-        if self.on_error == "raise":
-            raise error
-        log.warning("skipping: %s", error)
-        return iter(())
+    def _remember(self, record: FileRecord) -> None:
+        """Keep a checked file for later epochs while the cache has room (first come, first kept)."""
+        if self.max_memory_cache and record.key not in self._cache and \
+                self._cache_bytes + record.nbytes <= self.max_memory_cache:
+            self._cache[record.key] = record
+            self._cache_bytes += record.nbytes
 
     def _decode(self, url: str, sample: Dict[str, Any]) -> FileRecord:
         key = sample.get("__key__")
@@ -333,9 +339,6 @@ class SpectrogramDataset(IterableDataset):
         label = self._label_ids.get(_label_token(info["metadata"].get(self.label_key)), -1) if self.label_key else -1
         record = FileRecord(key, info["path"], spec, info["intervals"], info["metadata"],
                             self.file_windows(info["frames"], info["intervals"]), label, audio)
-        if self.max_memory_cache and key not in self._cache and self._cache_bytes + record.nbytes <= self.max_memory_cache:
-            self._cache[key] = record
-            self._cache_bytes += record.nbytes
         return record
 
     # ------------------------------------------------------------ loader

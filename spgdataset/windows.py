@@ -2,7 +2,8 @@
 
 W = round(window_size_sec * sr / hop) frames, step S = round(window_offset_sec * sr / hop) frames.
 Starts are 0, S, 2S, ... while start + W <= T. Where a file is annotated (has any interval names),
-a window is kept only if at least `content_ratio` of its W frames lie in the content mask.
+a window is kept only if at least `content_ratio` of its W frames lie in the content mask
+(the union of the chosen content interval names; with no names chosen there is no filter).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def kept_starts(
         starts = np.zeros(1, dtype=np.int64)
     else:
         starts = window_starts(frames, window, step)
-    if not intervals or content_ratio <= 0 or len(starts) == 0:
-        return starts
+    if not intervals or not content_names or content_ratio <= 0 or len(starts) == 0:
+        return starts  # unannotated file, no content chosen, or no filter asked for
     mask = union_mask(intervals, content_names, max(frames, window), hop_length)
     mask[frames:] = False
     return starts[window_content(mask, starts, window) >= content_ratio * window]

@@ -44,6 +44,7 @@ def light(source, **kwargs) -> SpectrogramDataset:
     kwargs.setdefault("output_configuration", NO_MASKS)
     return SpectrogramDataset(source, **kwargs)
 
+
 # path: (rate, samples, intervals or None, metadata)
 EXTRA_FILES = {
     SHORT: (16000, 16000, {"speech": [[0, 16000]]}, {"speaker": "spk01", "gender": "f"}),  # 101 frames < W
@@ -151,7 +152,7 @@ def brute_starts(f: Stored, names, ratio: float, pad_short: bool = False) -> Lis
         starts = list(range(0, f.frames - W + 1, S))
     else:
         starts = [0] if pad_short else []
-    if not f.intervals:
+    if not f.intervals or not names:  # unannotated file, or no content chosen: no filter
         return starts
     content = brute_mask([span for n in names for span in f.intervals.get(n, [])], f.frames)
     return [s for s in starts if int(content[s : s + W].sum()) >= ratio * W]
@@ -259,7 +260,8 @@ def test_contents_equal_stored_slices(shards, stored, shuffle_buffer):
         padded_audio += (start + W) * HOP > len(f.audio)
         for name in ("speech", "noise"):
             mask = item["masks"][name].numpy()
-            np.testing.assert_array_equal(mask, masks[f.key, name][start : start + W], err_msg=f"{f.path} {name} {start}")
+            np.testing.assert_array_equal(mask, masks[f.key, name][start : start + W],
+                                          err_msg=f"{f.path} {name} {start}")
             mixed_masks += 0 < mask.sum() < W
         seen += 1
     assert seen == sum(len(brute_starts(f, (), 0)) for f in stored.values())
@@ -291,7 +293,8 @@ def test_normalize_global_and_window(shards, stored, manifest):
     for item in ds:
         f, start = stored[item["key"]], int(item["start"])
         want = (f.spec[:, start : start + W].astype(np.float32) - mean[:, None]) / std[:, None]
-        np.testing.assert_allclose(item["spectrogram"].numpy(), want, rtol=1e-5, atol=1e-5)
+        # the reader may hold normalised float16-stored frames in float16 (batching.py): allow that rounding
+        np.testing.assert_allclose(item["spectrogram"].numpy(), want, rtol=6e-4, atol=1e-6)
         n += 1
     assert n == len(ds)
     # global stats really are the per-bin mean/std over every stored frame
@@ -353,7 +356,7 @@ def test_content_ratio_matches_brute_force(shards, stored, key_of, ratio, masks,
     assert sum(1 for k, _ in got if k == plain.key) == len(range(0, plain.frames - W + 1, S))
     # a file annotated only with noise has no speech content
     noise_only = key_of[NOISE_ONLY]
-    if ratio > 0 and "noise" not in names:
+    if ratio > 0 and names and "noise" not in names:
         assert not any(k == noise_only for k, _ in got)
     if ratio == 0:
         assert sum(expected.values()) == sum(len(brute_starts(f, (), 0)) for f in stored.values())
@@ -412,7 +415,7 @@ def split_paths(folder: str, stored_files: Dict[str, Stored], **kwargs) -> List[
 
 def test_splits_disjoint_complete_and_stable_under_recut(shards, shards_recut, stored):
     subsets = split_paths(shards, stored)
-    full = collections.Counter((stored[k].path, s) for k, s in SpectrogramDataset(shards, window_content_ratio=0).windows())
+    full = collections.Counter((stored[k].path, s) for k, s in light(shards, window_content_ratio=0).windows())
     assert sum(subsets, collections.Counter()) == full
     files = [{p for p, _ in c} for c in subsets]
     assert all(files) and not (files[0] & files[1]) and not (files[0] & files[2]) and not (files[1] & files[2])
@@ -434,7 +437,7 @@ def test_split_by_speaker_keeps_each_speaker_in_one_subset(shards, stored):
     assert set(where) == {v for v in speaker_of.values() if v is not None}
     assert all(len(s) == 1 for s in where.values()), dict(where)
     assert len({next(iter(s)) for s in where.values()}) > 1  # not all in one subset on this corpus
-    full = collections.Counter((stored[k].path, s) for k, s in SpectrogramDataset(shards, window_content_ratio=0).windows())
+    full = collections.Counter((stored[k].path, s) for k, s in light(shards, window_content_ratio=0).windows())
     assert sum(subsets, collections.Counter()) == full
 
 
@@ -480,9 +483,42 @@ def test_no_shuffle_is_fixed_and_in_index_order(shards):
     b = epoch_order(ds, 5)
     assert a == b == ds.windows()
     assert len(a) == len(set(a))
-    loader_order = collect(light(shards, shuffle=False).loader(
-        batch_size=10, num_workers=0))
+    loader_order = collect(light(shards, shuffle=False).loader(batch_size=10, num_workers=0))
     assert loader_order == a
+
+
+def test_epoch_reshuffles_windows_of_the_same_files(shards):
+    """One shard, no file shuffle (file_buffer=1): only the window shuffle can change the order."""
+    ds = light(os.path.join(shards, "shard-000003.tar"), file_buffer=1)
+    e0, e1 = epoch_order(ds, 0), epoch_order(ds, 1)
+    assert len(e0) > 20 and e0 != e1 and sorted(e0) == sorted(e1)
+
+
+def test_file_order_is_shuffled(shards):
+    """One shard, one file per window chunk (shuffle_buffer=1): the file order comes from the file shuffle."""
+    ds = light(os.path.join(shards, "shard-000003.tar"), shuffle_buffer=1, window_content_ratio=0)
+    orders = {tuple(dict.fromkeys(k for k, _ in epoch_order(ds, epoch))) for epoch in range(6)}
+    assert len(orders) > 1
+    files = {k for k, _ in ds.windows()}
+    assert len(files) >= 3 and all(len(o) == len(files) for o in orders)
+
+
+def test_ranks_get_equal_disjoint_shares_that_change_per_epoch(shards):
+    total = windows_of(light(shards))
+    n = sum(total.values())
+    shares = {}
+    for epoch in (0, 1):
+        got = []
+        for rank in (0, 1):
+            ds = light(shards, rank=rank, world_size=2)
+            assert len(ds) == n // 2
+            got.append(collections.Counter(epoch_order(ds, epoch)))
+            assert sum(got[-1].values()) == n // 2 and max(got[-1].values()) == 1
+        assert not (got[0] & got[1])
+        union = got[0] + got[1]
+        assert union & total == union and sum((total - union).values()) == n % 2
+        shares[epoch] = got[0]
+    assert shares[0] != shares[1]  # shards are reshuffled before they are split between ranks
 
 
 # ---------------------------------------------------------------- memory cache
@@ -571,9 +607,12 @@ def test_truncated_shard(shards, stored, broken_copy, how):
     with pytest.raises(ShardError, match=BROKEN):
         for _ in ds:
             pass
+    if how != "end_padding":  # without the sha256 check, the tar reader and the file count still notice
+        with pytest.raises(ShardError, match=BROKEN):
+            for _ in light(folder, window_content_ratio=0, batch_size=64, verify=False):
+                pass
 
-    warn = light(folder, window_content_ratio=0, batch_size=64,
-                              on_error="warn")
+    warn = light(folder, window_content_ratio=0, batch_size=64, on_error="warn")
     got = collections.Counter(collect(warn))
     everything = windows_of(warn)
     others = collections.Counter({(k, s): c for (k, s), c in everything.items() if stored[k].shard != BROKEN})
@@ -602,8 +641,7 @@ def test_altered_shard_is_a_sha256_mismatch(shards, tmp_path):
     with pytest.raises(ShardError, match=rf"{BROKEN}.*sha256"):
         for _ in ds:
             pass
-    unverified = light(folder, window_content_ratio=0, batch_size=64,
-                                    verify=False)
+    unverified = light(folder, window_content_ratio=0, batch_size=64, verify=False)
     assert collections.Counter(collect(unverified)) == windows_of(unverified)
 
 
@@ -613,8 +651,7 @@ def test_altered_shard_is_skipped_in_warn_mode(shards, stored, tmp_path):
     folder = str(tmp_path / "altered")
     shutil.copytree(shards, folder)
     alter_spec_bytes(folder)
-    ds = light(folder, window_content_ratio=0, batch_size=64,
-                            on_error="warn", max_memory_cache=1 << 30)
+    ds = light(folder, window_content_ratio=0, batch_size=64, on_error="warn", max_memory_cache=1 << 30)
     others = collections.Counter({(k, s): c for (k, s), c in windows_of(ds).items() if stored[k].shard != BROKEN})
     for epoch in (0, 1):
         got = collections.Counter(epoch_order(ds, epoch))
@@ -626,27 +663,31 @@ def test_altered_shard_is_skipped_in_warn_mode(shards, stored, tmp_path):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_batch_counts(shards, stored, num_workers, drop_last):
+def test_batch_counts(shards, stored, num_workers):
+    """Whatever the plan gives each worker: each worker's last batch may be short (drop_last=False) or is
+    dropped (True); len() says how many batches come, every batch is full otherwise."""
     B = 24
-    ds = light(shards, shuffle=False, drop_last=drop_last)
-    per_shard = collections.Counter(stored[k].shard for k, _ in brute_windows(stored.values()))
-    names = sorted({f.shard for f in stored.values()})
-    # shuffle=False: shards dealt round-robin to the workers in index order
-    per_worker = [sum(per_shard[n] for n in names[w :: max(num_workers, 1)]) for w in range(max(num_workers, 1))]
-    rounding = math.floor if drop_last else math.ceil
-    expected = sum(rounding(n / B) for n in per_worker)
-    loader = ds.loader(batch_size=B, num_workers=num_workers)
-    batches = list(loader)
-    assert len(batches) == len(loader) == expected
-    sizes = [len(b["key"]) for b in batches]
-    if drop_last:
-        assert set(sizes) == {B}
-        assert sum(sizes) == sum(n // B * B for n in per_worker)
-    else:
-        assert sum(sizes) == sum(per_worker) and sizes.count(B) == sum(n // B for n in per_worker)
-    got = collect(batches)
-    assert len(got) == len(set(got)) and set(got) <= set(ds.windows())
+    total = sum(brute_windows(stored.values()).values())
+    workers = max(num_workers, 1)
+    counts = {}
+    for drop_last in (False, True):
+        ds = light(shards, shuffle=False, drop_last=drop_last)
+        loader = ds.loader(batch_size=B, num_workers=num_workers)
+        batches = list(loader)
+        sizes = [len(b["key"]) for b in batches]
+        got = collect(batches)
+        assert len(batches) == len(loader)
+        assert len(got) == len(set(got)) and set(got) <= set(ds.windows())
+        short = [n for n in sizes if n != B]
+        if drop_last:
+            assert not short
+            assert 0 <= total - sum(sizes) < workers * B
+        else:
+            assert sum(sizes) == total and len(short) <= workers and all(0 < n < B for n in short)
+        counts[drop_last] = (len(batches), short)
+    if num_workers == 0:
+        assert counts[False][0] == math.ceil(total / B) and counts[True][0] == total // B
+    assert counts[False][0] - counts[True][0] == len(counts[False][1])
 
 
 def test_pad_short_yields_one_padded_window(shards, stored, key_of):
@@ -669,7 +710,8 @@ def test_pad_short_yields_one_padded_window(shards, stored, key_of):
     speech[:100] = True  # [0, 16000): frame 100 sits at sample 16000, outside
     np.testing.assert_array_equal(item["masks"]["speech"].numpy(), speech)
     np.testing.assert_array_equal(item["spectrogram"][:, :101].numpy(), short.spec.astype(np.float32))
-    np.testing.assert_allclose(item["spectrogram"][:, 101:].numpy(), LOG_EPS, rtol=1e-6)
+    # padding is log(eps), the log-mel of silence (possibly rounded to float16 like the stored frames)
+    np.testing.assert_allclose(item["spectrogram"][:, 101:].numpy(), LOG_EPS, rtol=5e-4)
     np.testing.assert_array_equal(item["audio"].numpy(), expected_audio(short, 0))
     assert not item["audio"][16000:].any()
 

@@ -25,7 +25,8 @@ from .audio import decode_flac
 from .batching import FileRecord, WindowSpec, iterate_windows
 from .errors import ShardError
 from .loader import SpectrogramLoader
-from .plan import Piece, batches, resume_point, epoch_rng, shard_order, slot_pieces, slot_range
+from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
+from .prefetch import read_ahead
 from .shardformat import AUDIO, INFO, SPEC, npy_view, unpack
 from .source import HashingReader, ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
@@ -265,15 +266,22 @@ class SpectrogramDataset(IterableDataset):
         )
 
     def _files(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[FileRecord]:
-        """The planned files, each restricted to its planned window range; from the cache when it has them."""
+        """The planned files, each restricted to its planned window range; shards are read one ahead."""
+        for records, wanted in read_ahead(self._shard_records(plan), depth=1):
+            for record in records:
+                a, b = wanted[record.key]
+                yield dataclasses.replace(record, starts=record.starts[a:b])
+
+    def _shard_records(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[Tuple[List[FileRecord], Dict[str, Any]]]:
+        """Per planned shard: its wanted files (from the cache when it has them all) and their window ranges."""
         for k, pieces in plan:
             rows = self._subset_rows[k]
             wanted = {rows[i]["key"]: (a, b) for i, a, b in pieces}
             cached = [self._cache.get(key) for key in wanted]
-            records = cached if all(c is not None for c in cached) else self._read_shard(self.shards.shards[k], wanted)
-            for record in records:
-                a, b = wanted[record.key]
-                yield dataclasses.replace(record, starts=record.starts[a:b])
+            if all(c is not None for c in cached):
+                yield cached, wanted
+            else:
+                yield self._read_shard(self.shards.shards[k], wanted), wanted
 
     def _read_shard(self, shard: Dict[str, Any], wanted: Mapping[str, Any]) -> List[FileRecord]:
         """The wanted files of one shard, returned only once the whole shard has been checked.

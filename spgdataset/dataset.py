@@ -243,8 +243,11 @@ class SpectrogramDataset(IterableDataset):
             rng = random.Random(int(epoch_rng(self.seed, epoch, rank, worker, 1).integers(2**62)))
             files = wds.filters._shuffle(files, bufsize=self.file_buffer, initial=self.file_buffer, rng=rng)
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
-        for item in iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
-                                    self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1)):
+        items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
+                                self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1))
+        if info is None:  # in the training process: build batches in a thread, while the caller trains
+            items = read_ahead(_single_threaded(items), depth=4)
+        for item in items:
             if info is None:
                 self._consumed[0] += 1
             yield item
@@ -368,6 +371,17 @@ class SpectrogramDataset(IterableDataset):
             kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         return SpectrogramLoader(self, num_workers=workers,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+
+
+def _single_threaded(items: Iterator[Any]) -> Iterator[Any]:
+    """Run the batch copies with one torch thread (in the thread that runs this generator only).
+
+    The copies are memory-bound; intra-op threads add nothing but synchronisation, and collapse when
+    another busy thread or process holds a core (measured: tools/bench.py). torch.set_num_threads in a
+    non-main thread sets that thread's OpenMP team size, leaving the training thread's untouched.
+    """
+    torch.set_num_threads(1)
+    yield from items
 
 
 def _label_token(value: Any) -> Tuple[str, Any]:

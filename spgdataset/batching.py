@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
 
@@ -145,7 +146,7 @@ class Chunk:
         batch: Dict[str, Any] = {}
         if self.data is not None:
             view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
-            x = torch.index_select(view, 0, starts)
+            x = torch.index_select(view, 0, starts, out=_output((len(starts), spec.n_mels, W), self.data.dtype))
             if spec.per_window_norm:
                 mean = x.mean(dim=(1, 2), keepdim=True)
                 std = x.std(dim=(1, 2), keepdim=True)
@@ -167,6 +168,16 @@ class Chunk:
         batch["key"] = self._keys[lo:hi]
         batch["start"] = self._local[lo:hi].clone()
         return batch
+
+
+def _output(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A fresh batch tensor; in a DataLoader worker, allocated in shared memory from the start.
+
+    The DataLoader moves every tensor a worker returns into shared memory, which copies it; a tensor
+    that already lives there crosses as a handle. Each batch still gets its own segment: nothing is reused.
+    """
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if get_worker_info() is not None else out
 
 
 def concat_batches(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:

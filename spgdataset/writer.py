@@ -9,6 +9,7 @@ How a run goes, and why:
    the thread count); the main process packs them in plan order into `shard-NNNNNN.tar`, written under
    a temporary name and renamed when complete, then records the shard in `.spg-state/`.
 4. When every shard of the plan is recorded, write index.msgpack and then manifest.json (last).
+OUTPUT_DIR is a local folder or `s3://bucket/prefix` (s3.S3Output): the same steps, with objects for files.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from .features import FeatureConfig, LogMel
 from .frames import num_frames, rescale_intervals, resampled_length
 from .metadata import FileEntry, collect_inputs
 from .progress import Progress
+from .s3 import S3Output, is_s3_url
 from .shardformat import (AUDIO, FORMAT_VERSION, INDEX_NAME, INFO, MANIFEST_NAME, SPEC, STATE_DIR, npy_bytes,
-                          pack, read_json, sample_key, shard_name, unpack, write_bytes_atomic, write_json_atomic,
-                          write_tar)
+                          pack, sample_key, shard_name, unpack, write_bytes_atomic, write_tar)
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
 
@@ -108,7 +109,6 @@ def write_shards(
     plan = _plan_shards(planned, features, with_audio, max_shard_bytes, max_shard_files)
 
     state_dir = os.path.join(output_dir, STATE_DIR)
-    os.makedirs(state_dir, exist_ok=True)
     fingerprint = _run_fingerprint(planned, plan, features, with_audio)
     _claim_output(output_dir, state_dir, fingerprint, overwrite, clean_temporaries=part_count == 1)
 
@@ -120,20 +120,23 @@ def write_shards(
     written = processed = 0
     processed_seconds = 0.0
     results = _process_all(work, features, with_audio, workers)
-    for k in pending:
-        records = []
-        for _ in plan[k]:
-            result = next(results)
-            records.append(result)
-            if isinstance(result, BadInput):
-                reporter.message(_describe(result))
-                reporter.update(files=1, bad=1)
-            else:
-                reporter.update(files=1, seconds=result["seconds"])
-                processed_seconds += result["seconds"]
-            processed += 1
-        _write_shard(output_dir, k, records)
-        written += 1
+    try:
+        for k in pending:
+            records = []
+            for _ in plan[k]:
+                result = next(results)
+                records.append(result)
+                if isinstance(result, BadInput):
+                    reporter.message(_describe(result))
+                    reporter.update(files=1, bad=1)
+                else:
+                    reporter.update(files=1, seconds=result["seconds"])
+                    processed_seconds += result["seconds"]
+                processed += 1
+            _write_shard(output_dir, k, records)
+            written += 1
+    finally:  # stop the pool now: a reference cycle through write_shards' frame would keep it to exit
+        results.close()
     reporter.close()
 
     rejected_early = [_report_row(bad) for bad in rejected]
@@ -227,28 +230,30 @@ def _run_fingerprint(planned: List[_Planned], plan: List[List[_Planned]], featur
 
 def _claim_output(output_dir: str, state_dir: str, fingerprint: str, overwrite: bool,
                   clean_temporaries: bool) -> None:
-    """Refuse to mix two different jobs in one folder unless asked to overwrite."""
-    marker = os.path.join(state_dir, "run.json")
-    for folder in (output_dir, state_dir) if clean_temporaries else ():
-        for name in os.listdir(folder):
-            if name.startswith(".") and ".tmp" in name:  # left by a killed run; other parts may be writing theirs
-                os.remove(os.path.join(folder, name))
-    if os.path.exists(marker):
-        previous = read_json(marker).get("fingerprint")
-        if previous == fingerprint:
+    """Refuse to mix two different jobs in one folder unless asked to overwrite.
+
+    Creates the folder (local) or checks the bucket (S3); removes what a killed run left half-written
+    (temporary files; unfinished multipart uploads), unless other parts of a split run may be writing.
+    """
+    out = _output(output_dir)
+    out.prepare(clean_temporaries)
+    marker = f"{STATE_DIR}/run.json"
+    previous = out.read(marker)
+    if previous is not None:
+        if json.loads(previous.decode("utf-8")).get("fingerprint") == fingerprint:
             return
         if not overwrite:
             raise SpgError(f"{output_dir}: holds shards of a different job (other inputs or parameters); "
                            "use a new output folder or --overwrite")
-    elif any(name.startswith("shard-") for name in os.listdir(output_dir)) and not overwrite:
+    elif any(name.startswith("shard-") for name in out.names()) and not overwrite:
         raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
     if overwrite:
-        for name in os.listdir(output_dir):
+        for name in out.names():
             if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME):
-                os.remove(os.path.join(output_dir, name))
-        for name in os.listdir(state_dir):
-            os.remove(os.path.join(state_dir, name))
-    write_json_atomic(marker, {"fingerprint": fingerprint, "spgdataset": __version__})
+                out.remove(name)
+        for name in out.names(STATE_DIR):
+            out.remove(f"{STATE_DIR}/{name}")
+    out.write(marker, _json_bytes({"fingerprint": fingerprint, "spgdataset": __version__}))
 
 
 # ---------------------------------------------------------------- computing
@@ -332,8 +337,9 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
                  workers: int) -> Iterator[Union[Dict[str, Any], BadInput]]:
     """Results in plan order, with at most a few files in flight per worker (bounded memory).
 
-    Spawned processes, because fork after torch is loaded is not safe; an executor rather than a Pool,
-    because a Pool waits forever for the task of a worker that died, where an executor raises.
+    Forked processes where the platform has fork, as torch's DataLoader does (a spawned worker spends
+    seconds importing torch; each worker sets one torch thread before any work); an executor rather than
+    a Pool, because a Pool waits forever for the task of a worker that died, where an executor raises.
     """
     tasks = [(item, features, with_audio) for item in work]
     if workers == 1 or len(tasks) <= 1:
@@ -345,7 +351,7 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
         finally:
             torch.set_num_threads(threads)
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
                              initargs=(os.getpid(),)) as pool:
         in_flight: Deque[Future] = deque()
@@ -367,22 +373,62 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
 # ---------------------------------------------------------------- writing
 
 
-def _state_path(output_dir: str, k: int) -> str:
-    return os.path.join(output_dir, STATE_DIR, shard_name(k) + ".msgpack")
+class _LocalOutput:
+    """OUTPUT_DIR on a local file system. Every write goes to a temporary name in the same folder and is
+    renamed when complete, so a name is either absent or whole (the S3 twin is s3.S3Output)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def prepare(self, clean_temporaries: bool) -> None:
+        state_dir = os.path.join(self.root, STATE_DIR)
+        os.makedirs(state_dir, exist_ok=True)
+        for folder in (self.root, state_dir) if clean_temporaries else ():
+            for name in os.listdir(folder):
+                if name.startswith(".") and ".tmp" in name:  # left by a killed run; other parts may be writing theirs
+                    os.remove(os.path.join(folder, name))
+
+    def read(self, name: str) -> Optional[bytes]:
+        try:
+            with open(os.path.join(self.root, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes, sha256: Optional[str] = None) -> None:
+        write_bytes_atomic(os.path.join(self.root, name), data)
+
+    def matches(self, name: str, size: int, sha256: str) -> bool:
+        path = os.path.join(self.root, name)
+        return os.path.exists(path) and os.path.getsize(path) == size and _sha256_file(path) == sha256
+
+    def names(self, folder: str = "") -> List[str]:
+        return os.listdir(os.path.join(self.root, folder))
+
+    def remove(self, name: str) -> None:
+        os.remove(os.path.join(self.root, name))
+
+
+def _output(output_dir: str) -> Union[_LocalOutput, S3Output]:
+    return S3Output(output_dir) if is_s3_url(output_dir) else _LocalOutput(output_dir)
+
+
+def _state_path(k: int) -> str:
+    """The state record of shard k, relative to OUTPUT_DIR."""
+    return f"{STATE_DIR}/{shard_name(k)}.msgpack"
 
 
 def _shard_done(output_dir: str, k: int) -> bool:
-    """A shard is done when its record exists and its tar (if any) is there with the recorded digest."""
-    record_path = _state_path(output_dir, k)
-    if not os.path.exists(record_path):
+    """A shard is done when its record exists and its tar (if any) is there with the recorded size and
+    sha256 (local: hashed again; S3: the object's size and the sha256 stored with it at upload)."""
+    out = _output(output_dir)
+    data = out.read(_state_path(k))
+    if data is None:
         return False
-    with open(record_path, "rb") as f:
-        record = unpack(f.read())
+    record = unpack(data)
     if record["files"] == 0:
         return True
-    tar_path = os.path.join(output_dir, record["name"])
-    return os.path.exists(tar_path) and os.path.getsize(tar_path) == record["bytes"] and \
-        _sha256_file(tar_path) == record["sha256"]
+    return out.matches(record["name"], record["bytes"], record["sha256"])
 
 
 def _sha256_file(path: str) -> str:
@@ -391,6 +437,10 @@ def _sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
 
 
 def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], BadInput]]) -> None:
@@ -403,22 +453,26 @@ def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], Ba
         "index": [dict(r["index"], shard=shard_name(k)) for r in good],
         "report": [_report_row(r) for r in records if isinstance(r, BadInput)],
     }
+    out = _output(output_dir)
     if good:
         buf = io.BytesIO()
         write_tar(buf, (m for r in good for m in r["members"]))
         data = buf.getvalue()
         record["bytes"], record["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-        write_bytes_atomic(os.path.join(output_dir, shard_name(k)), data)
-    write_bytes_atomic(_state_path(output_dir, k), pack(record))
+        out.write(shard_name(k), data, sha256=record["sha256"])
+    out.write(_state_path(k), pack(record))
 
 
 def _finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_audio: bool,
               rejected_early: List[Dict[str, str]]) -> Dict[str, Any]:
     """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
+    out = _output(output_dir)
     records = []
     for k in range(shard_count):
-        with open(_state_path(output_dir, k), "rb") as f:
-            records.append(unpack(f.read()))
+        data = out.read(_state_path(k))
+        if data is None:
+            raise SpgError(f"{output_dir}: state record {_state_path(k)} disappeared; rerun to rewrite that shard")
+        records.append(unpack(data))
     report = sorted(rejected_early + [row for r in records for row in r["report"]], key=lambda row: row["path"])
     good = [r for r in records if r["files"]]
     if not good:
@@ -444,8 +498,8 @@ def _finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_a
         "index": INDEX_NAME,
         "report": {"counts": _count_kinds(report), "files": report},
     }
-    write_bytes_atomic(os.path.join(output_dir, INDEX_NAME), pack(index))
-    write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
+    out.write(INDEX_NAME, pack(index))
+    out.write(MANIFEST_NAME, _json_bytes(manifest))
     return manifest
 
 

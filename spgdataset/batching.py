@@ -13,14 +13,19 @@ one chunk, i.e. of the files that made the chunk (several files drawn from the f
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+import math
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
+from .prefetch import read_ahead
 
 
 @dataclasses.dataclass
@@ -139,14 +144,14 @@ class Chunk:
         self._keys = [keys[i] for i in files.tolist()]
         self._meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
 
-    def take(self, lo: int, hi: int) -> Dict[str, Any]:
+    def take(self, lo: int, hi: int, outputs: OutputTensors) -> Dict[str, Any]:
         """Windows lo..hi of the arranged order, as one batch dict."""
         spec, W = self.spec, self.spec.window
         starts = self._starts[lo:hi]
         batch: Dict[str, Any] = {}
         if self.data is not None:
             view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
-            x = torch.index_select(view, 0, starts, out=_output((len(starts), spec.n_mels, W), self.data.dtype))
+            x = torch.index_select(view, 0, starts, out=outputs.empty((len(starts), spec.n_mels, W), self.data.dtype))
             if spec.per_window_norm:
                 mean = x.mean(dim=(1, 2), keepdim=True)
                 std = x.std(dim=(1, 2), keepdim=True)
@@ -155,7 +160,8 @@ class Chunk:
         if self.audio is not None:
             n = W * spec.hop_length
             view = self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
-            batch["audio"] = torch.index_select(view, 0, starts * spec.hop_length)
+            batch["audio"] = torch.index_select(view, 0, starts * spec.hop_length,
+                                                out=outputs.empty((len(starts), n), torch.float32))
         if self.masks:
             batch["masks"] = {
                 name: torch.index_select(m.as_strided((self.total - W + 1, W), (1, 1)), 0, starts)
@@ -170,14 +176,38 @@ class Chunk:
         return batch
 
 
-def _output(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A fresh batch tensor; in a DataLoader worker, allocated in shared memory from the start.
+class OutputTensors:
+    """Where batch tensors are allocated.
 
-    The DataLoader moves every tensor a worker returns into shared memory, which copies it; a tensor
-    that already lives there crosses as a handle. Each batch still gets its own segment: nothing is reused.
+    In a DataLoader worker: fresh tensors in shared memory (the DataLoader moves every tensor a worker
+    returns into shared memory, which copies it; one already there crosses as a handle). Never reused:
+    the worker cannot know when the main process is done with a batch.
+
+    In the training process: a fresh 3.9 MB tensor per batch costs about as much in page faults as the
+    gather itself (tools/bench.py), so a batch's memory is reused, but only once nothing references it
+    any more (no tensor, view or slice of it alive: the storage's use count says so). A consumer that
+    keeps batches simply gets new memory. Reuse is never a guess.
     """
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if get_worker_info() is not None else out
+
+    def __init__(self, reuse: bool, keep: int = 12) -> None:
+        self.reuse = reuse and hasattr(torch._C, "_storage_Use_Count")
+        self.keep = keep
+        self.storages: List[Any] = []
+        self.lock = threading.Lock()  # batch-building threads share one pool
+
+    def empty(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if not self.reuse:
+            out = torch.empty(shape, dtype=dtype)
+            return out.share_memory_() if get_worker_info() is not None else out
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        with self.lock:
+            for storage in self.storages:
+                if storage.nbytes() == nbytes and torch._C._storage_Use_Count(storage._cdata) == 1:
+                    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+            out = torch.empty(shape, dtype=dtype)
+            if len(self.storages) < self.keep:
+                self.storages.append(out.untyped_storage())
+            return out
 
 
 def concat_batches(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
@@ -218,14 +248,53 @@ def iterate_windows(
     drop_last: bool = False,
     rng: Optional[np.random.Generator] = None,
     skip_windows: int = 0,
+    threads: int = 1,
 ) -> Iterator[Dict[str, Any]]:
     """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
 
     `skip_windows`: leave out the first windows of the stream exactly as an earlier run yielded them
     (same files, same permutations), without building them: how a resumed epoch continues.
+    `threads`: batches of a chunk built by this many threads at once (in order; torch copies release the
+    GIL). Independent single-threaded copies, unlike intra-op threads, do not stall each other when
+    another process holds a core.
     """
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
+    outputs = OutputTensors(reuse=get_worker_info() is None and batch_size is not None)
+    fresh = OutputTensors(reuse=False)  # partial batches get concatenated: no point in reusing them
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
+    chunks = _arranged_chunks(files, spec, chunk_windows, rng, skip_windows)
+    if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
+        chunks = read_ahead(one_thread(chunks), depth=1)
+    try:
+        for chunk, pos in chunks:
+            ranges = []
+            if carry is not None:
+                ranges.append((pos, min(pos + size - batch_size_of(carry), chunk.count)))
+                pos = ranges[-1][1]
+            ranges += [(lo, min(lo + size, chunk.count)) for lo in range(pos, chunk.count, size)]
+
+            def take(bounds: Tuple[int, int], chunk: Chunk = chunk) -> Dict[str, Any]:
+                lo, hi = bounds
+                return chunk.take(lo, hi, outputs if hi - lo == size else fresh)
+
+            for batch in _in_order(take, ranges, pool, depth=2 * threads):
+                if carry is not None:
+                    batch, carry = concat_batches(carry, batch), None
+                if batch_size_of(batch) < size:
+                    carry = batch
+                else:
+                    yield from _emit(batch, batch_size)
+        if carry is not None and (batch_size is None or not drop_last):
+            yield from _emit(carry, batch_size)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,
+                     rng: Optional[np.random.Generator], skip_windows: int) -> Iterator[Tuple[Chunk, int]]:
+    """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built."""
     for group in _file_groups(files, chunk_windows):
         count = sum(len(f.starts) for f in group)
         order = rng.permutation(count) if rng is not None else np.arange(count)
@@ -234,23 +303,34 @@ def iterate_windows(
             continue
         chunk = Chunk(group, spec)
         chunk.arrange(order)
-        pos, skip_windows = skip_windows, 0
-        if carry is not None:
-            end = min(pos + size - batch_size_of(carry), chunk.count)
-            carry = concat_batches(carry, chunk.take(pos, end))
-            pos = end
-            if batch_size_of(carry) == size:
-                yield from _emit(carry, batch_size)
-                carry = None
-        while pos < chunk.count:
-            batch = chunk.take(pos, pos + size)
-            pos += size
-            if batch_size_of(batch) < size:
-                carry = batch
-            else:
-                yield from _emit(batch, batch_size)
-    if carry is not None and (batch_size is None or not drop_last):
-        yield from _emit(carry, batch_size)
+        yield chunk, skip_windows
+        skip_windows = 0
+
+
+def one_thread(items: Iterator[Any]) -> Iterator[Any]:
+    """Run `items` with one torch thread, in the thread that runs this generator only.
+
+    The copies are memory-bound: intra-op threads add only synchronisation, and stall when another busy
+    thread or process holds a core (tools/bench.py). torch.set_num_threads in a non-main thread sets that
+    thread's OpenMP team size, leaving the training thread's untouched.
+    """
+    torch.set_num_threads(1)
+    yield from items
+
+
+def _in_order(fn: Any, args: List[Any], pool: Optional[ThreadPoolExecutor], depth: int) -> Iterator[Any]:
+    """map(fn, args) on `pool` with at most `depth` results in flight, yielded in order."""
+    if pool is None:
+        for arg in args:
+            yield fn(arg)
+        return
+    pending: Deque[Future] = deque()
+    for arg in args:
+        pending.append(pool.submit(fn, arg))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _emit(batch: Dict[str, Any], batch_size: Optional[int]) -> Iterator[Dict[str, Any]]:

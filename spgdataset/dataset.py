@@ -9,6 +9,7 @@ Pipeline per rank and DataLoader worker:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -19,16 +20,16 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from .audio import decode_flac
-from .batching import FileRecord, WindowSpec, iterate_windows
+from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
 from .errors import ShardError
 from .loader import SpectrogramLoader
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
 from .prefetch import read_ahead
-from .shardformat import AUDIO, INFO, SPEC, npy_view, unpack
-from .source import HashingReader, ShardSet, Source, open_shard, open_source
+from .shardformat import AUDIO, INFO, SPEC, npy_view, tar_members, unpack
+from .source import ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
 from .windows import kept_starts, window_frames
 
@@ -74,6 +75,7 @@ class SpectrogramDataset(IterableDataset):
         world_size: Optional[int] = None,
         on_error: str = "raise",
         verify: bool = True,
+        batch_threads: int = 2,
     ) -> None:
         super().__init__()
         self.shards: ShardSet = open_source(source)
@@ -119,6 +121,7 @@ class SpectrogramDataset(IterableDataset):
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
         self.on_error, self.verify = on_error, verify
+        self.batch_threads = max(1, int(batch_threads))
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
         self._cache: Dict[str, FileRecord] = {}
         self._cache_bytes = 0
@@ -244,9 +247,10 @@ class SpectrogramDataset(IterableDataset):
             files = wds.filters._shuffle(files, bufsize=self.file_buffer, initial=self.file_buffer, rng=rng)
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
         items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
-                                self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1))
+                                self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1),
+                                threads=self.batch_threads if info is None else 1)
         if info is None:  # in the training process: build batches in a thread, while the caller trains
-            items = read_ahead(_single_threaded(items), depth=4)
+            items = read_ahead(one_thread(items), depth=4)
         for item in items:
             if info is None:
                 self._consumed[0] += 1
@@ -296,22 +300,25 @@ class SpectrogramDataset(IterableDataset):
         records: List[FileRecord] = []
         seen = 0
         try:
-            stream = HashingReader(open_shard(url))
-            self.shard_opens += 1
+            stream = open_shard(url)
             try:
-                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                    seen += 1
-                    if sample.get("__key__") in wanted:
-                        records.append(self._decode(url, sample))
-                digest = stream.drain()
+                data = stream.read()  # one read: a shard is at most --max-shard-mb
             finally:
                 stream.close()
+            self.shard_opens += 1
+            if self.verify:
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != shard["sha256"]:
+                    raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
+                                     f"{shard['sha256'][:12]}... ({len(data)} bytes, the manifest says "
+                                     f"{shard['bytes']}: truncated, corrupt or replaced)")
+            for sample in group_by_keys(tar_members(data, url)):
+                seen += 1
+                if sample.get("__key__") in wanted:
+                    records.append(self._decode(url, sample))
             if seen != shard["files"]:
                 raise ShardError(f"{url}: holds {seen} files, the manifest says {shard['files']} "
                                  "(truncated or replaced shard)")
-            if self.verify and digest != shard["sha256"]:
-                raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
-                                 f"{shard['sha256'][:12]}... (shard changed since it was written)")
         except Exception as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(
                 f"{url}: truncated or corrupt shard after {seen} files: {_first_line(exc)}")
@@ -328,7 +335,9 @@ class SpectrogramDataset(IterableDataset):
         """Keep a checked file for later epochs while the cache has room (first come, first kept)."""
         if self.max_memory_cache and record.key not in self._cache and \
                 self._cache_bytes + record.nbytes <= self.max_memory_cache:
-            self._cache[record.key] = record
+            # own copies: a view would keep the whole shard buffer alive for one file
+            self._cache[record.key] = dataclasses.replace(
+                record, spec=record.spec.copy(), audio=None if record.audio is None else record.audio.copy())
             self._cache_bytes += record.nbytes
 
     def _decode(self, url: str, sample: Dict[str, Any]) -> FileRecord:
@@ -371,17 +380,6 @@ class SpectrogramDataset(IterableDataset):
             kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         return SpectrogramLoader(self, num_workers=workers,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
-
-
-def _single_threaded(items: Iterator[Any]) -> Iterator[Any]:
-    """Run the batch copies with one torch thread (in the thread that runs this generator only).
-
-    The copies are memory-bound; intra-op threads add nothing but synchronisation, and collapse when
-    another busy thread or process holds a core (measured: tools/bench.py). torch.set_num_threads in a
-    non-main thread sets that thread's OpenMP team size, leaving the training thread's untouched.
-    """
-    torch.set_num_threads(1)
-    yield from items
 
 
 def _label_token(value: Any) -> Tuple[str, Any]:

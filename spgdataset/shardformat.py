@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tarfile
-from typing import Any, BinaryIO, Dict, Iterable, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, Tuple, Union
 
 import msgpack
 import numpy as np
@@ -43,8 +43,23 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_SIMPLE_NPY = re.compile(rb"\{'descr': '([<>|][a-z][0-9]+)', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \}")
+
+
 def npy_view(data: Union[bytes, memoryview]) -> np.ndarray:
-    """A read-only array over the npy bytes, without copying the payload."""
+    """A read-only array over the npy bytes, without copying the payload.
+
+    The headers spg-shard writes are parsed with one regular expression (numpy's own parser compiles the
+    header as Python source, 0.15 ms per file); anything else goes through numpy's parser.
+    """
+    if bytes(data[:8]) == b"\x93NUMPY\x01\x00":
+        length = int.from_bytes(bytes(data[8:10]), "little")
+        match = _SIMPLE_NPY.match(bytes(data[10 : 10 + length]).rstrip(b" \n"))
+        if match:
+            dtype = np.dtype(match.group(1).decode())
+            shape = tuple(int(v) for v in match.group(2).replace(b" ", b"").split(b",") if v)
+            count = int(np.prod(shape)) if shape else 1
+            return np.frombuffer(data, dtype=dtype, count=count, offset=10 + length).reshape(shape)
     header = io.BytesIO(bytes(data[:1024]) if len(data) > 1024 else bytes(data))
     version = np.lib.format.read_magic(header)
     if version == (1, 0):
@@ -58,6 +73,34 @@ def npy_view(data: Union[bytes, memoryview]) -> np.ndarray:
     count = int(np.prod(shape))
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def tar_members(data: Union[bytes, memoryview], url: str) -> Iterator[Dict[str, Any]]:
+    """Members of a whole tar held in memory, as WebDataset file samples {fname, data, __url__}.
+
+    Why not tarfile: its stream parser spent more time than building the batches (tools/bench.py
+    profile); here a shard is one read, one sha256 call and zero-copy memoryview slices. Headers are
+    checksummed, so a corrupt or truncated shard is an error, never silently short.
+    """
+    view = memoryview(data)
+    offset = 0
+    while offset + 512 <= len(view):
+        header = bytes(view[offset : offset + 512])
+        if header == bytes(512):
+            return  # end-of-archive marker
+        stored = int(header[148:156].strip(b"\0 ") or b"0", 8)
+        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+            raise ValueError(f"bad tar header checksum at byte {offset}")
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        start = offset + 512
+        if start + size > len(view):
+            raise ValueError(f"{name}: member ends at byte {start + size}, the tar has {len(view)}")
+        if header[156:157] in (b"0", b"\0"):
+            yield {"fname": f"{prefix}/{name}" if prefix else name, "data": view[start : start + size], "__url__": url}
+        offset = start + (size + 511) // 512 * 512
+    raise ValueError(f"tar ends at byte {len(view)} without its end-of-archive marker (truncated)")
 
 
 def pack(obj: Any) -> bytes:

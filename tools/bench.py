@@ -18,9 +18,11 @@ import math
 import os
 import platform
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -37,7 +39,7 @@ from spgdataset.audio import read_audio
 from spgdataset.demo import make_corpus
 from spgdataset.features import FeatureConfig, LogMel
 from spgdataset.frames import interval_mask
-from spgdataset.windows import kept_starts, window_frames
+from spgdataset.windows import window_frames
 
 RESULT_TAG = "BENCH-RESULT "
 BATCH = 64
@@ -98,14 +100,14 @@ def child_pids() -> List[int]:
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # field 4; the name may hold spaces
+            if ppid != me:
+                continue
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
+                if b"resource_tracker" not in f.read():
+                    found.append(int(name))
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4; the command name may hold spaces
-        if ppid == me and b"resource_tracker" not in cmdline:
-            found.append(int(name))
     return found
 
 
@@ -135,8 +137,8 @@ def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[i
 
     Rate = windows after the first batch / time after the first batch (the first batch's time is reported
     separately). Stops after `limit` windows (counted after the first batch) or at the end of the epoch.
+    `workers`: sample the peak RSS of child processes (scanning /proc costs a few ms: only with workers).
     """
-    workers = workers or WorkerPeaks()
     first_at, first_cpu, counted, first_shape = None, 0.0, 0, None
     for batch in batches:
         spec = batch["spectrogram"]
@@ -145,11 +147,13 @@ def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[i
             first_shape = f"{tuple(spec.shape)} {str(spec.dtype).replace('torch.', '')}"
         else:
             counted += spec.shape[0]
-        workers.sample()
+        if workers is not None:
+            workers.sample()
         if limit is not None and counted >= limit:
             break
     ended, cpu = time.perf_counter(), time.process_time() - first_cpu
-    workers.sample(force=True)
+    if workers is not None:
+        workers.sample(force=True)
     seconds = ended - first_at if first_at is not None else float("nan")
     return {
         "windows_per_s": counted / seconds if counted else 0.0,
@@ -158,15 +162,14 @@ def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[i
         "measured_over": "full epoch" if limit is None else f"{counted} windows",
         "first_batch_s": (first_at - started) if first_at is not None else float("nan"),
         "first_batch_shape": first_shape,
-        "worker_peak_rss_mb": sorted(round(kb / 1024) for kb in workers.peaks_kb.values()),
+        "worker_peak_rss_mb": [] if workers is None else sorted(round(kb / 1024) for kb in workers.peaks_kb.values()),
     }
 
 
-def full_epochs(make_batches: Callable[[int], Iterable[Dict[str, Any]]], started: float,
-                epochs: int) -> Dict[str, Any]:
+def full_epochs(make_batches: Callable[[int], Iterable[Dict[str, Any]]], started: float, epochs: int,
+                workers: Optional[WorkerPeaks] = None) -> Dict[str, Any]:
     """`epochs` full epochs one after the other: rate = median of the epochs' rates (the machine is shared,
     a median resists a neighbour's burst); first batch = the first epoch's, counted from `started`."""
-    workers = WorkerPeaks()
     runs = []
     for epoch in range(epochs):
         batches = make_batches(epoch)
@@ -303,7 +306,7 @@ def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] =
         ds.set_epoch(n)
         return iter(loader)
 
-    result = full_epochs(epoch, started, args.epochs)
+    result = full_epochs(epoch, started, args.epochs, WorkerPeaks() if workers else None)
     result["epoch_windows"] = ds.num_windows()
     return result
 
@@ -337,7 +340,7 @@ def job_wds(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
                 .compose(lambda src: wds_windows(src, labels))
                 .shuffle(10000))
     loader = DataLoader(pipeline, batch_size=BATCH, num_workers=workers)  # workers restart every epoch
-    return full_epochs(lambda n: iter(loader), started, args.epochs)
+    return full_epochs(lambda n: iter(loader), started, args.epochs, WorkerPeaks() if workers else None)
 
 
 # ---------------------------------------------------------------- read side: (b) on the fly from WAV
@@ -375,7 +378,7 @@ def job_otf(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
     torch.set_num_threads(1)
     started = time.perf_counter()
     loader = DataLoader(OnTheFlyWindows(args), batch_size=BATCH, shuffle=True, num_workers=workers)
-    return consume(loader, started, limit=limits(args)["otf_windows"])
+    return consume(loader, started, limits(args)["otf_windows"], WorkerPeaks() if workers else None)
 
 
 # ---------------------------------------------------------------- read side: (c) one .npz per file
@@ -405,7 +408,7 @@ class NpzWindows(Dataset):
 def job_npz(args: argparse.Namespace, workers: int = 0) -> Dict[str, Any]:
     started = time.perf_counter()
     loader = DataLoader(NpzWindows(args), batch_size=BATCH, shuffle=True, num_workers=workers)
-    return consume(loader, started, limit=limits(args)["npz_batches"] * BATCH)
+    return consume(loader, started, limits(args)["npz_batches"] * BATCH, WorkerPeaks() if workers else None)
 
 
 # ---------------------------------------------------------------- read side: (d) memory-copy limit
@@ -473,20 +476,40 @@ READ_JOBS: Dict[str, Any] = {
 BASELINE_WDS, BASELINE_COPY = "wds_1proc", "copy_1thread"
 
 
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has been busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_children_cpu_seconds() -> float:
+    """CPU-seconds of our finished jobs, their DataLoader workers and write pools included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_job(name: str, args: argparse.Namespace) -> Dict[str, Any]:
-    """Run one job in a fresh Python process; its result is the JSON line tagged RESULT_TAG on stdout."""
+    """Run one job in a fresh Python process; its result is the JSON line tagged RESULT_TAG on stdout.
+
+    Also records `others_load`: CPU cores busy with other people's processes during the job (the machine
+    may be shared; a reader measured while a neighbour takes a core is slower than it should be).
+    """
     command = [sys.executable, os.path.abspath(__file__), "--job", name, "--out", args.out,
                "--hours", str(args.hours), "--shards", str(args.shards), "--epochs", str(args.epochs)]
     command += ["--quick"] if args.quick else []
-    started = time.perf_counter()
+    started, busy, own = time.perf_counter(), busy_cpu_seconds(), own_children_cpu_seconds()
     proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    others_load = max(0.0, (busy_cpu_seconds() - busy) - (own_children_cpu_seconds() - own)) / wall
     tagged = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not tagged:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         log(f"{name}: FAILED (exit {proc.returncode})\n{tail}")
         return {"job": name, "error": tail.splitlines()[-1] if tail else f"exit {proc.returncode}"}
     result = json.loads(tagged[-1][len(RESULT_TAG):])
-    log(f"{name}: done in {time.perf_counter() - started:.1f} s")
+    result["others_load"] = round(others_load, 2)
+    log(f"{name}: done in {wall:.1f} s (other processes kept {others_load:.2f} cores busy)")
     return result
 
 
@@ -501,6 +524,29 @@ def run_in_this_process(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     result["job"] = name
     result["main_peak_rss_mb"] = round(proc_status_kb("self", "VmHWM") / 1024)
     result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def profile_job(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Run a job under cProfile, in this thread and in every thread it starts (SpectrogramDataset builds
+    batches in a read-ahead thread); print the merged top 25 by tottime and by cumtime to stderr."""
+    profilers = [cProfile.Profile()]
+
+    def start_in_new_thread(*_: Any) -> None:  # first profile event of a new thread: hand over to cProfile
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()
+
+    threading.setprofile(start_in_new_thread)
+    try:
+        result = profilers[0].runcall(run_in_this_process, name, args)
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    stats = pstats.Stats(*profilers, stream=sys.stderr)
+    print(f"{len(profilers)} thread(s) profiled; time waiting for another thread shows as lock acquire",
+          file=sys.stderr)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumtime").print_stats(25)
     return result
 
 
@@ -528,8 +574,10 @@ def report(results: Dict[str, Any]) -> str:
     rows = []
     for name in ("write_w1", "write_w2", "decode_logmel", "write_audio"):
         r = write.get(name)
-        if r is None or "error" in r:
-            rows.append([name, "error: " + (r or {}).get("error", "not run")] + [""] * 4)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append([name, "error: " + r["error"]] + [""] * 5)
             continue
         label = {"write_w1": "write_shards, workers=1", "write_w2": "write_shards, workers=2",
                  "decode_logmel": "bare read_audio + LogMel, 1 process, 1 thread",
@@ -537,9 +585,9 @@ def report(results: Dict[str, Any]) -> str:
                                                                           else ", every 10th file")}[name]
         size = r.get("bytes_per_audio_hour")
         rows.append([label, f"{r['audio_hours']:.2f}", r["audio_s_per_s"], r["files_per_s"],
-                     f"{size / 2**20:.1f}" if size else "", f"{r['wall_s']:.1f}"])
+                     f"{size / 2**20:.1f}" if size else "", f"{r['wall_s']:.1f}", f"{r['others_load']:.2f}"])
     text = "### Write side\n\n" + markdown_table(
-        ["", "audio h", "audio s / s", "files / s", "MiB per audio hour", "wall s"], rows)
+        ["", "audio h", "audio s / s", "files / s", "MiB per audio hour", "wall s", "others' load"], rows)
 
     wds_rate = read.get(BASELINE_WDS, {}).get("windows_per_s")
     copy_rate = read.get(BASELINE_COPY, {}).get("windows_per_s")
@@ -549,18 +597,21 @@ def report(results: Dict[str, Any]) -> str:
         if r is None:
             continue
         if "error" in r:
-            rows.append([label, procs, "error: " + r["error"]] + [""] * 7)
+            rows.append([label, procs, "error: " + r["error"]] + [""] * 9)
             continue
         rate = r["windows_per_s"]
         workers = r["worker_peak_rss_mb"]
-        rows.append([label, procs, rate, r["measured_over"], f"{r['main_cpu_percent']:.0f}",
+        cpu = r["main_cpu_percent"]
+        per_cpu = rate / (cpu / 100) if procs == 1 and cpu > 0 else None  # robust to a busy neighbour
+        rows.append([label, procs, rate, r["measured_over"], f"{cpu:.0f}", per_cpu if per_cpu else "-",
                      f"{r['first_batch_s']:.2f}", r["main_peak_rss_mb"],
                      f"{max(workers)} (max of {len(workers)})" if workers else "-",
-                     f"{rate / wds_rate:.2f}x" if wds_rate else "", f"{100 * rate / copy_rate:.0f}%" if copy_rate else ""])
+                     f"{rate / wds_rate:.2f}x" if wds_rate else "",
+                     f"{100 * rate / copy_rate:.0f}%" if copy_rate else "", f"{r['others_load']:.2f}"])
     text += "\n\n### Read side: windows of 1.92 s every 0.1 s, batch 64, float32, spectrogram + speech mask + label\n\n"
     text += markdown_table(["reader", "procs", "windows / s", "measured over (after 1st batch)", "main CPU %",
-                            "1st batch s",
-                            "peak RSS main MB", "peak RSS workers MB", "vs (a) wds 1 proc", "of (d) copy 1 thread"], rows)
+                            "windows / CPU-s (1 proc)", "1st batch s", "peak RSS main MB", "peak RSS workers MB",
+                            "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
     cfg = results["config"]
     text += (f"\n\nCorpus {cfg['hours']:g} h, {cfg['files']} files, {cfg['epoch_windows']} windows per epoch, "
              f"{cfg['shards']} shards. `import torch` alone: peak RSS {results['import_torch_rss_mb']} MB; "
@@ -588,14 +639,7 @@ def main() -> None:
         args.hours = 0.1
 
     if args.job:
-        if args.profile:
-            profiler = cProfile.Profile()
-            result = profiler.runcall(run_in_this_process, args.job, args)
-            stats = pstats.Stats(profiler, stream=sys.stderr)
-            stats.sort_stats("tottime").print_stats(25)
-            stats.sort_stats("cumtime").print_stats(25)
-        else:
-            result = run_in_this_process(args.job, args)
+        result = profile_job(args.job, args) if args.profile else run_in_this_process(args.job, args)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
@@ -629,7 +673,7 @@ def main() -> None:
                    "spgdataset": spgdataset.__version__, "loadavg_before": [round(x, 2) for x in loadavg_before],
                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "import_torch_rss_mb": import_torch_rss_mb(),
-        "imports_rss_mb": run_job("baseline", args)["main_peak_rss_mb"],
+        "imports_rss_mb": run_job("baseline", args).get("main_peak_rss_mb"),
         "write": write,
         "read": read,
     }

@@ -31,7 +31,7 @@ from .prefetch import read_ahead
 from .shardformat import AUDIO, INFO, SPEC, npy_view, tar_members, unpack
 from .source import ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
-from .windows import kept_starts, window_frames
+from .windows import count_kept, kept_starts, window_frames
 
 log = logging.getLogger("spgdataset")
 
@@ -165,7 +165,12 @@ class SpectrogramDataset(IterableDataset):
         for shard in self.shards.shards:
             rows = [r for r in self.shards.files_by_shard[shard["name"]] if self.in_subset(r["path"], r["metadata"])]
             self._subset_rows.append(rows)
-            self._file_windows.append([len(self.file_windows(r["frames"], r["intervals"])) for r in rows])
+        every = [r for rows in self._subset_rows for r in rows]
+        counts = count_kept([r["frames"] for r in every], [r["intervals"] for r in every], self.window, self.step,
+                            self.hop_length, self.content_intervals, self.window_content_ratio, self.pad_short).tolist()
+        for rows in self._subset_rows:
+            self._file_windows.append(counts[: len(rows)])
+            counts = counts[len(rows):]
 
     def windows(self) -> List[Tuple[str, int]]:
         """Every (key, start) of this subset, computed from the index alone (no shard is opened)."""

@@ -60,3 +60,69 @@ def kept_starts(
     mask = union_mask(intervals, content_names, max(frames, window), hop_length)
     mask[frames:] = False
     return starts[window_content(mask, starts, window) >= content_ratio * window]
+
+
+def count_kept(
+    frames: Sequence[int],
+    intervals: Sequence[Optional[Mapping[str, Sequence[Sequence[int]]]]],
+    window: int,
+    step: int,
+    hop_length: int,
+    content_names: Sequence[str],
+    content_ratio: float,
+    pad_short: bool = False,
+) -> np.ndarray:
+    """len(kept_starts(...)) for many files at once, without a Python loop per window or per frame.
+
+    The files are laid end to end; content masks come from one cumulative sum over interval edges. This is
+    what lets len() of a 100-hour index be known in a fraction of a second; kept_starts stays the rule.
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    counts = np.where(frames >= window, (frames - window) // step + 1, 0)
+    if pad_short:
+        counts = np.where((frames > 0) & (frames < window), 1, counts)
+    if content_ratio <= 0 or not content_names:
+        return counts
+    files = np.array([i for i, iv in enumerate(intervals) if iv and counts[i] > 0], dtype=np.int64)
+    if len(files) == 0:
+        return counts
+    lengths = np.maximum(frames[files], window)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    firsts, lasts = [], []
+    for off, i in zip(offsets.tolist(), files.tolist()):
+        for name in content_names:
+            for start, stop in intervals[i].get(name, ()):
+                first, last = max(-(-int(start) // hop_length), 0), min(-(-int(stop) // hop_length), int(frames[i]))
+                if first < last:
+                    firsts.append(off + first)
+                    lasts.append(off + last)
+    content = _content_before(np.array(firsts, dtype=np.int64), np.array(lasts, dtype=np.int64))
+    per_file = counts[files]
+    file_of = np.repeat(np.arange(len(files)), per_file)
+    local = (np.arange(int(per_file.sum())) - np.repeat(np.cumsum(per_file) - per_file, per_file)) * step
+    starts = offsets[file_of] + local
+    kept = content(starts + window) - content(starts) >= content_ratio * window
+    counts = counts.copy()
+    counts[files] = np.bincount(file_of, weights=kept, minlength=len(files)).astype(np.int64)
+    return counts
+
+
+def _content_before(firsts: np.ndarray, lasts: np.ndarray):
+    """C(x): how many frames before x lie in the union of the spans [firsts, lasts) (frames, any order)."""
+    if len(firsts) == 0:
+        return lambda x: np.zeros_like(x)
+    order = np.argsort(firsts, kind="stable")
+    firsts, lasts = firsts[order], lasts[order]
+    reach = np.maximum.accumulate(lasts)
+    new = np.ones(len(firsts), dtype=bool)
+    new[1:] = firsts[1:] > reach[:-1]  # a span starting past everything before it opens a new merged span
+    starts = firsts[new]
+    stops = np.maximum.reduceat(lasts, np.nonzero(new)[0])
+    before = np.concatenate(([0], np.cumsum(stops - starts)))
+
+    def content(x: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(stops, x, side="right")  # merged spans ending at or before x
+        inside = np.where(j < len(starts), np.clip(x - starts[np.minimum(j, len(starts) - 1)], 0, None), 0)
+        return before[j] + inside
+
+    return content

@@ -265,3 +265,30 @@ def test_content_ratio_examples():
     assert kept_starts(6, intervals, 10, 5, HOP, ["speech"], 0.1).tolist() == []
     assert kept_starts(6, {"speech": [[0, 10**6]]}, 10, 5, HOP, ["speech"], 0.6, pad_short=True).tolist() == [0]
     assert kept_starts(6, {"speech": [[0, 10**6]]}, 10, 5, HOP, ["speech"], 0.7, pad_short=True).tolist() == []
+
+
+@pytest.mark.parametrize("pad_short", [False, True])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("names", [("speech",), ("speech", "noise"), ()])
+def test_count_kept_equals_the_per_file_rule(pad_short, ratio, names):
+    """The vectorised count behind len() agrees with kept_starts file by file, overlaps and edges included."""
+    from spgdataset.windows import count_kept
+
+    rng = np.random.default_rng(len(names) * 10 + int(ratio * 10) + pad_short)
+    hop, window, step = 160, 40, 7
+    frames, intervals = [], []
+    for _ in range(300):
+        n = int(rng.integers(0, 200))
+        frames.append(n)
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            intervals.append({})
+        else:
+            spans = {}
+            for name in ("speech", "noise", "music"):
+                cuts = np.sort(rng.integers(0, max(n, 1) * hop + 3 * hop, size=2 * int(rng.integers(0, 5))))
+                spans[name] = [[int(a), int(b)] for a, b in cuts.reshape(-1, 2) if a < b]
+            intervals.append(spans)
+    got = count_kept(frames, intervals, window, step, hop, names, ratio, pad_short)
+    expected = [len(kept_starts(n, iv, window, step, hop, names, ratio, pad_short)) for n, iv in zip(frames, intervals)]
+    assert got.tolist() == expected

@@ -446,6 +446,30 @@ def job_copy(args: argparse.Namespace, threads: Optional[int] = None, source: st
     return result
 
 
+class EmptyBatches(torch.utils.data.IterableDataset):
+    """Batches of the benchmark's shape with nothing computed: what the DataLoader hand-off alone costs."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __iter__(self) -> Iterable[Dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        share = self.count // (info.num_workers if info else 1)
+        for _ in range(share):
+            yield {"spectrogram": torch.empty((BATCH, FEATURES.n_mels, W)),
+                   "masks": {"speech": torch.zeros((BATCH, W), dtype=torch.bool)},
+                   "label": torch.zeros(BATCH, dtype=torch.int64), "start": torch.zeros(BATCH, dtype=torch.int64)}
+
+
+def job_handoff(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ceiling of any reader behind a 2-worker DataLoader here: batches cross, nothing is built."""
+    loader = torch.utils.data.DataLoader(EmptyBatches(limits(args)["copy_batches"]), batch_size=None,
+                                         num_workers=2, prefetch_factor=4)
+    result = consume(loader, time.perf_counter())
+    result["measured_over"] = f"{result['windows_measured']} windows"
+    return result
+
+
 # ---------------------------------------------------------------- the jobs and the table
 
 WRITE_JOBS: Dict[str, Callable[[argparse.Namespace], Dict[str, Any]]] = {
@@ -471,6 +495,7 @@ READ_JOBS: Dict[str, Any] = {
     "copy_threads": ("(d) copy limit: f16 gather + f32 convert, default threads", 1, job_copy),
     "copy_f32_1thread": ("(d) copy limit: f32 source gather, 1 thread", 1,
                          lambda a: job_copy(a, threads=1, source="float32")),
+    "handoff_2workers": ("(e) DataLoader hand-off limit: 2 workers returning empty float32 batches", 2, job_handoff),
 }
 
 BASELINE_WDS, BASELINE_COPY = "wds_1proc", "copy_1thread"

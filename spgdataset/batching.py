@@ -26,6 +26,7 @@ from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
 from .prefetch import read_ahead
+from .ring import BatchRing
 
 
 @dataclasses.dataclass
@@ -189,7 +190,8 @@ class OutputTensors:
     keeps batches simply gets new memory. Reuse is never a guess.
     """
 
-    def __init__(self, reuse: bool, keep: int = 12) -> None:
+    def __init__(self, reuse: bool, keep: int = 12, ring: Optional[BatchRing] = None) -> None:
+        self.ring = ring  # in a worker: shared slots the training process gives back when released
         self.reuse = reuse and hasattr(torch._C, "_storage_Use_Count")
         self.keep = keep
         self.storages: List[Any] = []
@@ -197,6 +199,11 @@ class OutputTensors:
 
     def empty(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if not self.reuse:
+            info = get_worker_info()
+            if self.ring is not None and info is not None:
+                slot = self.ring.claim(info.id, shape, dtype)
+                if slot is not None:
+                    return slot
             out = torch.empty(shape, dtype=dtype)
             return out.share_memory_() if get_worker_info() is not None else out
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -249,6 +256,7 @@ def iterate_windows(
     rng: Optional[np.random.Generator] = None,
     skip_windows: int = 0,
     threads: int = 1,
+    ring: Optional[BatchRing] = None,
 ) -> Iterator[Dict[str, Any]]:
     """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
 
@@ -260,7 +268,7 @@ def iterate_windows(
     """
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
-    outputs = OutputTensors(reuse=get_worker_info() is None and batch_size is not None)
+    outputs = OutputTensors(reuse=get_worker_info() is None and batch_size is not None, ring=ring)
     fresh = OutputTensors(reuse=False)  # partial batches get concatenated: no point in reusing them
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
     chunks = _arranged_chunks(files, spec, chunk_windows, rng, skip_windows)

@@ -28,6 +28,7 @@ from .errors import ShardError
 from .loader import SpectrogramLoader
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
 from .prefetch import read_ahead
+from .ring import BatchRing
 from .shardformat import AUDIO, INFO, SPEC, npy_view, tar_members, unpack
 from .source import ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
@@ -123,6 +124,7 @@ class SpectrogramDataset(IterableDataset):
         self.on_error, self.verify = on_error, verify
         self.batch_threads = max(1, int(batch_threads))
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
+        self._ring: Optional[BatchRing] = None  # set by loader() when batches come from workers
         self._cache: Dict[str, FileRecord] = {}
         self._cache_bytes = 0
         self.shard_opens = 0  # shards opened by this process (the memory cache test counts these)
@@ -253,10 +255,12 @@ class SpectrogramDataset(IterableDataset):
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
         items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
                                 self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1),
-                                threads=self.batch_threads if info is None else 1)
+                                threads=self.batch_threads if info is None else 1, ring=self._ring)
         if info is None:  # in the training process: build batches in a thread, while the caller trains
             items = read_ahead(one_thread(items), depth=4)
         for item in items:
+            if info is not None and self._ring is not None:
+                item = self._ring.pack(item)
             if info is None:
                 self._consumed[0] += 1
             yield item
@@ -383,6 +387,9 @@ class SpectrogramDataset(IterableDataset):
         if workers > 0:
             kwargs.setdefault("prefetch_factor", 4)
             kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+            itemsize = torch.empty((), dtype=self.dtype).element_size()
+            self._ring = BatchRing(workers * (kwargs["prefetch_factor"] + 4),
+                                   self.batch_size * self.n_mels * self.window * itemsize, workers)
         return SpectrogramLoader(self, num_workers=workers,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
 

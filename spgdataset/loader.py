@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from .dataset import SpectrogramDataset
 
 
+def as_is(batch: Any) -> Any:
+    """The dataset already yields finished batches."""
+    return batch
+
+
 class SpectrogramLoader:
     """Iterates batches built in the dataset's workers and counts them, so a job can resume mid-epoch.
 
@@ -19,7 +24,9 @@ class SpectrogramLoader:
 
     def __init__(self, dataset: "SpectrogramDataset", **dataloader_kwargs: Any) -> None:
         self.dataset = dataset
+        dataloader_kwargs.setdefault("collate_fn", as_is)  # default_convert would turn packed numpy back into tensors
         self.dataloader = DataLoader(dataset, batch_size=None, **dataloader_kwargs)
+        self.pin_memory = bool(dataloader_kwargs.get("pin_memory"))
         self.consumed = 0
 
     def __len__(self) -> int:
@@ -31,7 +38,13 @@ class SpectrogramLoader:
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         resume_epoch, resume_at = (int(v) for v in self.dataset._resume)
         self.consumed = resume_at if resume_epoch == self.dataset.epoch else 0
+        ring = getattr(self.dataset, "_ring", None)
         for batch in self.dataloader:
+            if ring is not None:
+                ring.release_unreferenced()
+                batch = ring.unpack(batch)
+                if self.pin_memory and not batch["spectrogram"].is_pinned():
+                    batch["spectrogram"] = batch["spectrogram"].pin_memory()  # the slot is free again
             self.consumed += 1
             yield batch
         self.dataset._resume[0] = -1  # the resumed epoch is over; later epochs start from their beginning

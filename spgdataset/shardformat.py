@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tarfile
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Union
 
 import msgpack
 import numpy as np
@@ -120,15 +120,21 @@ def unpack(data: bytes) -> Any:
             gc.enable()
 
 
-def write_tar(fileobj: BinaryIO, members: Iterable[Tuple[str, bytes]]) -> None:
-    """A tar whose bytes depend only on the members: fixed mtime, owner and mode."""
-    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+def tar_member(name: str, data: bytes) -> bytes:
+    """One tar member (USTAR header + data + padding) whose bytes depend only on name and data:
+    fixed mtime, owner and mode. Built in the writer's workers, so the main process only joins them."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def tar_archive(members: Iterable[bytes]) -> bytes:
+    """Members joined, then the end-of-archive blocks and padding to a whole record, as tarfile writes."""
+    body = b"".join(members) + bytes(2 * tarfile.BLOCKSIZE)
+    return body + bytes(-len(body) % tarfile.RECORDSIZE)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import itertools
 import json
 import multiprocessing
@@ -40,7 +39,7 @@ from .metadata import FileEntry, collect_inputs
 from .progress import Progress
 from .s3 import S3Output, is_s3_url
 from .shardformat import (AUDIO, FORMAT_VERSION, INDEX_NAME, INFO, MANIFEST_NAME, SPEC, STATE_DIR, npy_bytes,
-                          pack, sample_key, shard_name, unpack, write_bytes_atomic, write_tar)
+                          pack, sample_key, shard_name, tar_archive, tar_member, unpack, write_bytes_atomic)
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
 
@@ -141,7 +140,8 @@ def write_shards(
 
     rejected_early = [_report_row(bad) for bad in rejected]
     manifest = None
-    if all(_shard_done(output_dir, k) for k in range(len(plan))):
+    # mine are checked or just written; only other parts' shards need a look
+    if all(k in mine or _shard_done(output_dir, k) for k in range(len(plan))):
         manifest = _finalize(output_dir, len(plan), features, with_audio, rejected_early)
     result = WriteResult(output_dir, manifest, written, len(mine) - len(pending), processed,
                          processed_seconds, time.monotonic() - started,
@@ -315,9 +315,9 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
         "params": features.fingerprint(),
         "audio": with_audio,
     }
-    members = [(f"{key}.{SPEC}", npy_bytes(spectrogram)), (f"{key}.{INFO}", pack(info))]
+    members = [tar_member(f"{key}.{SPEC}", npy_bytes(spectrogram)), tar_member(f"{key}.{INFO}", pack(info))]
     if with_audio:
-        members.append((f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
+        members.append(tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
     index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio),
                  "intervals": info["intervals"], "metadata": entry.metadata}
     return {"members": members, "index": index_row, "seconds": orig_length / orig_rate,
@@ -455,9 +455,7 @@ def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], Ba
     }
     out = _output(output_dir)
     if good:
-        buf = io.BytesIO()
-        write_tar(buf, (m for r in good for m in r["members"]))
-        data = buf.getvalue()
+        data = tar_archive(m for r in good for m in r["members"])
         record["bytes"], record["sha256"] = len(data), hashlib.sha256(data).hexdigest()
         out.write(shard_name(k), data, sha256=record["sha256"])
     out.write(_state_path(k), pack(record))

@@ -387,9 +387,10 @@ class SpectrogramDataset(IterableDataset):
         if workers > 0:
             kwargs.setdefault("prefetch_factor", 4)
             kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
-            itemsize = torch.empty((), dtype=self.dtype).element_size()
-            self._ring = BatchRing(workers * (kwargs["prefetch_factor"] + 4),
-                                   self.batch_size * self.n_mels * self.window * itemsize, workers)
+            nbytes = self.batch_size * self.n_mels * self.window * torch.empty((), dtype=self.dtype).element_size()
+            # enough slots for the prefetched batches and a few held ones, within 512 MiB of shared memory
+            slots = max(2 * workers, min(workers * (kwargs["prefetch_factor"] + 4), (512 << 20) // nbytes))
+            self._ring = BatchRing(slots, nbytes, workers)
         return SpectrogramLoader(self, num_workers=workers,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
 

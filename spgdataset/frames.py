@@ -11,9 +11,6 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-Interval = Tuple[int, int]
-
-
 def num_frames(num_samples: int, hop_length: int) -> int:
     """Number of frames of a centred STFT over `num_samples` samples."""
     return 1 + num_samples // hop_length

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import io
-import json
 import os
 import re
 import tarfile
@@ -145,12 +144,3 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: str) -> Dict[str, Any]:
-    with open(path, "rb") as f:
-        return json.loads(f.read().decode("utf-8"))

@@ -8,7 +8,6 @@ parameters, statistics) comes from manifest.json and index.msgpack beside the sh
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Union
@@ -122,30 +121,6 @@ def _common_root(urls: List[str]) -> str:
     if len(roots) != 1:
         raise SpgError(f"shard URLs must share one folder (with its manifest.json), got {sorted(roots)[:3]}")
     return roots.pop()
-
-
-class HashingReader:
-    """A read-only stream that hashes what passes through, so a shard is verified while it is read."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-        self.bytes = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.digest.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> str:
-        """Read what the tar reader left (end-of-archive padding) and return the hex digest."""
-        for block in iter(lambda: self.read(1 << 20), b""):
-            pass
-        return self.digest.hexdigest()
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def open_shard(url: str) -> BinaryIO:

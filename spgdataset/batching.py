@@ -16,7 +16,6 @@ import dataclasses
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-import math
 import warnings
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,7 +25,7 @@ from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
 from .prefetch import read_ahead
-from .ring import BatchRing
+from .ring import BatchRing, tensor_nbytes
 
 
 @dataclasses.dataclass
@@ -180,9 +179,10 @@ class Chunk:
 class OutputTensors:
     """Where batch tensors are allocated.
 
-    In a DataLoader worker: fresh tensors in shared memory (the DataLoader moves every tensor a worker
-    returns into shared memory, which copies it; one already there crosses as a handle). Never reused:
-    the worker cannot know when the main process is done with a batch.
+    In a DataLoader worker: a free slot of the loader's BatchRing (ring.py), which the training process
+    gives back only once it holds no reference to the batch; without one, a fresh tensor in shared memory
+    (the DataLoader moves every tensor a worker returns into shared memory, which copies it; one already
+    there crosses as a handle).
 
     In the training process: a fresh 3.9 MB tensor per batch costs about as much in page faults as the
     gather itself (tools/bench.py), so a batch's memory is reused, but only once nothing references it
@@ -200,13 +200,11 @@ class OutputTensors:
     def empty(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if not self.reuse:
             info = get_worker_info()
-            if self.ring is not None and info is not None:
-                slot = self.ring.claim(info.id, shape, dtype)
-                if slot is not None:
-                    return slot
-            out = torch.empty(shape, dtype=dtype)
-            return out.share_memory_() if get_worker_info() is not None else out
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if info is None:
+                return torch.empty(shape, dtype=dtype)
+            slot = self.ring.claim(info.id, shape, dtype) if self.ring is not None else None
+            return slot if slot is not None else torch.empty(shape, dtype=dtype).share_memory_()
+        nbytes = tensor_nbytes(shape, dtype)
         with self.lock:
             for storage in self.storages:
                 if storage.nbytes() == nbytes and torch._C._storage_Use_Count(storage._cdata) == 1:

@@ -28,7 +28,7 @@ from .errors import ShardError
 from .loader import SpectrogramLoader
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
 from .prefetch import read_ahead
-from .ring import BatchRing
+from .ring import BatchRing, tensor_nbytes
 from .shardformat import AUDIO, INFO, SPEC, npy_view, tar_members, unpack
 from .source import ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of
@@ -384,15 +384,14 @@ class SpectrogramDataset(IterableDataset):
         if num_workers is not None:
             self.num_workers = num_workers
         workers = self.num_workers
+        self._ring = None
         if workers > 0:
-            kwargs.setdefault("prefetch_factor", 4)
-            kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
-            nbytes = self.batch_size * self.n_mels * self.window * torch.empty((), dtype=self.dtype).element_size()
+            nbytes = tensor_nbytes((self.batch_size, self.n_mels, self.window), self.dtype)
+            prefetch = kwargs.get("prefetch_factor", 4)
             # enough slots for the prefetched batches and a few held ones, within 512 MiB of shared memory
-            slots = max(2 * workers, min(workers * (kwargs["prefetch_factor"] + 4), (512 << 20) // nbytes))
+            slots = max(2 * workers, min(workers * (prefetch + 4), (512 << 20) // nbytes))
             self._ring = BatchRing(slots, nbytes, workers)
-        return SpectrogramLoader(self, num_workers=workers,
-                                 pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+        return SpectrogramLoader(self, workers, pin_memory, persistent_workers, ring=self._ring, **kwargs)
 
 
 def _label_token(value: Any) -> Tuple[str, Any]:

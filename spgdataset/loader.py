@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional
 
+import torch
 from torch.utils.data import DataLoader
+
+from .ring import BatchRing
 
 if TYPE_CHECKING:
     from .dataset import SpectrogramDataset
@@ -22,11 +25,19 @@ class SpectrogramLoader:
     the next iteration yields exactly the batches the uninterrupted run would have yielded after the n-th.
     """
 
-    def __init__(self, dataset: "SpectrogramDataset", **dataloader_kwargs: Any) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: "SpectrogramDataset", num_workers: int, pin_memory: Optional[bool] = None,
+                 persistent_workers: Optional[bool] = None, ring: Optional[BatchRing] = None,
+                 **dataloader_kwargs: Any) -> None:
+        """Defaults: pinned memory on CUDA; with workers, 4 batches prefetched each and workers kept across
+        epochs. `ring`: the shared batch slots the dataset's workers gather into (ring.py)."""
+        self.dataset, self.ring = dataset, ring
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        if num_workers > 0:
+            dataloader_kwargs.setdefault("prefetch_factor", 4)
+            dataloader_kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         dataloader_kwargs.setdefault("collate_fn", as_is)  # default_convert would turn packed numpy back into tensors
-        self.dataloader = DataLoader(dataset, batch_size=None, **dataloader_kwargs)
-        self.pin_memory = bool(dataloader_kwargs.get("pin_memory"))
+        self.dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=self.pin_memory,
+                                     **dataloader_kwargs)
         self.consumed = 0
 
     def __len__(self) -> int:
@@ -38,7 +49,7 @@ class SpectrogramLoader:
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         resume_epoch, resume_at = (int(v) for v in self.dataset._resume)
         self.consumed = resume_at if resume_epoch == self.dataset.epoch else 0
-        ring = getattr(self.dataset, "_ring", None)
+        ring = self.ring
         for batch in self.dataloader:
             if ring is not None:
                 ring.release_unreferenced()

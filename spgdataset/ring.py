@@ -36,7 +36,7 @@ class BatchRing:
 
     def claim(self, worker: int, shape: Tuple[int, ...], dtype: torch.dtype) -> Optional[torch.Tensor]:
         """A tensor over a free slot of this worker, or None (the caller allocates as usual)."""
-        if not self.usable or _nbytes(shape, dtype) != self.nbytes:
+        if not self.usable or tensor_nbytes(shape, dtype) != self.nbytes:
             return None
         for slot in range(worker, len(self.storages), self.num_workers):
             if int(self.state[slot]) == 0:
@@ -100,7 +100,8 @@ class BatchRing:
                 self.state[slot] = 0
 
 
-def _nbytes(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
+def tensor_nbytes(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a tensor of `shape` and `dtype`, without making one."""
     count = 1
     for n in shape:
         count *= n

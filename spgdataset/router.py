@@ -448,12 +448,8 @@ class SpectrogramDatasetRouter(IterableDataset):
             self.num_workers = num_workers
             for ds in self.datasets:
                 ds.num_workers = num_workers
-        workers = self.num_workers
-        if workers > 0:
-            kwargs.setdefault("prefetch_factor", 4)
-            kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
-        return SpectrogramLoader(self, num_workers=workers,  # type: ignore[arg-type]
-                                 pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+        return SpectrogramLoader(self, self.num_workers, pin_memory, persistent_workers,  # type: ignore[arg-type]
+                                 **kwargs)
 
 
 # ---------------------------------------------------------------- helpers

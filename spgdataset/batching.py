@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
+from .memory import ChunkMemory
 from .prefetch import read_ahead
 from .ring import BatchRing, tensor_nbytes
 
@@ -73,8 +74,9 @@ class WindowSpec:
 class Chunk:
     """Several files laid end to end in one tensor, plus the references of their windows."""
 
-    def __init__(self, files: List[FileRecord], spec: WindowSpec) -> None:
+    def __init__(self, files: List[FileRecord], spec: WindowSpec, memory: Optional[ChunkMemory] = None) -> None:
         self.files, self.spec = files, spec
+        self.memory = memory or ChunkMemory(keep=0)
         W = spec.window
         lengths = np.array([max(f.frames, W) for f in files], dtype=np.int64)
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
@@ -103,7 +105,7 @@ class Chunk:
         spec = self.spec
         normalise = spec.mean is not None
         hold = torch.float32 if normalise or spec.per_window_norm or spec.dtype == torch.bfloat16 else spec.dtype
-        data = torch.empty((spec.n_mels, self.total), dtype=hold)
+        data = self.memory.empty((spec.n_mels, self.total), hold)
         with warnings.catch_warnings():  # views of immutable tar bytes: read-only is fine, we only read
             warnings.simplefilter("ignore", UserWarning)
             for f, off, length in zip(self.files, offsets, lengths):
@@ -255,6 +257,7 @@ def iterate_windows(
     skip_windows: int = 0,
     threads: int = 1,
     ring: Optional[BatchRing] = None,
+    memory: Optional[ChunkMemory] = None,
 ) -> Iterator[Dict[str, Any]]:
     """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
 
@@ -263,13 +266,14 @@ def iterate_windows(
     `threads`: batches of a chunk built by this many threads at once (in order; torch copies release the
     GIL). Independent single-threaded copies, unlike intra-op threads, do not stall each other when
     another process holds a core.
+    `memory`: where chunks live (memory.py); pass one that outlives the call to reuse it across epochs.
     """
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
     outputs = OutputTensors(reuse=get_worker_info() is None and batch_size is not None, ring=ring)
     fresh = OutputTensors(reuse=False)  # partial batches get concatenated: no point in reusing them
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
-    chunks = _arranged_chunks(files, spec, chunk_windows, rng, skip_windows)
+    chunks = _arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory())
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
         chunks = read_ahead(one_thread(chunks), depth=1)
     try:
@@ -299,7 +303,8 @@ def iterate_windows(
 
 
 def _arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,
-                     rng: Optional[np.random.Generator], skip_windows: int) -> Iterator[Tuple[Chunk, int]]:
+                     rng: Optional[np.random.Generator], skip_windows: int,
+                     memory: ChunkMemory) -> Iterator[Tuple[Chunk, int]]:
     """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built."""
     for group in _file_groups(files, chunk_windows):
         count = sum(len(f.starts) for f in group)
@@ -307,7 +312,7 @@ def _arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_window
         if skip_windows >= count:
             skip_windows -= count
             continue
-        chunk = Chunk(group, spec)
+        chunk = Chunk(group, spec, memory)
         chunk.arrange(order)
         yield chunk, skip_windows
         skip_windows = 0

@@ -1,9 +1,9 @@
 """SpectrogramDataset: stream spg-shard shards into sliding windows, as a PyTorch IterableDataset.
 
 Pipeline per rank and DataLoader worker:
-  epoch plan of shards (plan.py) -> read tar (webdataset's tar expander + key grouping, sha256 checked while
-  reading) -> decode npy views + msgpack (never pickle) -> keep this split's files -> shuffle files
-  (webdataset's shuffle buffer) -> windows, shuffled per chunk and batched with one gather (batching.py).
+  epoch plan of shards (plan.py) -> read each shard whole and check its sha256 (a local file once per
+  process while unchanged) -> walk the tar + webdataset's key grouping -> decode npy views + msgpack (never
+  pickle) -> keep this split's files -> shuffle files (webdataset's shuffle buffer) -> windows, shuffled per chunk and batched with one gather (batching.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .audio import decode_flac
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
 from .errors import ShardError
 from .loader import SpectrogramLoader
+from .memory import ChunkMemory
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
 from .prefetch import read_ahead
 from .ring import BatchRing, tensor_nbytes
@@ -75,7 +76,7 @@ class SpectrogramDataset(IterableDataset):
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         on_error: str = "raise",
-        verify: bool = True,
+        verify: Any = True,
         batch_threads: int = 2,
     ) -> None:
         super().__init__()
@@ -121,12 +122,16 @@ class SpectrogramDataset(IterableDataset):
         self._rank, self._world_size = rank, world_size
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if verify not in (True, False, "always"):
+            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
         self.on_error, self.verify = on_error, verify
         self.batch_threads = max(1, int(batch_threads))
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
         self._ring: Optional[BatchRing] = None  # set by loader() when batches come from workers
         self._cache: Dict[str, FileRecord] = {}
         self._cache_bytes = 0
+        self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
+        self._verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
         self.shard_opens = 0  # shards opened by this process (the memory cache test counts these)
         self.errors: List[str] = []
         self._consumed = torch.zeros(1, dtype=torch.int64)  # items yielded in this process this epoch
@@ -255,7 +260,8 @@ class SpectrogramDataset(IterableDataset):
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
         items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
                                 self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1),
-                                threads=self.batch_threads if info is None else 1, ring=self._ring)
+                                threads=self.batch_threads if info is None else 1, ring=self._ring,
+                                memory=self._chunk_memory())
         if info is None:  # in the training process: build batches in a thread, while the caller trains
             items = read_ahead(one_thread(items), depth=4)
         for item in items:
@@ -266,6 +272,12 @@ class SpectrogramDataset(IterableDataset):
             yield item
         if info is None:
             self._resume[0] = -1
+
+    def _chunk_memory(self) -> ChunkMemory:
+        """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""
+        if self._memory[0] != os.getpid():
+            self._memory = (os.getpid(), ChunkMemory())
+        return self._memory[1]
 
     def _window_spec(self) -> WindowSpec:
         mean = std = None
@@ -312,10 +324,11 @@ class SpectrogramDataset(IterableDataset):
             stream = open_shard(url)
             try:
                 data = stream.read()  # one read: a shard is at most --max-shard-mb
+                identity = _file_identity(stream, len(data), shard["sha256"])
             finally:
                 stream.close()
             self.shard_opens += 1
-            if self.verify:
+            if self.verify and (self.verify == "always" or identity is None or self._verified.get(url) != identity):
                 digest = hashlib.sha256(data).hexdigest()
                 if digest != shard["sha256"]:
                     raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
@@ -336,6 +349,8 @@ class SpectrogramDataset(IterableDataset):
                 raise error from None
             log.warning("skipping: %s", error)
             return []
+        if identity is not None and self.verify:
+            self._verified[url] = identity
         for record in records:
             self._remember(record)
         return records
@@ -397,6 +412,21 @@ class SpectrogramDataset(IterableDataset):
 def _label_token(value: Any) -> Tuple[str, Any]:
     """Label lookup key that keeps 1, True and "1" apart."""
     return (type(value).__name__, value)
+
+
+def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:
+    """(device, inode, size, mtime, expected sha256) of a local shard just read whole, else None.
+
+    A shard whose sha256 passed is not hashed again while this identity holds: rewriting, replacing or
+    truncating the file changes its inode, size or mtime. Remote streams have no identity: always hashed.
+    """
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    if st.st_size != size:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
 
 
 def _first_line(exc: BaseException) -> str:

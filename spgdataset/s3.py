@@ -636,8 +636,9 @@ class S3Output:
     def read(self, name: str) -> Optional[bytes]:
         return read_bytes(self._url(name), missing_ok=True)
 
-    def write(self, name: str, data: bytes, sha256: Optional[str] = None) -> None:
-        """One object, multipart above `multipart_threshold`; a shard also carries its sha256 as metadata."""
+    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> None:
+        """One object of `parts` joined, multipart above `multipart_threshold`; a shard also carries its
+        sha256 as metadata."""
         from boto3.s3.transfer import TransferConfig
 
         s = settings()
@@ -645,7 +646,7 @@ class S3Output:
                                   max_concurrency=s.max_concurrency)
         extra: Dict[str, Any] = {"Metadata": {"sha256": sha256}} if sha256 else {}
         try:
-            client(s).upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + name, ExtraArgs=extra,
+            client(s).upload_fileobj(io.BytesIO(b"".join(parts)), self.bucket, self.prefix + name, ExtraArgs=extra,
                                      Config=transfer)
         except Exception as exc:
             raise error(self._url(name), exc, doing="upload failed") from None

@@ -13,7 +13,7 @@ import io
 import os
 import re
 import tarfile
-from typing import Any, Dict, Iterable, Iterator, Union
+from typing import Any, Dict, Iterator, Union
 
 import msgpack
 import numpy as np
@@ -37,9 +37,10 @@ def sample_key(number: int, path: str) -> str:
     return f"{number:07d}_{slug}" if slug else f"{number:07d}"
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def npy_header(array: np.ndarray) -> bytes:
+    """The npy header numpy writes before a C-ordered `array`'s bytes (the payload is not copied here)."""
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(array))
     return buf.getvalue()
 
 
@@ -119,28 +120,32 @@ def unpack(data: bytes) -> Any:
             gc.enable()
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """One tar member (USTAR header + data + padding) whose bytes depend only on name and data:
-    fixed mtime, owner and mode. Built in the writer's workers, so the main process only joins them."""
+def tar_member(name: str, *parts: Any) -> bytes:
+    """One tar member (USTAR header + data + padding) whose bytes depend only on name and data: fixed
+    mtime, owner and mode. `parts` (bytes-like, joined) spare a copy of a large payload, e.g. an npy header
+    and the array's own memory. Built in the writer's workers, so the main process only writes them."""
+    size = sum(memoryview(p).nbytes for p in parts)
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    return header + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+    return b"".join([header, *parts, bytes(-size % tarfile.BLOCKSIZE)])
 
 
-def tar_archive(members: Iterable[bytes]) -> bytes:
-    """Members joined, then the end-of-archive blocks and padding to a whole record, as tarfile writes."""
-    body = b"".join(members) + bytes(2 * tarfile.BLOCKSIZE)
-    return body + bytes(-len(body) % tarfile.RECORDSIZE)
+def tar_end(size: int) -> bytes:
+    """What follows `size` bytes of members: the end-of-archive blocks and padding to a whole record,
+    as tarfile writes them."""
+    return bytes(2 * tarfile.BLOCKSIZE + (-(size + 2 * tarfile.BLOCKSIZE) % tarfile.RECORDSIZE))
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers see all or nothing."""
+def write_bytes_atomic(path: str, *parts: Any) -> None:
+    """Write `parts` (bytes-like, in order) to a temporary name in the same folder, then rename: readers
+    see all or nothing."""
     tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

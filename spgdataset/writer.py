@@ -20,6 +20,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -38,8 +39,8 @@ from .frames import num_frames, rescale_intervals, resampled_length
 from .metadata import FileEntry, collect_inputs
 from .progress import Progress
 from .s3 import S3Output, is_s3_url
-from .shardformat import (AUDIO, FORMAT_VERSION, INDEX_NAME, INFO, MANIFEST_NAME, SPEC, STATE_DIR, npy_bytes,
-                          pack, sample_key, shard_name, tar_archive, tar_member, unpack, write_bytes_atomic)
+from .shardformat import (AUDIO, FORMAT_VERSION, INDEX_NAME, INFO, MANIFEST_NAME, SPEC, STATE_DIR, npy_header,
+                          pack, sample_key, shard_name, tar_end, tar_member, unpack, write_bytes_atomic)
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
 
@@ -119,6 +120,7 @@ def write_shards(
     written = processed = 0
     processed_seconds = 0.0
     results = _process_all(work, features, with_audio, workers)
+    shard_writer = _ShardWriter(output_dir)
     try:
         for k in pending:
             records = []
@@ -132,9 +134,11 @@ def write_shards(
                     reporter.update(files=1, seconds=result["seconds"])
                     processed_seconds += result["seconds"]
                 processed += 1
-            _write_shard(output_dir, k, records)
+            shard_writer.submit(k, records)
             written += 1
+        shard_writer.close()
     finally:  # stop the pool now: a reference cycle through write_shards' frame would keep it to exit
+        shard_writer.stop()
         results.close()
     reporter.close()
 
@@ -163,20 +167,32 @@ def _probe_one(entry: FileEntry, features: FeatureConfig) -> Tuple[int, float]:
     return num_frames(samples, features.hop_length), length / rate
 
 
-def _probe_task(args: Tuple[FileEntry, FeatureConfig]) -> Union[Tuple[int, float], BadInput]:
-    try:
-        return _probe_one(*args)
-    except BadInput as bad:
-        return bad
+def _probe_task(entries: List[FileEntry], features: FeatureConfig) -> List[Union[Tuple[int, float], BadInput]]:
+    outcomes: List[Union[Tuple[int, float], BadInput]] = []
+    for entry in entries:
+        try:
+            outcomes.append(_probe_one(entry, features))
+        except BadInput as bad:
+            outcomes.append(bad)
+    return outcomes
 
 
 def _probe_all(entries: List[FileEntry], features: FeatureConfig, workers: int,
                rejected: List[BadInput], reporter: Progress) -> List[_Planned]:
-    """Header reads are cheap but add up over a million files: run them in a thread pool."""
+    """Header reads add up over a million files. Cached local headers take ~0.1 ms each and threads only
+    fight over the GIL (2-3x slower here); headers that wait on storage (over 1 ms each in the first run
+    of 64) are read by a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, 2 * workers)) as pool:
-        probed = list(pool.map(_probe_task, [(e, features) for e in entries]))
+    runs = [entries[i : i + 64] for i in range(0, len(entries), 64)]
+    started = time.perf_counter()
+    probed = _probe_task(runs[0], features)
+    if time.perf_counter() - started > 1e-3 * len(runs[0]):
+        with ThreadPoolExecutor(max_workers=min(8, 2 * workers)) as pool:
+            outcomes = pool.map(_probe_task, runs[1:], itertools.repeat(features))
+            probed += [outcome for run in outcomes for outcome in run]
+    else:
+        probed += [outcome for run in runs[1:] for outcome in _probe_task(run, features)]
     planned = []
     for number, (entry, outcome) in enumerate(zip(entries, probed)):
         if isinstance(outcome, BadInput):
@@ -299,9 +315,10 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
     if len(audio) < features.min_samples:
         raise BadInput(entry.path, f"audio too short: {len(audio)} samples at {features.sample_rate} Hz, "
                                    f"a centred STFT with n_fft={features.n_fft} needs {features.min_samples}")
-    spectrogram = _logmel(features)(audio).astype(features.storage_dtype)
+    spectrogram = _logmel(features)(audio, features.storage_dtype)
     frames = spectrogram.shape[1]
-    stored = spectrogram.astype(np.float64)
+    stored = torch.from_numpy(spectrogram)
+    wide = stored.float() if stored.dtype == torch.float16 else stored.double()  # float16 squares are exact in float32
     key = sample_key(item.number, entry.path)
     info = {
         "path": entry.path,
@@ -315,13 +332,14 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
         "params": features.fingerprint(),
         "audio": with_audio,
     }
-    members = [tar_member(f"{key}.{SPEC}", npy_bytes(spectrogram)), tar_member(f"{key}.{INFO}", pack(info))]
+    members = [tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B")),
+               tar_member(f"{key}.{INFO}", pack(info))]
     if with_audio:
         members.append(tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
     index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio),
                  "intervals": info["intervals"], "metadata": entry.metadata}
     return {"members": members, "index": index_row, "seconds": orig_length / orig_rate,
-            "sum": stored.sum(axis=1), "sumsq": np.square(stored).sum(axis=1)}
+            "sum": wide.sum(1, dtype=torch.float64).numpy(), "sumsq": wide.square().sum(1, dtype=torch.float64).numpy()}
 
 
 def _process_task(args: Tuple[_Planned, FeatureConfig, bool]) -> Union[Dict[str, Any], BadInput]:
@@ -333,9 +351,29 @@ def _process_task(args: Tuple[_Planned, FeatureConfig, bool]) -> Union[Dict[str,
         return BadInput(args[0].entry.path, f"failed: {type(exc).__name__}: {exc}")
 
 
+def _process_group(items: List[_Planned], features: FeatureConfig,
+                   with_audio: bool) -> List[Union[Dict[str, Any], BadInput]]:
+    return [_process_task((item, features, with_audio)) for item in items]
+
+
+def _task_groups(work: List[_Planned], seconds: float = 60.0) -> List[List[_Planned]]:
+    """Consecutive files, about `seconds` of audio per task: one task per short file cost the main
+    process a pool round trip per file (tools/bench.py, write side)."""
+    groups: List[List[_Planned]] = []
+    total = seconds
+    for item in work:
+        if total >= seconds:
+            groups.append([])
+            total = 0.0
+        groups[-1].append(item)
+        total += item.seconds
+    return groups
+
+
 def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool,
                  workers: int) -> Iterator[Union[Dict[str, Any], BadInput]]:
-    """Results in plan order, with at most a few files in flight per worker (bounded memory).
+    """Results in plan order, with at most a few tasks (about a minute of audio each) in flight per
+    worker (bounded memory).
 
     Forked processes where the platform has fork, as torch's DataLoader does (a spawned worker spends
     seconds importing torch; each worker sets one torch thread before any work); an executor rather than
@@ -355,19 +393,19 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
                              initargs=(os.getpid(),)) as pool:
         in_flight: Deque[Future] = deque()
-        todo = iter(tasks)
-        for task in itertools.islice(todo, 4 * workers):
-            in_flight.append(pool.submit(_process_task, task))
+        todo = iter(_task_groups(work))
+        for group in itertools.islice(todo, 4 * workers):
+            in_flight.append(pool.submit(_process_group, group, features, with_audio))
         while in_flight:
             future = in_flight.popleft()
             try:
-                result = future.result()
+                results = future.result()
             except BrokenProcessPool:
                 raise SpgError("a worker process died (out of memory or killed?); finished shards are kept, "
                                "rerun the same command to resume") from None
-            for task in itertools.islice(todo, 1):
-                in_flight.append(pool.submit(_process_task, task))
-            yield result
+            for group in itertools.islice(todo, 1):
+                in_flight.append(pool.submit(_process_group, group, features, with_audio))
+            yield from results
 
 
 # ---------------------------------------------------------------- writing
@@ -395,8 +433,8 @@ class _LocalOutput:
         except FileNotFoundError:
             return None
 
-    def write(self, name: str, data: bytes, sha256: Optional[str] = None) -> None:
-        write_bytes_atomic(os.path.join(self.root, name), data)
+    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> None:
+        write_bytes_atomic(os.path.join(self.root, name), *parts)
 
     def matches(self, name: str, size: int, sha256: str) -> bool:
         path = os.path.join(self.root, name)
@@ -443,6 +481,64 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
 
 
+class _ShardWriter:
+    """Writes finished shards in order in a background thread, with at most one more shard waiting.
+
+    Why: hashing, writing and fsync release the GIL, so here they overlap with computing the next files
+    (workers=1) or collecting the workers' results, instead of stalling them (tools/bench.py, write side).
+    Memory: at most two shards besides the one being collected. A failed write (disk full, S3) is raised
+    in the caller at its next submit() or at close(); nothing after it is written.
+    """
+
+    _STOP = None
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = output_dir
+        self.waiting: "queue.Queue" = queue.Queue(maxsize=1)
+        self.error: Optional[BaseException] = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="spg-shard-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, k: int, records: List[Union[Dict[str, Any], BadInput]]) -> None:
+        self._raise()
+        self.waiting.put((k, records))
+
+    def close(self) -> None:
+        """Wait until every submitted shard is written; raise the first failure."""
+        self.waiting.put(self._STOP)
+        self.thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """After a failure elsewhere: write nothing more, wait for the write under way (no half files)."""
+        self.stopped = True
+        while self.thread.is_alive():
+            try:
+                self.waiting.put(self._STOP, timeout=0.1)
+            except queue.Full:
+                continue
+            self.thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            self.stopped = True
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            item = self.waiting.get()
+            if item is self._STOP:
+                return
+            if self.stopped or self.error is not None:
+                continue
+            try:
+                _write_shard(self.output_dir, *item)
+            except BaseException as exc:  # handed to the caller's thread
+                self.error = exc
+
+
 def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], BadInput]]) -> None:
     good = [r for r in records if not isinstance(r, BadInput)]
     record: Dict[str, Any] = {
@@ -455,9 +551,14 @@ def _write_shard(output_dir: str, k: int, records: List[Union[Dict[str, Any], Ba
     }
     out = _output(output_dir)
     if good:
-        data = tar_archive(m for r in good for m in r["members"])
-        record["bytes"], record["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-        out.write(shard_name(k), data, sha256=record["sha256"])
+        parts = [m for r in good for m in r["members"]]
+        size = sum(len(m) for m in parts)
+        parts.append(tar_end(size))
+        digest = hashlib.sha256()
+        for part in parts:  # hashed and written piece by piece: the shard is never joined in memory
+            digest.update(part)
+        record["bytes"], record["sha256"] = size + len(parts[-1]), digest.hexdigest()
+        out.write(shard_name(k), *parts, sha256=record["sha256"])
     out.write(_state_path(k), pack(record))
 
 

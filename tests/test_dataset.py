@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -621,8 +622,8 @@ def test_truncated_shard(shards, stored, broken_copy, how):
     assert len(warn.errors) == 1 and BROKEN in warn.errors[0]
 
 
-def alter_spec_bytes(folder: str) -> None:
-    path = os.path.join(folder, BROKEN)
+def alter_spec_bytes(folder: str, name: str = BROKEN) -> None:
+    path = os.path.join(folder, name)
     size = os.path.getsize(path)
     name, off, data = next(m for m in member_offsets(path) if m[0].endswith(".spec.npy"))
     with open(path, "r+b") as f:
@@ -657,6 +658,78 @@ def test_altered_shard_is_skipped_in_warn_mode(shards, stored, tmp_path):
         got = collections.Counter(epoch_order(ds, epoch))
         assert any("sha256" in e and BROKEN in e for e in ds.errors)
         assert got == others, f"epoch {epoch}: {sum((got - others).values())} windows of the altered shard yielded"
+
+
+
+class CountingSha256:
+    """Counts the shards the dataset hashes (wraps hashlib.sha256 as dataset.py calls it)."""
+
+    def __init__(self, monkeypatch) -> None:
+        import hashlib
+        from spgdataset import dataset as dataset_module
+
+        self.calls = 0
+        real = hashlib.sha256
+
+        def counting(data=b""):
+            self.calls += 1
+            return real(data)
+
+        monkeypatch.setattr(dataset_module.hashlib, "sha256", counting)
+
+
+def test_unchanged_local_shards_are_hashed_once_per_process(shards, tmp_path, monkeypatch):
+    folder = str(tmp_path / "copy")
+    shutil.copytree(shards, folder)
+    hashes = CountingSha256(monkeypatch)
+    count = len(light(folder).shards.shards)
+    ds = light(folder, window_content_ratio=0, batch_size=64)
+    first = collections.Counter(epoch_order(ds, 0))
+    assert hashes.calls == count
+    assert collections.Counter(epoch_order(ds, 1)) == first  # every window again, without hashing
+    assert hashes.calls == count
+    always = light(folder, window_content_ratio=0, batch_size=64, verify="always")
+    epoch_order(always, 0), epoch_order(always, 1)
+    assert hashes.calls == 3 * count
+
+
+@pytest.mark.parametrize("change", ["in_place", "replaced"])
+def test_a_shard_changed_after_its_check_is_checked_again(shards, tmp_path, change):
+    """In place (mtime moves) or replaced by rename (new inode): the next epoch hashes it and refuses it."""
+    folder = str(tmp_path / "copy")
+    shutil.copytree(shards, folder)
+    ds = light(folder, window_content_ratio=0, batch_size=64)
+    epoch_order(ds, 0)
+    path = os.path.join(folder, BROKEN)
+    if change == "in_place":
+        time.sleep(0.01)  # a distinct mtime even on coarse clocks
+        alter_spec_bytes(folder)
+    else:  # an altered copy renamed over it, given the old mtime: only the inode tells
+        before = os.stat(path)
+        shutil.copy(path, os.path.join(folder, "spare.tar"))
+        alter_spec_bytes(folder, "spare.tar")
+        os.utime(os.path.join(folder, "spare.tar"), ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(os.path.join(folder, "spare.tar"), path)
+    with pytest.raises(ShardError, match=rf"{BROKEN}.*sha256"):
+        epoch_order(ds, 1)
+
+
+def test_verify_always_catches_a_change_that_kept_size_and_mtime(shards, tmp_path):
+    """The documented limit of the once-per-process check, and its way out."""
+    folder = str(tmp_path / "copy")
+    shutil.copytree(shards, folder)
+    path = os.path.join(folder, BROKEN)
+    ds = light(folder, window_content_ratio=0, batch_size=64)
+    always = light(folder, window_content_ratio=0, batch_size=64, verify="always")
+    epoch_order(ds, 0), epoch_order(always, 0)
+    before = os.stat(path)
+    alter_spec_bytes(folder)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    epoch_order(ds, 1)  # same inode, size and mtime: taken as checked
+    with pytest.raises(ShardError, match=rf"{BROKEN}.*sha256"):
+        epoch_order(always, 1)
+    with pytest.raises(ValueError, match="verify"):
+        light(folder, verify="sometimes")
 
 
 # ---------------------------------------------------------------- batches and short files

@@ -581,6 +581,39 @@ def test_sigkill_then_rerun_finishes_the_same_job(tmp_path, helpers):
     assert no_temporaries(out) == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_shard_write_stops_the_run_and_a_rerun_finishes(workers, tmp_path, helpers, monkeypatch):
+    """Shards are written in a background thread: its failure (here a full disk on the third shard) must
+    reach the caller, nothing after it may be written, and the rerun must give the uninterrupted output."""
+    from spgdataset import writer
+
+    root = tmp_path / "audio"
+    meta = make_corpus(root, total_seconds=16, seed=3, min_seconds=1.5, max_seconds=2.5)
+    ref = tmp_path / "reference"
+    write_shards(root, meta, ref, workers=workers, max_shard_files=1, progress=False)
+    reference = helpers.output_files(ref)
+    assert len([n for n in reference if SHARD_RE.match(n)]) >= 5
+
+    real = writer._write_shard
+
+    def full_disk_on_third(output_dir, k, records):
+        if k == 2:
+            raise OSError(28, "No space left on device")
+        real(output_dir, k, records)
+
+    monkeypatch.setattr(writer, "_write_shard", full_disk_on_third)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        write_shards(root, meta, out, workers=workers, max_shard_files=1, progress=False)
+    assert sorted(n for n in os.listdir(out) if SHARD_RE.match(n)) == ["shard-000000.tar", "shard-000001.tar"]
+    assert not (out / "manifest.json").exists()
+
+    monkeypatch.setattr(writer, "_write_shard", real)
+    rerun = write_shards(root, meta, out, workers=workers, max_shard_files=1, progress=False)
+    assert rerun.shards_reused == 2
+    assert helpers.output_files(out) == reference
+
+
 @pytest.mark.parametrize("killed_while", ["writing_shard", "writing_record"])
 def test_rerun_removes_temporaries_of_a_killed_run(killed_while, tmp_path, helpers):
     """The states SIGKILL can leave inside write_bytes_atomic: a half-written temporary tar (no record yet),

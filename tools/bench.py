@@ -39,6 +39,7 @@ from spgdataset.audio import read_audio
 from spgdataset.demo import make_corpus
 from spgdataset.features import FeatureConfig, LogMel
 from spgdataset.frames import interval_mask
+from spgdataset.memory import ChunkMemory
 from spgdataset.windows import window_frames
 
 RESULT_TAG = "BENCH-RESULT "
@@ -290,10 +291,16 @@ def job_decode_logmel(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] = None,
-            normalize: bool = False) -> Dict[str, Any]:
-    """SpectrogramDataset: iterated directly (workers=0) or behind ds.loader(num_workers=workers)."""
+            normalize: bool = False, small_pages: bool = False) -> Dict[str, Any]:
+    """SpectrogramDataset: iterated directly (workers=0) or behind ds.loader(num_workers=workers).
+
+    small_pages: each chunk in a fresh torch.empty tensor (4 KB pages, faulted in anew), as before
+    spgdataset/memory.py: what the huge-page, reused chunk memory buys.
+    """
     if threads:
         torch.set_num_threads(threads)
+    if small_pages:
+        ChunkMemory.empty = lambda self, shape, dtype: torch.empty(shape, dtype=dtype)  # this job's process only
     started = time.perf_counter()
     ds = SpectrogramDataset(
         paths(args)["shards"], window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC, window_content_ratio=0,
@@ -484,6 +491,8 @@ READ_JOBS: Dict[str, Any] = {
     "spg_1proc": ("SpectrogramDataset, 1 process, default threads", 1, job_spg),
     "spg_1proc_1thread": ("SpectrogramDataset, 1 process, 1 torch thread", 1, lambda a: job_spg(a, threads=1)),
     "spg_1proc_norm": ("SpectrogramDataset, 1 process, normalize=True", 1, lambda a: job_spg(a, normalize=True)),
+    "spg_1proc_small_pages": ("SpectrogramDataset, 1 process, chunks in fresh 4 KB pages (before memory.py)", 1,
+                              lambda a: job_spg(a, small_pages=True)),
     "spg_2workers": ("SpectrogramDataset.loader(num_workers=2)", 2, lambda a: job_spg(a, workers=2)),
     "wds_1proc": ("(a) plain webdataset, 1 process", 1, job_wds),
     "wds_2workers": ("(a) plain webdataset, DataLoader 2 workers", 2, lambda a: job_wds(a, workers=2)),
@@ -506,6 +515,19 @@ def busy_cpu_seconds() -> float:
     with open("/proc/stat") as f:
         user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(timeout: float = 30.0, idle_cores: float = 0.05) -> None:
+    """Flush, then wait until the machine is quiet: after the write jobs (hundreds of MB written and
+    deleted) the kernel kept about 0.2 cores busy for several seconds, slowing the first read rows."""
+    os.sync()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = busy_cpu_seconds()
+        time.sleep(0.5)
+        if (busy_cpu_seconds() - before) / 0.5 < idle_cores:
+            return
+    log(f"the machine did not settle below {idle_cores} busy cores in {timeout:.0f} s; read rows may be slow")
 
 
 def own_children_cpu_seconds() -> float:
@@ -685,6 +707,7 @@ def main() -> None:
         write["write_w1"] = run_job("write_w1", args)
     if {"npz_1proc", "npz_2workers"} & selected:
         ensure_npz(args)
+    settle()
     read = {name: run_job(name, args) for name in READ_JOBS if name in selected}
 
     manifest = read_manifest(paths(args)["shards"])

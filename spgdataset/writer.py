@@ -5,9 +5,10 @@ How a run goes, and why:
 2. Plan the shards from those lengths alone (bytes and file limits), before any audio is decoded.
    The plan fixes which file goes into which shard, so the output is the same whatever the worker
    count, a killed run knows which shards are finished, and `--part i/N` jobs agree without talking.
-3. Workers compute spectrograms file by file (single-threaded torch each, so results do not depend on
-   the thread count); the main process packs them in plan order into `shard-NNNNNN.tar`, written under
-   a temporary name and renamed when complete, then records the shard in `.spg-state/`.
+3. Workers compute spectrograms in tasks of about a minute of audio (single-threaded torch each, so
+   results do not depend on the thread count) and build the tar members; in plan order, a writer thread
+   of the main process hashes and writes each finished `shard-NNNNNN.tar` member by member under a
+   temporary name, renames it when complete, then records the shard in `.spg-state/`.
 4. When every shard of the plan is recorded, write index.msgpack and then manifest.json (last).
 OUTPUT_DIR is a local folder or `s3://bucket/prefix` (s3.S3Output): the same steps, with objects for files.
 """

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .frames import interval_mask
-from .memory import ChunkMemory
+from .memory import CAN_TELL_UNREFERENCED, ChunkMemory, tensor_nbytes, unreferenced
 from .prefetch import read_ahead
-from .ring import BatchRing, tensor_nbytes
+from .ring import BatchRing
 
 
 @dataclasses.dataclass
@@ -194,7 +194,7 @@ class OutputTensors:
 
     def __init__(self, reuse: bool, keep: int = 12, ring: Optional[BatchRing] = None) -> None:
         self.ring = ring  # in a worker: shared slots the training process gives back when released
-        self.reuse = reuse and hasattr(torch._C, "_storage_Use_Count")
+        self.reuse = reuse and CAN_TELL_UNREFERENCED
         self.keep = keep
         self.storages: List[Any] = []
         self.lock = threading.Lock()  # batch-building threads share one pool
@@ -209,7 +209,7 @@ class OutputTensors:
         nbytes = tensor_nbytes(shape, dtype)
         with self.lock:
             for storage in self.storages:
-                if storage.nbytes() == nbytes and torch._C._storage_Use_Count(storage._cdata) == 1:
+                if storage.nbytes() == nbytes and unreferenced(storage):
                     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
             out = torch.empty(shape, dtype=dtype)
             if len(self.storages) < self.keep:

@@ -26,10 +26,10 @@ from .audio import decode_flac
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
 from .errors import ShardError
 from .loader import SpectrogramLoader
-from .memory import ChunkMemory
+from .memory import ChunkMemory, tensor_nbytes
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
 from .prefetch import read_ahead
-from .ring import BatchRing, tensor_nbytes
+from .ring import BatchRing
 from .shardformat import AUDIO, INFO, SPEC, npy_view, tar_members, unpack
 from .source import ShardSet, Source, open_shard, open_source
 from .splits import normalize_split, subset_of

@@ -7,18 +7,33 @@ huge pages (2 MB, asked for with madvise on a private anonymous mapping) make th
 and the chunk build about 40% cheaper here; reusing a released buffer removes the faults altogether.
 
 Reuse is never a guess: a buffer is handed out again only when its storage's use count shows that no
-tensor or view of it is alive (the same rule as batching.OutputTensors and ring.BatchRing).
+tensor or view of it is alive. `unreferenced` is that rule, also for batching.OutputTensors and ring.BatchRing.
 """
 
 from __future__ import annotations
 
 import mmap
 import threading
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 
 HUGE_PAGE = 2 << 20
+CAN_TELL_UNREFERENCED = hasattr(torch._C, "_storage_Use_Count")  # without it, memory is never reused
+
+
+def unreferenced(storage: Any) -> bool:
+    """True when the caller's reference is the only one to `storage` (an untyped storage): no tensor, view
+    or slice of it is alive anywhere in this process, so its memory can be written again."""
+    return torch._C._storage_Use_Count(storage._cdata) == 1
+
+
+def tensor_nbytes(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a tensor of `shape` and `dtype`, without making one."""
+    count = 1
+    for n in shape:
+        count *= n
+    return count * torch.empty((), dtype=dtype).element_size()
 
 
 def huge_page_bytes(nbytes: int) -> torch.Tensor:
@@ -50,7 +65,7 @@ class ChunkMemory:
         self.keep = keep
         self.buffers: List[Any] = []  # untyped storages: holding one counts once in its use count
         self.lock = threading.Lock()
-        self.reusable = hasattr(torch._C, "_storage_Use_Count")
+        self.reusable = CAN_TELL_UNREFERENCED
 
     def __getstate__(self) -> dict:  # a pickled pool (spawned DataLoader worker) starts empty
         return {"keep": self.keep}
@@ -61,10 +76,7 @@ class ChunkMemory:
     def empty(self, shape: Any, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor of `shape`, `dtype` (contiguous)."""
         shape = tuple(int(n) for n in shape)
-        numel = 1
-        for n in shape:
-            numel *= n
-        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        nbytes = tensor_nbytes(shape, dtype)
         with self.lock:
             buffer = self._free(nbytes) if self.reusable else None
             if buffer is None:
@@ -74,18 +86,13 @@ class ChunkMemory:
 
     def _free(self, nbytes: int) -> Any:
         """The smallest released buffer that fits, or None."""
-        fits = [b for b in self.buffers if b.nbytes() >= nbytes and self._released(b)]
+        fits = [b for b in self.buffers if b.nbytes() >= nbytes and unreferenced(b)]
         return min(fits, key=lambda b: b.nbytes()) if fits else None
 
     def _remember(self, buffer: Any) -> None:
         if len(self.buffers) >= self.keep:  # forget a released buffer (it is freed), or keep none more
-            released = [b for b in self.buffers if self._released(b)]
+            released = [b for b in self.buffers if unreferenced(b)]
             if not released:
                 return
             self.buffers.remove(min(released, key=lambda b: b.nbytes()))
         self.buffers.append(buffer)
-
-    @staticmethod
-    def _released(buffer: Any) -> bool:
-        """True when only this pool refers to the storage (no chunk tensor, view or slice of it alive)."""
-        return torch._C._storage_Use_Count(buffer._cdata) == 1

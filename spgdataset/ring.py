@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .memory import CAN_TELL_UNREFERENCED, tensor_nbytes, unreferenced
+
 MARK = "__spg_ring_slot__"
 NUMPY = "__spg_numpy__"
 SMALL = 1 << 18  # tensors up to this many bytes travel by value
@@ -30,7 +32,7 @@ class BatchRing:
         self.nbytes, self.num_workers = nbytes, num_workers
         self.storages = [torch.empty(nbytes, dtype=torch.uint8).share_memory_().untyped_storage() for _ in range(slots)]
         self.state = torch.zeros(slots, dtype=torch.int8).share_memory_()
-        self.usable = hasattr(torch._C, "_storage_Use_Count")
+        self.usable = CAN_TELL_UNREFERENCED
 
     # ------------------------------------------------------------ worker side
 
@@ -96,13 +98,5 @@ class BatchRing:
         """Give back to the workers every slot whose batch the consumer has dropped."""
         held: List[int] = (self.state == 2).nonzero().flatten().tolist()
         for slot in held:
-            if torch._C._storage_Use_Count(self.storages[slot]._cdata) == 1:
+            if unreferenced(self.storages[slot]):
                 self.state[slot] = 0
-
-
-def tensor_nbytes(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
-    """Bytes of a tensor of `shape` and `dtype`, without making one."""
-    count = 1
-    for n in shape:
-        count *= n
-    return count * torch.empty((), dtype=dtype).element_size()

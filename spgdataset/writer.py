@@ -343,18 +343,18 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
             "sum": wide.sum(1, dtype=torch.float64).numpy(), "sumsq": wide.square().sum(1, dtype=torch.float64).numpy()}
 
 
-def _process_task(args: Tuple[_Planned, FeatureConfig, bool]) -> Union[Dict[str, Any], BadInput]:
+def _process_task(item: _Planned, features: FeatureConfig, with_audio: bool) -> Union[Dict[str, Any], BadInput]:
     try:
-        return process_file(*args)
+        return process_file(item, features, with_audio)
     except BadInput as bad:
         return bad
     except Exception as exc:  # an unexpected failure on one file must not lose the others
-        return BadInput(args[0].entry.path, f"failed: {type(exc).__name__}: {exc}")
+        return BadInput(item.entry.path, f"failed: {type(exc).__name__}: {exc}")
 
 
 def _process_group(items: List[_Planned], features: FeatureConfig,
                    with_audio: bool) -> List[Union[Dict[str, Any], BadInput]]:
-    return [_process_task((item, features, with_audio)) for item in items]
+    return [_process_task(item, features, with_audio) for item in items]
 
 
 def _task_groups(work: List[_Planned], seconds: float = 60.0) -> List[List[_Planned]]:
@@ -380,13 +380,12 @@ def _process_all(work: List[_Planned], features: FeatureConfig, with_audio: bool
     seconds importing torch; each worker sets one torch thread before any work); an executor rather than
     a Pool, because a Pool waits forever for the task of a worker that died, where an executor raises.
     """
-    tasks = [(item, features, with_audio) for item in work]
-    if workers == 1 or len(tasks) <= 1:
+    if workers == 1 or len(work) <= 1:
         threads = torch.get_num_threads()
         _init_worker()
         try:
-            for task in tasks:
-                yield _process_task(task)
+            for item in work:
+                yield _process_task(item, features, with_audio)
         finally:
             torch.set_num_threads(threads)
         return

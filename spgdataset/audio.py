@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 from functools import lru_cache
 from typing import Optional, Tuple
@@ -14,9 +13,13 @@ import torch
 import torchaudio
 
 from .errors import BadInput
+from .localfiles import check_regular
 
 # Subtypes whose samples a 16-bit FLAC holds exactly.
 EXACT_16BIT = {"PCM_16", "PCM_S8", "PCM_U8"}
+# Below this a header is damaged rather than a recording: resampling 80 samples "at 1 Hz" to 16 kHz makes
+# a 600 MiB shard.
+MIN_SAMPLE_RATE = 1000
 
 
 def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
@@ -25,13 +28,28 @@ def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
     `name` is how messages call the file (its path in metadata.json); defaults to `path`.
     """
     name = name or path
-    if not os.path.exists(path):
-        raise BadInput(name, "file not found")
+    _check_file(path, name)
     try:
         info = sf.info(path)
     except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
         raise BadInput(name, f"unreadable audio: {_one_line(exc)}") from None
+    _check_rate(int(info.samplerate), name)
     return int(info.frames), int(info.samplerate)
+
+
+def _check_file(path: str, name: str) -> None:
+    """Only regular files are audio: a FIFO would block the decoder forever, a device never ends."""
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        raise BadInput(name, "file not found") from None
+    except OSError as exc:
+        raise BadInput(name, exc.strerror or str(exc)) from None
+
+
+def _check_rate(rate: int, name: str) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise BadInput(name, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz (a damaged header?)")
 
 
 def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple[np.ndarray, int, int, bool]:
@@ -41,12 +59,14 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
     samples are the file's own 16-bit (or narrower) values, untouched by downmix or resampling.
     """
     path, name = str(path), name or str(path)
-    if not os.path.exists(path):
-        raise BadInput(name, "file not found")
+    _check_file(path, name)
     try:
         with sf.SoundFile(path) as f:
-            data = f.read(dtype="float32", always_2d=True)
             orig_rate, subtype = int(f.samplerate), str(f.subtype)
+            _check_rate(orig_rate, name)
+            data = f.read(dtype="float32", always_2d=True)
+    except BadInput:
+        raise
     except Exception as exc:
         raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
     length = data.shape[0]

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
     p.add_argument("--part", metavar="I/N", help="write only part I of N (0-based), for job arrays")
     p.add_argument("--overwrite", action="store_true", help="replace shards of a different job in OUTPUT_DIR")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="take input paths that lead outside AUDIO_ROOT (../x.wav, absolute paths, symlinks out)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -92,6 +94,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         with_audio=args.with_audio, max_shard_bytes=int(args.max_shard_mb * 2**20),
         max_shard_files=args.max_shard_files, labelset=parse_labelset(args.labelset), workers=args.workers,
         part=parse_part(args.part), overwrite=args.overwrite, progress=not args.quiet,
+        allow_outside_root=args.allow_outside_root,
     )
     print(summary(result))
     return 0
@@ -109,7 +112,10 @@ def summary(result) -> str:
         per_hour = t["bytes"] / t["hours"] / 2**20 if t["hours"] else 0.0
         lines.append(f"{result.output_dir}: {t['files']} files, {t['hours']:.2f} h, {t['shards']} shards, "
                      f"{t['bytes'] / 2**20:.1f} MiB ({per_hour:.1f} MiB per audio hour); "
-                     f"{counts.get('bad', 0)} bad, {counts.get('filtered', 0)} filtered (see manifest.json 'report')")
+                     f"{counts.get('bad', 0)} bad, {counts.get('filtered', 0)} filtered"
+                     + "".join(f", {counts[kind]} {kind}{'s' * (counts[kind] != 1)}" for kind in ("duplicate", "warning")
+                             if counts.get(kind))
+                     + " (see manifest.json 'report')")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import random
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Container, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ from webdataset.tariterators import group_by_keys
 
 from .audio import decode_flac
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
+from .errorlog import SharedErrorLog
 from .errors import ShardError
+from .labels import label_ids, label_token
+from .localfiles import read_at_most
 from .loader import SpectrogramLoader
 from .memory import ChunkMemory, tensor_nbytes
 from .plan import Piece, batches, epoch_rng, resume_point, shard_order, slot_pieces, slot_range
@@ -88,6 +91,7 @@ class SpectrogramDataset(IterableDataset):
                 raise ValueError(f"{name}={given} disagrees with the shards' {name}={features[name]} "
                                  f"({self.shards.root}); leave it None to take the shards' value")
         self.features = features
+        self._storage_dtype = np.dtype(features["storage_dtype"]).newbyteorder("<")
         self.sample_rate, self.hop_length, self.n_mels = features["sample_rate"], features["hop_length"], features["n_mels"]
         self.window = window_frames(window_size_sec, self.sample_rate, self.hop_length)
         self.step = window_frames(window_offset_sec, self.sample_rate, self.hop_length)
@@ -105,7 +109,7 @@ class SpectrogramDataset(IterableDataset):
         self.label_key = outputs["label"]
         vocab = self.shards.manifest["labels"].get(self.label_key, []) if self.label_key else []
         self.label_vocabulary: List[Any] = list(vocab)
-        self._label_ids = {_label_token(v): i for i, v in enumerate(vocab)}
+        self._label_ids = label_ids(vocab)
         if normalize not in (True, False, None, "global", "window"):
             raise ValueError(f"normalize must be True/'global', 'window' or False, got {normalize!r}")
         self.normalize = "global" if normalize is True else (normalize or None)
@@ -133,7 +137,7 @@ class SpectrogramDataset(IterableDataset):
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
         self.shard_opens = 0  # shards opened by this process (the memory cache test counts these)
-        self.errors: List[str] = []
+        self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
         self._consumed = torch.zeros(1, dtype=torch.int64)  # items yielded in this process this epoch
         self._resume = torch.tensor([-1, 0], dtype=torch.int64).share_memory_()  # (epoch, items consumed)
         self._count_windows()
@@ -178,6 +182,19 @@ class SpectrogramDataset(IterableDataset):
         for rows in self._subset_rows:
             self._file_windows.append(counts[: len(rows)])
             counts = counts[len(rows):]
+        self._windows_digest: Optional[str] = None
+
+    def shard_digest(self) -> str:
+        """Identifies the shard selection (names and sha256): what a saved epoch position belongs to."""
+        text = "\n".join(f"{s['name']} {s['sha256']}" for s in self.shards.shards)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def windows_digest(self) -> str:
+        """Identifies this subset's window counts per file (split, window rule and index all show in them)."""
+        if self._windows_digest is None:
+            counts = np.array([n for per_shard in self._file_windows for n in per_shard], dtype=np.int64)
+            self._windows_digest = hashlib.sha256(counts.tobytes()).hexdigest()[:16]
+        return self._windows_digest
 
     def windows(self) -> List[Tuple[str, int]]:
         """Every (key, start) of this subset, computed from the index alone (no shard is opened)."""
@@ -220,16 +237,26 @@ class SpectrogramDataset(IterableDataset):
     # ------------------------------------------------------------ resume
 
     def state_dict(self) -> Dict[str, Any]:
-        """Where this rank is in the epoch, counted in items consumed (valid when iterated in-process)."""
-        return {"epoch": self.epoch, "consumed": int(self._consumed[0]), "seed": self.seed,
-                "num_workers": self.num_workers, "batch_size": self.batch_size}
+        """Where this rank is in the epoch, counted in items consumed (valid when iterated in-process), and
+        what the epoch plan depends on (checked by load_state_dict)."""
+        return {"epoch": self.epoch, "consumed": int(self._consumed[0]), **self._plan_inputs()}
+
+    def _plan_inputs(self) -> Dict[str, Any]:
+        return {"seed": self.seed, "num_workers": self.num_workers, "batch_size": self.batch_size,
+                "world_size": self.rank_world[1], "shards": self.shard_digest(), "window": [self.window, self.step],
+                "windows": self.windows_digest()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank."""
-        for name in ("seed", "num_workers", "batch_size"):
-            if state.get(name) != getattr(self, name):
+        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank.
+
+        The plan must be the one the state was saved under: same seed, workers, batch size, world size,
+        shards, window rule and subset (states saved before world_size/shards/window/windows were recorded
+        are checked on what they hold)."""
+        required = ("seed", "num_workers", "batch_size")
+        for name, mine in self._plan_inputs().items():
+            if (name in required or name in state) and state.get(name) != mine:
                 raise ValueError(f"state was saved with {name}={state.get(name)!r}, this dataset has "
-                                 f"{getattr(self, name)!r}: the epoch plan would differ")
+                                 f"{mine!r}: the epoch plan would differ")
         self.set_epoch(int(state["epoch"]))
         self._resume[0], self._resume[1] = int(state["epoch"]), int(state["consumed"])
 
@@ -294,66 +321,116 @@ class SpectrogramDataset(IterableDataset):
         )
 
     def _files(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[FileRecord]:
-        """The planned files, each restricted to its planned window range; shards are read one ahead."""
-        for records, wanted in read_ahead(self._shard_records(plan), depth=1):
-            for record in records:
-                a, b = wanted[record.key]
-                yield dataclasses.replace(record, starts=record.starts[a:b])
+        """The planned files, each restricted to its planned window range; shards are read one ahead.
 
-    def _shard_records(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[Tuple[List[FileRecord], Dict[str, Any]]]:
-        """Per planned shard: its wanted files (from the cache when it has them all) and their window ranges."""
-        for k, pieces in plan:
-            rows = self._subset_rows[k]
-            wanted = {rows[i]["key"]: (a, b) for i, a, b in pieces}
-            cached = [self._cache.get(key) for key in wanted]
-            if all(c is not None for c in cached):
-                yield cached, wanted
-            else:
-                yield self._read_shard(self.shards.shards[k], wanted), wanted
+        A shard skipped in warn mode leaves its windows out; they are made up at the end (`_fill_in`), so that
+        this worker still yields its planned count and every rank len() items (a rank that yields fewer
+        batches hangs the others in their next all-reduce).
+        """
+        lost, read = 0, []
+        for (k, pieces), records in read_ahead(((k, pieces), self._records_of(k, pieces)) for k, pieces in plan):
+            if records is None:
+                lost += sum(b - a for _, a, b in pieces)
+                continue
+            read.append((k, pieces))
+            yield from self._restricted(records, k, pieces)
+        if lost:
+            yield from self._fill_in(read, lost)
 
-    def _read_shard(self, shard: Dict[str, Any], wanted: Mapping[str, Any]) -> List[FileRecord]:
-        """The wanted files of one shard, returned only once the whole shard has been checked.
+    def _fill_in(self, read: List[Tuple[int, List[Piece]]], lost: int) -> Iterator[FileRecord]:
+        """`lost` windows repeated from this worker's shards that were read, in plan order, as often as needed."""
+        while lost > 0:
+            if not read:
+                raise ShardError(f"{self.shards.root}: every shard of this worker's share was skipped; {lost} "
+                                 "windows cannot be made up from other files, so this rank would yield fewer "
+                                 "batches than len()")
+            for k, pieces in list(read):
+                records = self._records_of(k, pieces)
+                if records is None:  # it failed this time
+                    read.remove((k, pieces))
+                    continue
+                for record in self._restricted(records, k, pieces):
+                    take = min(lost, len(record.starts))
+                    self.error_log.filled(take)
+                    yield dataclasses.replace(record, starts=record.starts[:take])
+                    lost -= take
+                    if not lost:
+                        return
+
+    def _restricted(self, records: List[FileRecord], k: int, pieces: List[Piece]) -> Iterator[FileRecord]:
+        rows = self._subset_rows[k]
+        wanted = {rows[i]["key"]: (a, b) for i, a, b in pieces}
+        for record in records:
+            a, b = wanted[record.key]
+            yield dataclasses.replace(record, starts=record.starts[a:b])
+
+    def _records_of(self, k: int, pieces: List[Piece]) -> Optional[List[FileRecord]]:
+        """The planned files of shard k: from the memory cache when it has them all, else read (None: skipped)."""
+        rows = self._subset_rows[k]
+        wanted = [rows[i]["key"] for i, _, _ in pieces]
+        cached = [self._cache.get(key) for key in wanted]
+        if all(c is not None for c in cached):
+            return cached
+        return self._read_shard(self.shards.shards[k], set(wanted))
+
+    def _read_shard(self, shard: Dict[str, Any], wanted: Container[str]) -> Optional[List[FileRecord]]:
+        """The wanted files of one shard, returned only once the whole shard has been checked; None when it
+        was skipped (on_error="warn").
 
         Holding a shard's files until its end (at most one shard, `--max-shard-mb`) is what lets a
         corrupt shard be skipped whole in warn mode and keeps unchecked files out of the memory cache.
+        The shard must hold exactly the files index.msgpack lists for it, each as the index describes it:
+        the plan (len(), every rank's share) was computed from the index.
         """
         url = self.shards.url(shard)
+        rows = {row["key"]: row for row in self.shards.files_by_shard[shard["name"]]}
         records: List[FileRecord] = []
-        seen = 0
+        seen: Set[str] = set()
         try:
-            stream = open_shard(url)
-            try:
-                data = stream.read()  # one read: a shard is at most --max-shard-mb
-                identity = _file_identity(stream, len(data), shard["sha256"])
-            finally:
-                stream.close()
-            self.shard_opens += 1
-            if self.verify and (self.verify == "always" or identity is None or self._verified.get(url) != identity):
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != shard["sha256"]:
-                    raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
-                                     f"{shard['sha256'][:12]}... ({len(data)} bytes, the manifest says "
-                                     f"{shard['bytes']}: truncated, corrupt or replaced)")
+            data = self._shard_bytes(url, shard)
             for sample in group_by_keys(tar_members(data, url)):
-                seen += 1
-                if sample.get("__key__") in wanted:
-                    records.append(self._decode(url, sample))
-            if seen != shard["files"]:
-                raise ShardError(f"{url}: holds {seen} files, the manifest says {shard['files']} "
+                key = sample.get("__key__")
+                if key not in rows or key in seen:
+                    raise ShardError(f"{url}: holds {key!r}, which index.msgpack does not list for it (or twice)")
+                seen.add(key)
+                if key in wanted:
+                    records.append(self._decode(url, sample, rows[key]))
+            if len(seen) != len(rows):
+                raise ShardError(f"{url}: holds {len(seen)} files, index.msgpack lists {len(rows)} "
                                  "(truncated or replaced shard)")
         except Exception as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(
-                f"{url}: truncated or corrupt shard after {seen} files: {_first_line(exc)}")
-            self.errors.append(str(error))
+                f"{url}: truncated or corrupt shard after {len(seen)} files: {_first_line(exc)}")
             if self.on_error == "raise":
                 raise error from None
+            self.error_log.skipped(str(error))
             log.warning("skipping: %s", error)
-            return []
-        if identity is not None and self.verify:
-            self._verified[url] = identity
+            return None
         for record in records:
             self._remember(record)
         return records
+
+    def _shard_bytes(self, url: str, shard: Dict[str, Any]) -> bytes:
+        """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256."""
+        stream = open_shard(url)
+        try:
+            data = read_at_most(stream, shard["bytes"])
+            identity = _file_identity(stream, len(data), shard["sha256"])
+        finally:
+            stream.close()
+        self.shard_opens += 1
+        if len(data) != shard["bytes"]:
+            size = f"more than {shard['bytes']}" if len(data) > shard["bytes"] else str(len(data))
+            raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated, appended to "
+                             "or replaced)")
+        if self.verify and (self.verify == "always" or identity is None or self._verified.get(url) != identity):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != shard["sha256"]:
+                raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
+                                 f"{shard['sha256'][:12]}... ({len(data)} bytes: corrupt or replaced)")
+            if identity is not None:
+                self._verified[url] = identity
+        return data
 
     def _remember(self, record: FileRecord) -> None:
         """Keep a checked file for later epochs while the cache has room (first come, first kept)."""
@@ -364,26 +441,53 @@ class SpectrogramDataset(IterableDataset):
                 record, spec=record.spec.copy(), audio=None if record.audio is None else record.audio.copy())
             self._cache_bytes += record.nbytes
 
-    def _decode(self, url: str, sample: Dict[str, Any]) -> FileRecord:
+    def _decode(self, url: str, sample: Dict[str, Any], row: Dict[str, Any]) -> FileRecord:
+        """One file of a shard, checked against its index row and the manifest's features."""
         key = sample.get("__key__")
         if INFO not in sample or SPEC not in sample:
             raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
         info = unpack(sample[INFO])
-        if info.get("params") != self.shards.manifest["params"]:
+        if not isinstance(info, dict) or info.get("params") != self.shards.manifest["params"]:
             raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
+        for field in ("path", "frames", "samples", "intervals"):
+            if info.get(field) != row[field]:
+                raise ShardError(f"{url}: sample {key!r}: {field} {_short(info.get(field))} disagrees with "
+                                 f"index.msgpack's {_short(row[field])}")
         spec = npy_view(sample[SPEC])
-        if spec.shape != (self.n_mels, info["frames"]):
-            raise ShardError(f"{url}: sample {key!r} spectrogram shape {spec.shape}, expected "
-                             f"({self.n_mels}, {info['frames']})")
+        if spec.dtype != self._storage_dtype or spec.shape != (self.n_mels, row["frames"]) or \
+                not spec.flags.c_contiguous:
+            raise ShardError(f"{url}: sample {key!r} spectrogram is {spec.dtype.str} {spec.shape}, expected C-ordered "
+                             f"{self._storage_dtype.str} ({self.n_mels}, {row['frames']})")
         audio = None
         if self.outputs["audio"]:
             if AUDIO not in sample:
                 raise ShardError(f"{url}: sample {key!r} has no audio member")
             audio = decode_flac(sample[AUDIO])
-        label = self._label_ids.get(_label_token(info["metadata"].get(self.label_key)), -1) if self.label_key else -1
-        record = FileRecord(key, info["path"], spec, info["intervals"], info["metadata"],
-                            self.file_windows(info["frames"], info["intervals"]), label, audio)
-        return record
+            if audio.ndim != 1 or len(audio) != row["samples"]:
+                raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({row['samples']},)")
+        metadata = row["metadata"]
+        label = self._label_ids.get(label_token(metadata[self.label_key]), -1) \
+            if self.label_key is not None and self.label_key in metadata else -1
+        return FileRecord(key, row["path"], spec, row["intervals"], info.get("metadata", metadata),
+                          self.file_windows(row["frames"], row["intervals"]), label, audio)
+
+    @property
+    def errors(self) -> List[str]:
+        """Messages of the shards skipped (on_error="warn") by this process and its DataLoader workers."""
+        return self.error_log.messages()
+
+    @property
+    def skipped_shards(self) -> int:
+        """Shards skipped (on_error="warn") by this process and its DataLoader workers, all epochs."""
+        return self.error_log.totals()[0]
+
+    @property
+    def filled_windows(self) -> int:
+        """Windows repeated to make up for skipped shards' windows, all epochs."""
+        return self.error_log.totals()[1]
+
+    def error_logs(self) -> List[SharedErrorLog]:
+        return [self.error_log]
 
     # ------------------------------------------------------------ loader
 
@@ -409,9 +513,9 @@ class SpectrogramDataset(IterableDataset):
         return SpectrogramLoader(self, workers, pin_memory, persistent_workers, ring=self._ring, **kwargs)
 
 
-def _label_token(value: Any) -> Tuple[str, Any]:
-    """Label lookup key that keeps 1, True and "1" apart."""
-    return (type(value).__name__, value)
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:

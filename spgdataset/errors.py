@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a newline as \\n), so that one problem stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class SpgError(Exception):
     """Base class: an error the CLI prints as one line instead of a traceback."""
 
@@ -11,10 +18,12 @@ class BadInput(SpgError):
     """One input file cannot be used; the run goes on without it and lists it in the report."""
 
     def __init__(self, path: str, problem: str, kind: str = "bad") -> None:
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{printable(path)}: {printable(problem)}")
         self.path = path
         self.problem = problem
-        self.kind = kind  # "bad" (broken input) or "filtered" (excluded on purpose, e.g. labelset)
+        # "bad" (broken input), "filtered" (excluded on purpose, e.g. labelset), "duplicate" (another name of
+        # a file taken once) or "warning" (taken, with a problem fixed on the way)
+        self.kind = kind
 
     def __reduce__(self):  # travels back from worker processes
         return (BadInput, (self.path, self.problem, self.kind))

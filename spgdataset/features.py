@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -31,16 +32,22 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.sample_rate <= 0:
-            problems.append(f"sample_rate must be positive, got {self.sample_rate}")
-        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
-            problems.append("n_fft, hop_length and n_mels must be positive")
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            if type(getattr(self, name)) is not int or getattr(self, name) <= 0:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("f_min", "f_max", "log_eps"):
+            value = getattr(self, name)
+            if not (value is None and name == "f_max") and not _is_finite_number(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
             problems.append(f"storage_dtype must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
-        nyquist = self.sample_rate / 2
-        f_max = nyquist if self.f_max is None else self.f_max
-        if not 0 <= self.f_min < f_max <= nyquist:
-            problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
+        if not problems:
+            nyquist = self.sample_rate / 2
+            f_max = nyquist if self.f_max is None else self.f_max
+            if not 0 <= self.f_min < f_max <= nyquist:
+                problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
+            if self.log_eps <= 0:
+                problems.append(f"log_eps must be positive, got {self.log_eps}")
         if problems:
             raise ValueError("bad feature configuration: " + "; ".join(problems))
 
@@ -49,6 +56,8 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "FeatureConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"feature parameters must be an object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -69,6 +78,10 @@ class FeatureConfig:
 def _fingerprint(config: FeatureConfig) -> str:  # once per config, not once per file (it showed in profiles)
     text = json.dumps(config.to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_config(path: Union[str, Path]) -> Dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional
+import logging
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -11,6 +12,8 @@ from .ring import BatchRing
 
 if TYPE_CHECKING:
     from .dataset import SpectrogramDataset
+
+log = logging.getLogger("spgdataset")
 
 
 def as_is(batch: Any) -> Any:
@@ -39,6 +42,8 @@ class SpectrogramLoader:
         self.dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=self.pin_memory,
                                      **dataloader_kwargs)
         self.consumed = 0
+        self.skips_seen = 0  # shards skipped in the workers (on_error="warn") already logged here
+        self.skips_logged: Set[Tuple[int, int, int]] = set()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -57,8 +62,23 @@ class SpectrogramLoader:
                 if self.pin_memory and not batch["spectrogram"].is_pinned():
                     batch["spectrogram"] = batch["spectrogram"].pin_memory()  # the slot is free again
             self.consumed += 1
+            if self.dataloader.num_workers:
+                self._log_new_skips()
             yield batch
         self.dataset._resume[0] = -1  # the resumed epoch is over; later epochs start from their beginning
+
+    def _log_new_skips(self) -> None:
+        """A worker's skip (on_error="warn") logged again in the training process, where it is seen."""
+        logs = self.dataset.error_logs()
+        total = sum(error_log.totals()[0] for error_log in logs)
+        if total == self.skips_seen:
+            return
+        self.skips_seen = total
+        for i, error_log in enumerate(logs):
+            for region, n, message in error_log.entries():
+                if (i, region, n) not in self.skips_logged:
+                    self.skips_logged.add((i, region, n))
+                    log.warning("skipped in DataLoader worker %d: %s", region - 1, message)
 
     def state_dict(self) -> Dict[str, Any]:
         state = self.dataset.state_dict()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .errors import BadInput, SpgError
+from .localfiles import open_regular
 
 AUDIO_EXTENSIONS = {
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -23,20 +25,23 @@ SCALAR = (str, int, float, bool, type(None))
 
 @dataclasses.dataclass
 class FileEntry:
-    """One audio file to shard. `path` is its name in metadata.json (relative to the audio root)."""
+    """One audio file to shard. `path` is its name as stored: relative to the audio root, normalised
+    (`./a.wav` and `sub/../a.wav` are `a.wav`)."""
 
     path: str
     abspath: str
     length: Optional[int] = None  # samples at the file's own rate, as metadata.json claims
     intervals: Dict[str, List[List[int]]] = dataclasses.field(default_factory=dict)
     metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: List[str] = dataclasses.field(default_factory=list)  # problems fixed on the way, for the report
 
 
 def load_metadata_json(path: Union[str, Path]) -> Dict[str, Any]:
     """Read metadata.json; an unreadable file is fatal for the run (SpgError naming it)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open_regular(str(path)) as f:
+            raw = f.read()
     except OSError as exc:
         raise SpgError(f"{path}: cannot read metadata: {exc.strerror or exc}") from None
     try:
@@ -47,13 +52,18 @@ def load_metadata_json(path: Union[str, Path]) -> Dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpgError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SpgError(f"{path}: JSON nested too deeply to read (metadata.json needs three levels)") from None
     if not isinstance(data, dict):
         raise SpgError(f"{path}: metadata must be a JSON object {{relpath: {{...}}}}, got {type(data).__name__}")
     return data
 
 
 def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
-    """Check one metadata.json entry; raise BadInput naming the file and what is wrong."""
+    """Check one metadata.json entry; raise BadInput naming the file and what is wrong.
+
+    An empty interval ([s, s]) holds no sample: it is dropped with a warning and the file kept.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -68,6 +78,7 @@ def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
     if not isinstance(intervals_raw, dict):
         raise BadInput(path, f"intervals must be an object {{name: [[start, stop], ...]}}, got {type(intervals_raw).__name__}")
     intervals: Dict[str, List[List[int]]] = {}
+    warnings = []
     for name, spans in intervals_raw.items():
         if not isinstance(spans, list):
             raise BadInput(path, f"intervals[{name!r}] must be a list of [start, stop] pairs")
@@ -78,10 +89,13 @@ def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
             start, stop = int(span[0]), int(span[1])
             if start < 0:
                 raise BadInput(path, f"intervals[{name!r}] [{start}, {stop}] starts before the file")
-            if stop <= start:
-                raise BadInput(path, f"intervals[{name!r}] [{start}, {stop}] is reversed or empty (need start < stop)")
+            if stop < start:
+                raise BadInput(path, f"intervals[{name!r}] [{start}, {stop}] is reversed (need start < stop)")
             if length is not None and stop > length:
                 raise BadInput(path, f"intervals[{name!r}] [{start}, {stop}] ends after the file's length {length}")
+            if stop == start:
+                warnings.append(f"intervals[{name!r}] [{start}, {stop}] is empty; dropped")
+                continue
             checked.append([start, stop])
         intervals[str(name)] = checked
     metadata = raw.get("metadata") or {}
@@ -90,7 +104,7 @@ def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
     for key, value in metadata.items():
         if not isinstance(value, SCALAR):
             raise BadInput(path, f"metadata[{key!r}] must be a string, number, boolean or null, got {type(value).__name__}")
-    return FileEntry(path, abspath, None if length is None else int(length), intervals, dict(metadata))
+    return FileEntry(path, abspath, None if length is None else int(length), intervals, dict(metadata), warnings)
 
 
 def _is_int(value: Any) -> bool:
@@ -99,11 +113,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
-def walk_audio(root: Union[str, Path]) -> List[str]:
-    """Audio files under `root` by extension, as sorted paths relative to it."""
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def walk_audio(root: Union[str, Path], allow_outside_root: bool = False) -> List[str]:
+    """Audio files under `root` by extension, as sorted paths relative to it.
+
+    Linked folders are followed once each: a folder already walked (a symlink loop, or two links to one
+    folder) is not walked again, and one outside the root only with `allow_outside_root`.
+    """
     root = str(root)
+    real_root = os.path.realpath(root)
+    walked = set()
     found = []
     for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in walked or not (allow_outside_root or _inside(real, real_root)):
+            dirs[:] = []
+            continue
+        walked.add(real)
         dirs.sort()
         for name in files:
             if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
@@ -112,23 +141,39 @@ def walk_audio(root: Union[str, Path]) -> List[str]:
 
 
 def read_file_list(list_path: Union[str, Path], root: Union[str, Path]) -> List[str]:
-    """One path per line (blank lines and '#' comments skipped); relative paths are under `root`."""
+    """One path per line (blank lines and '#' comments skipped): relative to `root`, or absolute."""
     try:
-        lines = Path(list_path).read_text(encoding="utf-8").splitlines()
+        with open_regular(str(list_path)) as f:
+            lines = f.read().decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpgError(f"{list_path}: cannot read file list: {exc}") from None
-    root_abs = os.path.abspath(root)
-    paths = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if os.path.isabs(line):
-            absolute = os.path.abspath(line)
-            inside = os.path.commonpath([absolute, root_abs]) == root_abs
-            line = os.path.relpath(absolute, root_abs).replace(os.sep, "/") if inside else absolute
-        paths.append(line)
-    return paths
+        raise SpgError(f"{list_path}: cannot read file list: {getattr(exc, 'strerror', None) or exc}") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def resolve_path(name: str, root: str, allow_outside_root: bool = False,
+                 real_root: Optional[str] = None) -> Tuple[str, str, str]:
+    """(path as stored, absolute path, real path) of an input name; BadInput when it leaves the root.
+
+    Stored paths are normalised and relative to the root (an absolute name inside the root included);
+    with `allow_outside_root`, a name outside it stays as given (normalised). The real path (symlinks
+    resolved) tells where the audio is: it must lie inside the root too, and it identifies duplicates.
+    """
+    try:
+        given = name.replace(os.sep, "/")
+        absolute = os.path.normpath(given if os.path.isabs(given) else os.path.join(root, given))
+        real, real_root = os.path.realpath(absolute), real_root or os.path.realpath(root)
+    except (ValueError, OSError) as exc:  # a NUL byte, an over-long name
+        raise BadInput(name, f"not a usable file name ({exc})") from None
+    lexical = os.path.relpath(absolute, os.path.abspath(root)).replace(os.sep, "/")
+    if lexical == ".":
+        raise BadInput(name, "names the audio root itself, not a file")
+    inside = not (lexical == ".." or lexical.startswith("../"))
+    if not allow_outside_root and not (inside and _inside(real, real_root)):
+        what = "is outside the audio root" if not inside else "is a link to a file outside the audio root"
+        raise BadInput(name, f"{what}; pass --allow-outside-root (allow_outside_root=True) to take it")
+    if inside:
+        return lexical, absolute, real
+    return (absolute if os.path.isabs(given) else posixpath.normpath(given)), absolute, real
 
 
 def collect_inputs(
@@ -136,11 +181,15 @@ def collect_inputs(
     metadata_path: Optional[Union[str, Path]] = None,
     files: Optional[Sequence[str]] = None,
     labelset: Optional[Mapping[str, Iterable[Any]]] = None,
+    allow_outside_root: bool = False,
 ) -> Tuple[List[FileEntry], List[BadInput]]:
-    """The files to shard, sorted by path, and the inputs rejected before any audio is read.
+    """The files to shard, sorted by stored path, and the inputs refused before any audio is read.
 
     Which files: `files` if given, else the keys of metadata.json, else every audio file under the root.
-    `labelset` {key: allowed values} keeps only files whose metadata[key] is among the values (as text).
+    Names that leave the root are refused (unless `allow_outside_root`); names of one file (`a.wav`,
+    `./a.wav`, a link to it) keep one entry, the one spelled as stored if there is one, and the others are
+    reported as duplicates. `labelset` {key: allowed values} keeps only files whose metadata[key] is among
+    the values (as text).
     """
     root = str(audio_root)
     metadata = load_metadata_json(metadata_path) if metadata_path is not None else {}
@@ -151,19 +200,36 @@ def collect_inputs(
     else:
         if not os.path.isdir(root):
             raise SpgError(f"{root}: audio root is not a directory")
-        names = walk_audio(root)
+        names = walk_audio(root, allow_outside_root)
     allowed: Dict[str, Set[str]] = {k: {str(v) for v in values} for k, values in (labelset or {}).items()}
-    entries, rejected = [], []
+    by_file: Dict[str, List[Tuple[str, FileEntry]]] = {}
+    rejected: List[BadInput] = []
+    real_root = os.path.realpath(root)
     for name in sorted(names):
-        abspath = name if os.path.isabs(name) else os.path.join(root, name)
         try:
-            entry = parse_entry(name, abspath, metadata.get(name))
-            for key, values in allowed.items():
-                if key not in entry.metadata:
-                    raise BadInput(name, f"labelset: no metadata[{key!r}]", kind="filtered")
-                if str(entry.metadata[key]) not in values:
-                    raise BadInput(name, f"labelset: metadata[{key!r}]={entry.metadata[key]!r} not in the labelset", kind="filtered")
+            path, absolute, real = resolve_path(name, root, allow_outside_root, real_root)
+            entry = parse_entry(path, absolute, metadata[name] if name in metadata else metadata.get(path))
+            by_file.setdefault(real, []).append((name, entry))
+        except BadInput as bad:  # reported under the name it was given
+            rejected.append(BadInput(name, bad.problem, bad.kind))
+    entries = []
+    for spellings in by_file.values():
+        name, entry = min(spellings, key=lambda s: (s[0] != s[1].path, s[0]))
+        rejected += [BadInput(other, f"same file as {entry.path}; stored once, under that name", kind="duplicate")
+                     for other, _ in spellings if other != name]
+        try:
+            _check_labelset(entry, allowed)
             entries.append(entry)
         except BadInput as bad:
             rejected.append(bad)
+    entries.sort(key=lambda e: e.path)
     return entries, rejected
+
+
+def _check_labelset(entry: FileEntry, allowed: Mapping[str, Set[str]]) -> None:
+    for key, values in allowed.items():
+        if key not in entry.metadata:
+            raise BadInput(entry.path, f"labelset: no metadata[{key!r}]", kind="filtered")
+        if str(entry.metadata[key]) not in values:
+            raise BadInput(entry.path, f"labelset: metadata[{key!r}]={entry.metadata[key]!r} not in the labelset",
+                           kind="filtered")

@@ -21,7 +21,7 @@ class Progress:
         self.label, self.enabled, self.interval = label, enabled, interval
         self.stream = stream or sys.stderr
         self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.files = self.bad = 0
+        self.files = self.bad = self.filtered = 0  # bad: broken inputs; filtered: left out on purpose
         self.seconds = 0.0
         self.start = self.last_draw = time.monotonic()
 
@@ -52,7 +52,7 @@ class Progress:
             f"[{self.label}] {self.files}/{self.total_files} files, "
             f"{self.seconds / 3600:.2f}/{self.total_seconds / 3600:.2f} h audio, "
             f"{speed:.0f}x real time, {self.files / elapsed:.1f} files/s, "
-            f"bad {self.bad}, elapsed {format_duration(elapsed)}, ETA {eta}"
+            f"bad {self.bad}, filtered {self.filtered}, elapsed {format_duration(elapsed)}, ETA {eta}"
         )
 
     def close(self) -> None:

@@ -57,7 +57,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .dataset import SpectrogramDataset, _label_token
+from .dataset import SpectrogramDataset
+from .errorlog import SharedErrorLog
+from .labels import label_token
 from .loader import SpectrogramLoader
 from .plan import batches, epoch_rng, resume_point
 
@@ -190,17 +192,17 @@ def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
 def merge_vocabularies(vocabularies: Sequence[Sequence[Any]]) -> Tuple[List[Any], List[torch.Tensor]]:
     """One sorted vocabulary over all datasets, and per dataset a lookup tensor from its ids to the merged ids.
 
-    Labels are the same label when they have the same value and type (1, True and "1" stay apart, as in
-    the dataset). Each lookup ends with an extra -1, so indexing it with -1 (a file without the label)
+    Labels are the same label by the label rule of labels.py (1 and 1.0 are one label; 1, True and "1"
+    are three). Each lookup ends with an extra -1, so indexing it with -1 (a file without the label)
     gives -1.
     """
-    tokens: Dict[Tuple[str, Any], Any] = {}
+    tokens: Dict[Tuple[Any, ...], Any] = {}
     for vocab in vocabularies:
         for value in vocab:
-            tokens[_label_token(value)] = value
+            tokens.setdefault(label_token(value), value)
     order = sorted(tokens)
     merged_id = {token: i for i, token in enumerate(order)}
-    maps = [torch.tensor([merged_id[_label_token(v)] for v in vocab] + [-1], dtype=torch.int64)
+    maps = [torch.tensor([merged_id[label_token(v)] for v in vocab] + [-1], dtype=torch.int64)
             for vocab in vocabularies]
     return [tokens[t] for t in order], maps
 
@@ -336,13 +338,17 @@ class SpectrogramDatasetRouter(IterableDataset):
         return {"epoch": self.epoch, "consumed": int(self._consumed[0]), "seed": self.seed,
                 "num_workers": self.num_workers, "batch_size": self.batch_size, "stop": self.stop,
                 "epoch_length": self.epoch_length, "weights": self.weights.tolist(),
-                "windows": [ds.num_windows() for ds in self.datasets]}
+                "windows": [ds.num_windows() for ds in self.datasets],
+                "world_size": self.datasets[0].rank_world[1],
+                "shards": [ds.shard_digest() for ds in self.datasets],
+                "plans": [ds.windows_digest() for ds in self.datasets]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank."""
         mine = self.state_dict()
-        for name in ("seed", "num_workers", "batch_size", "stop", "epoch_length", "weights", "windows"):
-            if state.get(name) != mine[name]:
+        for name in ("seed", "num_workers", "batch_size", "stop", "epoch_length", "weights", "windows",
+                     "world_size", "shards", "plans"):
+            if (name in state or name not in ("world_size", "shards", "plans")) and state.get(name) != mine[name]:
                 raise ValueError(f"state was saved with {name}={state.get(name)!r}, this router has "
                                  f"{mine[name]!r}: the schedule would differ")
         self.set_epoch(int(state["epoch"]))
@@ -431,6 +437,18 @@ class SpectrogramDatasetRouter(IterableDataset):
                     return
                 parts.extend(self._tag(p, i, batched=True) for p in got)
             yield _concat(parts)
+
+    @property
+    def errors(self) -> List[str]:
+        """Messages of the shards the datasets skipped (on_error="warn"), in this process and its workers."""
+        return [message for ds in self.datasets for message in ds.errors]
+
+    @property
+    def skipped_shards(self) -> int:
+        return sum(ds.skipped_shards for ds in self.datasets)
+
+    def error_logs(self) -> List[SharedErrorLog]:
+        return [log for ds in self.datasets for log in ds.error_logs()]
 
     # ------------------------------------------------------------ loader
 

@@ -16,8 +16,13 @@ Reading: `open_shard(url)` streams GetObject's body; nothing is downloaded first
 (connection reset, read timeout, incomplete body, 5xx, SlowDown/throttling), GetObject is issued again with
 `Range: bytes=<offset>-` and `If-Match: <ETag>`, so the stream goes on at the first byte not yet handed
 to the reader and from the same version of the object, after an exponential backoff with jitter; it gives
-up after `max_retries` consecutive failures without a byte of progress. Requests that are not streams
-(HEAD, LIST, PUT) rely on botocore's own `standard` retries.
+up after `max_retries` consecutive failures or `give_up_after` seconds without a byte of progress, whichever
+comes first. Stream requests are made without botocore's own retries (they would multiply every stalled
+attempt by its attempt count before this logic even starts), so a stalled attempt fails after `read_timeout`
+seconds, and a dead or frozen server is reported at the latest give_up_after + connect_timeout +
+read_timeout seconds after the last byte arrived (150 s with the defaults). Requests that are not streams
+(HEAD, LIST, PUT) rely on botocore's `standard` retries: at most api_attempts x (connect_timeout +
+read_timeout) seconds each (120 s).
 
 Cache (optional): shards are kept on local disk under their sha256 from the manifest, hashed again before
 a cached copy is used (a corrupt one is dropped and fetched again), filled while the shard is streamed to
@@ -51,6 +56,7 @@ import time
 from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Type
 
 from .errors import ShardError, SpgError
+from .manifest import is_sha256
 
 log = logging.getLogger("spgdataset")
 
@@ -86,10 +92,11 @@ class S3Settings:
     profile_name: Optional[str] = None  # None: AWS_PROFILE or the default profile
     addressing_style: Optional[str] = None  # None: "path" with a custom endpoint, else boto3's "auto"
     max_retries: int = 6  # consecutive failed attempts (no byte of progress) before a stream gives up
+    give_up_after: float = 120.0  # seconds without a byte of progress before a stream gives up
     retry_base_delay: float = 0.25  # seconds before the first retry; doubles per failure, with jitter
     retry_max_delay: float = 10.0  # seconds, cap of one backoff
     connect_timeout: float = 10.0  # seconds
-    read_timeout: float = 60.0  # seconds without a byte before a read counts as failed
+    read_timeout: float = 20.0  # seconds without a byte before a read counts as failed
     api_attempts: int = 4  # botocore `standard` retry mode: total attempts of one request
     multipart_threshold: int = 8 * MiB  # bytes: objects this large are uploaded in parts
     multipart_chunksize: int = 8 * MiB  # bytes per part (S3's minimum is 5 MiB, except the last part)
@@ -185,19 +192,21 @@ def _boto3() -> Any:
     return boto3
 
 
-def client(config: Optional[S3Settings] = None) -> Any:
-    """The boto3 S3 client of this process for these settings (created on first use)."""
+def client(config: Optional[S3Settings] = None, attempts: Optional[int] = None) -> Any:
+    """The boto3 S3 client of this process for these settings (created on first use). `attempts`: botocore's
+    total attempts per request (default `api_attempts`; streams use 1 and retry themselves)."""
     s = config or settings()
+    attempts = s.api_attempts if attempts is None else attempts
     key = (os.getpid(), s.endpoint_url, s.region_name, s.profile_name, s.addressing_style, s.connect_timeout,
-           s.read_timeout, s.api_attempts)
+           s.read_timeout, attempts)
     with _lock:
         found = _clients.get(key)
         if found is None:
-            found = _clients[key] = _new_client(s)
+            found = _clients[key] = _new_client(s, attempts)
     return found
 
 
-def _new_client(s: S3Settings) -> Any:
+def _new_client(s: S3Settings, attempts: int) -> Any:
     boto3 = _boto3()
     from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
@@ -207,7 +216,7 @@ def _new_client(s: S3Settings) -> Any:
     except ProfileNotFound as exc:
         raise SpgError(f"AWS profile: {exc}") from None
     style = s.addressing_style or ("path" if s.endpoint_url else "auto")
-    config = Config(retries={"mode": "standard", "total_max_attempts": s.api_attempts},
+    config = Config(retries={"mode": "standard", "total_max_attempts": attempts},
                     connect_timeout=s.connect_timeout, read_timeout=s.read_timeout, max_pool_connections=16,
                     s3={"addressing_style": style})
     return session.client("s3", endpoint_url=s.endpoint_url, region_name=s.region_name, config=config)
@@ -333,6 +342,7 @@ class S3Stream(io.RawIOBase):
         self.resumes = 0
         self._body: Any = None
         self._failures = 0
+        self._progress_at = time.monotonic()  # when the last byte arrived (or the stream was made)
         self._retrying(self._request)
 
     def readable(self) -> bool:
@@ -359,6 +369,7 @@ class S3Stream(io.RawIOBase):
             raise _EarlyEnd(f"body ended at byte {self.position} of {self.size}")
         self.position += count
         self._failures = 0
+        self._progress_at = time.monotonic()
         return count
 
     def _request(self) -> None:
@@ -369,12 +380,14 @@ class S3Stream(io.RawIOBase):
             stats["resumed"] += 1
         if self.etag:
             kwargs["IfMatch"] = self.etag
-        response = client(self.settings).get_object(**kwargs)
+        response = client(self.settings, attempts=1).get_object(**kwargs)
         if self.position:
-            first = int(re.match(r"bytes (\d+)-", response.get("ContentRange", "bytes 0-")).group(1))
+            found = re.match(r"bytes (\d+)-", str(response.get("ContentRange", "bytes 0-")))
+            first = int(found.group(1)) if found else None
             if first != self.position:
                 response["Body"].close()
-                raise self.error_class(f"{self.url}: asked for bytes from {self.position}, got from {first}")
+                raise self.error_class(f"{self.url}: asked for bytes from {self.position}, got "
+                                       f"{response.get('ContentRange')!r}")
         else:
             self.size, self.etag = response["ContentLength"], response.get("ETag")
         self._body = response["Body"]
@@ -391,11 +404,13 @@ class S3Stream(io.RawIOBase):
                     raise error(self.url, exc, self.error_class) from None
                 self._drop()
                 self._failures += 1
-                if self._failures > self.settings.max_retries:
+                waited = time.monotonic() - self._progress_at
+                if self._failures > self.settings.max_retries or waited >= self.settings.give_up_after:
                     at = f"at byte {self.position} of {self.size}" if self.size is not None else "opening it"
                     raise error(self.url, exc, self.error_class,
-                                f"gave up after {self._failures} failed attempts {at}") from None
-                delay = backoff(self._failures, self.settings)
+                                f"gave up after {self._failures} failed attempts and {waited:.0f} s without "
+                                f"progress {at}") from None
+                delay = min(backoff(self._failures, self.settings), self.settings.give_up_after - waited)
                 log.info("%s: %s at byte %d; retrying in %.2f s", self.url, _first_line(exc), self.position, delay)
                 time.sleep(delay)
 
@@ -412,25 +427,28 @@ class S3Stream(io.RawIOBase):
         super().close()
 
 
-def read_bytes(url: str, missing_ok: bool = False, error_class: Type[SpgError] = SpgError) -> Optional[bytes]:
-    """The whole object (small ones: manifest, index, state records); None if missing and `missing_ok`."""
+def read_bytes(url: str, missing_ok: bool = False, error_class: Type[SpgError] = SpgError,
+               limit: Optional[int] = None) -> Optional[bytes]:
+    """The whole object (small ones: manifest, index, state records); None if missing and `missing_ok`.
+    With `limit`, at most limit + 1 bytes are read (the caller tells a too large object by its length)."""
     try:
         with S3Stream(url, error_class) as stream:
-            return _read_all(stream)
+            return _read_all(stream, limit)
     except SpgError as exc:
         if missing_ok and getattr(exc, "code", None) in _MISSING:
             return None
         raise
 
 
-def _read_all(stream: S3Stream) -> bytes:
+def _read_all(stream: S3Stream, limit: Optional[int]) -> bytes:
     out = bytearray()
     chunk = bytearray(BUFFER)
-    while True:
+    while limit is None or len(out) <= limit:
         count = stream.readinto(chunk)
         if not count:
-            return bytes(out)
+            break
         out += chunk[:count]
+    return bytes(out if limit is None else out[: limit + 1])
 
 
 def prefix_exists(url: str) -> bool:
@@ -478,6 +496,10 @@ class ShardCache:
         os.makedirs(directory, exist_ok=True)
 
     def path(self, sha256: str) -> str:
+        """`<sha256>.tar` in the cache folder; the digest comes from a manifest, so it is checked to be one
+        (anything else could name a file outside the folder, which a failed check would then delete)."""
+        if not is_sha256(sha256):
+            raise ShardError(f"{self.directory}: {sha256!r} is not a sha256 digest; refusing it as a cache name")
         return os.path.join(self.directory, f"{sha256}.tar")
 
     def open(self, url: str, size: int, sha256: str) -> BinaryIO:

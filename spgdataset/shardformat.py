@@ -18,12 +18,15 @@ from typing import Any, Dict, Iterator, Union
 import msgpack
 import numpy as np
 
+from .errors import SpgError
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.msgpack"
 STATE_DIR = ".spg-state"  # per-shard records of a run in progress; a reader ignores it
 SPEC, INFO, AUDIO = "spec.npy", "info.msgpack", "audio.flac"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_OCTAL = re.compile(rb"[0-7]+")
 
 
 def shard_name(index: int) -> str:
@@ -94,7 +97,10 @@ def tar_members(data: Union[bytes, memoryview], url: str) -> Iterator[Dict[str, 
             raise ValueError(f"bad tar header checksum at byte {offset}")
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
         prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
-        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        size_field = header[124:136].strip(b"\0 ") or b"0"
+        if not _OCTAL.fullmatch(size_field):  # a sign or a base-256 size would let the walk go back or loop
+            raise ValueError(f"{name}: bad size field {size_field!r} in the tar header at byte {offset}")
+        size = int(size_field, 8)
         start = offset + 512
         if start + size > len(view):
             raise ValueError(f"{name}: member ends at byte {start + size}, the tar has {len(view)}")
@@ -141,11 +147,18 @@ def tar_end(size: int) -> bytes:
 
 def write_bytes_atomic(path: str, *parts: Any) -> None:
     """Write `parts` (bytes-like, in order) to a temporary name in the same folder, then rename: readers
-    see all or nothing."""
+    see all or nothing. A failure (a full disk) is an SpgError naming `path`; the temporary file is removed."""
     tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise SpgError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -8,6 +8,7 @@ parameters, statistics) comes from manifest.json and index.msgpack beside the sh
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Union
@@ -16,9 +17,13 @@ import braceexpand
 
 from . import s3
 from .errors import ShardError, SpgError
+from .localfiles import open_regular, read_at_most
+from .manifest import check_index, check_manifest
 from .shardformat import FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, unpack
 
 Source = Union[str, os.PathLike, Sequence[str]]
+MANIFEST_LIMIT = 1 << 30  # bytes; a manifest is JSON text that holds every bad-input row of its run
+INDEX_LIMIT = 16 << 30  # bytes, for an index whose manifest does not record its size (written by an older spg-shard)
 
 
 @dataclasses.dataclass
@@ -68,7 +73,9 @@ def open_source(source: Source) -> ShardSet:
             manifest_path, root = source, os.path.dirname(source) or "."
         else:
             root, manifest_path = source, os.path.join(source, MANIFEST_NAME)
-    data = _read(manifest_path, missing_ok=True)
+    data = _read(manifest_path, MANIFEST_LIMIT, missing_ok=True)
+    if data is not None and len(data) > MANIFEST_LIMIT:
+        raise SpgError(f"{manifest_path}: larger than {MANIFEST_LIMIT} bytes; not a manifest")
     if data is None:
         if _folder_exists(root):
             raise SpgError(f"{manifest_path}: not found; spg-shard writes it last, so the run that made {root} "
@@ -76,11 +83,12 @@ def open_source(source: Source) -> ShardSet:
         raise SpgError(f"{root}: no such shard folder")
     try:
         manifest = json.loads(data.decode("utf-8"))
-    except ValueError as exc:
-        raise SpgError(f"{manifest_path}: not a manifest ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise SpgError(f"{manifest_path}: format version {manifest.get('format_version')!r}, "
-                       f"this spgdataset reads {FORMAT_VERSION}")
+    except (ValueError, RecursionError) as exc:
+        raise SpgError(f"{manifest_path}: not a manifest ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise SpgError(f"{manifest_path}: format version {version!r}, this spgdataset reads {FORMAT_VERSION}")
+    manifest = check_manifest(manifest, manifest_path)
     shards = manifest["shards"]
     if selected is not None:
         by_name = {s["name"]: s for s in shards}
@@ -88,28 +96,51 @@ def open_source(source: Source) -> ShardSet:
         if missing:
             raise SpgError(f"{manifest_path}: does not list {', '.join(missing[:5])}")
         shards = [by_name[name] for name in selected]
-    files_by_shard: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in shards}
     index_path = os.path.join(root, manifest.get("index", INDEX_NAME))
-    rows = unpack(_read(index_path, what="cannot read the file index"))
-    for row in rows:
-        if row["shard"] in files_by_shard:
-            files_by_shard[row["shard"]].append(row)
+    by_shard = check_index(_read_index(index_path, manifest), manifest, index_path)
+    files_by_shard = {s["name"]: by_shard[s["name"]] for s in shards}
     return ShardSet(root, manifest, shards, files_by_shard, s3.overrides() if s3.is_s3_url(root) else {})
 
 
-def _read(path: str, missing_ok: bool = False, what: str = "cannot read") -> Optional[bytes]:
-    """The bytes of a local file or an s3:// object; None when missing and `missing_ok`."""
-    if s3.is_s3_url(path):
-        return s3.read_bytes(path, missing_ok=missing_ok)
+def _read_index(path: str, manifest: Dict[str, Any]) -> Any:
+    """The index rows, after its digest (when the manifest has one) shows it is the one the writer made."""
+    expected = manifest.get("index_bytes")
+    data = _read(path, INDEX_LIMIT if expected is None else expected, what="cannot read the file index")
+    if "index_sha256" in manifest:
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != expected or digest != manifest["index_sha256"]:
+            raise ShardError(f"{path}: {len(data) if len(data) <= expected else 'more than ' + str(expected)} "
+                             f"bytes with sha256 {digest[:12]}..., the manifest says {expected} bytes, "
+                             f"{manifest['index_sha256'][:12]}... (edited or replaced index)")
+    elif len(data) > INDEX_LIMIT:
+        raise ShardError(f"{path}: larger than {INDEX_LIMIT} bytes; not a file index")
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise SpgError(f"{path}: {what}: no such file") from None
-    except OSError as exc:
-        raise SpgError(f"{path}: {what}: {exc.strerror or exc}") from None
+        return unpack(data)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ShardError(f"{path}: not a file index ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _read(path: str, limit: int, missing_ok: bool = False, what: str = "cannot read") -> Optional[bytes]:
+    """The bytes of a local file or an s3:// object, at most `limit` + 1 of them (more than `limit`: the
+    caller tells the source is too large, without reading it whole); None when missing and `missing_ok`."""
+    if s3.is_s3_url(path):
+        data = s3.read_bytes(path, missing_ok=missing_ok, limit=limit)
+    else:
+        try:
+            with open_regular(path) as f:
+                data = read_at_most(f, limit)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise SpgError(f"{path}: {what}: no such file") from None
+        except OSError as exc:
+            raise SpgError(f"{path}: {what}: {exc.strerror or exc}") from None
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _folder_exists(root: str) -> bool:
@@ -128,6 +159,6 @@ def open_shard(url: str) -> BinaryIO:
     if s3.is_s3_url(url):
         return s3.open_shard(url)
     try:
-        return open(url, "rb", buffering=1 << 20)
+        return open_regular(url, buffering=1 << 20)
     except OSError as exc:
         raise ShardError(f"{url}: cannot open shard: {exc.strerror or exc}") from None

@@ -37,6 +37,7 @@ from .audio import encode_flac, probe, read_audio
 from .errors import BadInput, SpgError
 from .features import FeatureConfig, LogMel
 from .frames import num_frames, rescale_intervals, resampled_length
+from .labels import to_json, vocabularies
 from .metadata import FileEntry, collect_inputs
 from .progress import Progress
 from .s3 import S3Output, is_s3_url
@@ -83,12 +84,15 @@ def write_shards(
     part: Optional[Tuple[int, int]] = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
     `files`: paths (relative to `audio_root`) to take instead of the metadata keys or a folder walk.
     `part=(i, n)`: write only shards i, i+n, i+2n, ... (for job arrays); the part that completes the
     set writes the manifest. `workers`: processes computing spectrograms (default: all cores).
+    `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
+    symlink out of it), which are otherwise refused and reported.
     """
     features = features or FeatureConfig()
     started = time.monotonic()
@@ -100,9 +104,10 @@ def write_shards(
     if not 0 <= part_index < part_count:
         raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
 
-    entries, rejected = collect_inputs(audio_root, metadata_path, files, labelset)
+    entries, rejected = collect_inputs(audio_root, metadata_path, files, labelset, allow_outside_root)
     if not entries:
         raise SpgError(_nothing_usable(len(rejected), rejected, "no audio files to shard"))
+    rejected += [BadInput(e.path, warning, kind="warning") for e in entries for warning in e.warnings]
     reporter = Progress(0, 0.0, enabled=progress)
     for bad in rejected:
         reporter.message(_describe(bad))
@@ -117,7 +122,8 @@ def write_shards(
     pending = [k for k in mine if not _shard_done(output_dir, k)]
     work = [item for k in pending for item in plan[k]]
     reporter = Progress(len(work), sum(p.seconds for p in work), enabled=progress)
-    reporter.bad = len(rejected)
+    reporter.bad = sum(bad.kind == "bad" for bad in rejected)
+    reporter.filtered = sum(bad.kind == "filtered" for bad in rejected)
     written = processed = 0
     processed_seconds = 0.0
     results = _process_all(work, features, with_audio, workers)
@@ -320,6 +326,10 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
     frames = spectrogram.shape[1]
     stored = torch.from_numpy(spectrogram)
     wide = stored.float() if stored.dtype == torch.float16 else stored.double()  # float16 squares are exact in float32
+    total, total_sq = wide.sum(1, dtype=torch.float64).numpy(), wide.square().sum(1, dtype=torch.float64).numpy()
+    if not (np.isfinite(total).all() and np.isfinite(total_sq).all()):  # finite sums: every value is finite
+        raise BadInput(entry.path, f"spectrogram is not finite (peak sample {float(np.abs(audio).max()):.3g}: far "
+                                   "too loud for float32 power; is it a float file of unscaled samples?)")
     key = sample_key(item.number, entry.path)
     info = {
         "path": entry.path,
@@ -339,8 +349,8 @@ def process_file(item: _Planned, features: FeatureConfig, with_audio: bool) -> D
         members.append(tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
     index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio),
                  "intervals": info["intervals"], "metadata": entry.metadata}
-    return {"members": members, "index": index_row, "seconds": orig_length / orig_rate,
-            "sum": wide.sum(1, dtype=torch.float64).numpy(), "sumsq": wide.square().sum(1, dtype=torch.float64).numpy()}
+    return {"members": members, "index": index_row, "seconds": orig_length / orig_rate, "sum": total,
+            "sumsq": total_sq}
 
 
 def _process_task(item: _Planned, features: FeatureConfig, with_audio: bool) -> Union[Dict[str, Any], BadInput]:
@@ -478,7 +488,8 @@ def _sha256_file(path: str) -> str:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+    """Strict JSON (no NaN or Infinity, which other languages' parsers refuse)."""
+    return (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
 class _ShardWriter:
@@ -577,6 +588,7 @@ def _finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_a
     if not good:
         raise SpgError(_nothing_usable(len(report), report, "every file was rejected"))
     index = [row for r in good for row in r["index"]]
+    index_bytes = pack(index)
     frames = sum(r["frames"] for r in good)
     total = np.sum([r["sum"] for r in good], axis=0)
     total_sq = np.sum([r["sumsq"] for r in good], axis=0)
@@ -592,33 +604,17 @@ def _finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_a
         "shards": [{k: r[k] for k in ("name", "files", "frames", "seconds", "bytes", "sha256")} for r in good],
         "totals": {"files": len(index), "frames": frames, "seconds": seconds, "hours": seconds / 3600,
                    "bytes": sum(r["bytes"] for r in good), "shards": len(good)},
-        "labels": label_vocabularies(row["metadata"] for row in index),
+        "labels": {key: [to_json(v) for v in vocab] for key, vocab in
+                   vocabularies(row["metadata"] for row in index).items()},
         "stats": {"frames": frames, "mean": mean.tolist(), "std": std.tolist()},
         "index": INDEX_NAME,
+        "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+        "index_bytes": len(index_bytes),
         "report": {"counts": _count_kinds(report), "files": report},
     }
-    out.write(INDEX_NAME, pack(index))
+    out.write(INDEX_NAME, index_bytes)
     out.write(MANIFEST_NAME, _json_bytes(manifest))
     return manifest
-
-
-def label_vocabularies(metadatas: Any) -> Dict[str, List[Any]]:
-    """Sorted distinct values of every metadata key (numbers before strings; None last)."""
-    values: Dict[str, set] = {}
-    for metadata in metadatas:
-        for key, value in metadata.items():
-            values.setdefault(key, set()).add(value)
-    return {key: sorted(found, key=_vocabulary_order) for key, found in sorted(values.items())}
-
-
-def _vocabulary_order(value: Any) -> Tuple[int, Any]:
-    if value is None:
-        return (3, 0)
-    if isinstance(value, bool):
-        return (0, int(value))
-    if isinstance(value, (int, float)):
-        return (1, value)
-    return (2, str(value))
 
 
 def _report_row(bad: BadInput) -> Dict[str, str]:
@@ -633,7 +629,9 @@ def _count_kinds(report: List[Dict[str, str]]) -> Dict[str, int]:
 
 
 def _describe(bad: BadInput) -> str:
-    return f"{'skipped' if bad.kind == 'filtered' else 'bad input'}: {bad.path}: {bad.problem}"
+    """One line per problem (control characters in names escaped)."""
+    what = {"filtered": "skipped", "duplicate": "duplicate", "warning": "warning"}.get(bad.kind, "bad input")
+    return f"{what}: {bad}"
 
 
 def _nothing_usable(count: int, rejected: Sequence[Any], what: str) -> str:

@@ -470,3 +470,17 @@ def test_resume_single_windows_in_process(shards):
     resumed.load_state_dict(state)
     assert seen + collect(resumed) == full
     assert collect(resumed) == full  # the epoch after the resumed one starts from its beginning
+
+
+def test_resume_refuses_another_world_size_or_shard_set(shards):
+    def make(names: str = "abc", **kwargs: Any) -> SpectrogramDatasetRouter:
+        return SpectrogramDatasetRouter(datasets(shards, names, **kwargs), weights=[0.5, 0.3, 0.2][: len(names)],
+                                        seed=7)
+
+    state = make(rank=0, world_size=2).state_dict()
+    make(rank=1, world_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="world_size"):
+        make(rank=0, world_size=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="shards"):  # same window counts, other shards
+        make("acb", rank=0, world_size=2).load_state_dict({**state, "windows": make("acb").state_dict()["windows"],
+                                                           "weights": make("acb").state_dict()["weights"]})

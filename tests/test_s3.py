@@ -268,15 +268,7 @@ class FaultProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.ranged_gets = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=_accept_forever, args=(self.server, self._serve), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target))
@@ -342,6 +334,16 @@ class FaultProxy:
         self.server.close()
 
 
+def _accept_forever(server: socket.socket, handle: Any) -> None:
+    """Each connection to `server` handled by `handle(conn)` in a thread of its own, until it is closed."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
 def _close(*socks: socket.socket) -> None:
     for sock in socks:
         try:
@@ -358,8 +360,9 @@ FAULTS = [("cut", 1), ("slowdown",), ("cut", 7001), ("reset", 30000), ("cut", 65
 def test_stream_resumes_at_the_byte_where_it_broke(aws, moto, s3_shards, run16k, caplog):
     name = "shard-000001.tar"
     expected = (Path(run16k[0]) / name).read_bytes()
-    # successive GetObject responses: cut after 10 body bytes; reset after 3000; 503 SlowDown (botocore retries
-    # it); stalled after 1 byte (read timeout); cut after 40000; then one that completes
+    # successive GetObject responses: cut after 10 body bytes; reset after 3000; 503 SlowDown; stalled after 1
+    # byte (read timeout); cut after 40000; then one that completes. Streams retry themselves (botocore's own
+    # retries would multiply a stall by its attempts), so each is one resume
     faults = [("cut", 10), ("reset", 3000), ("slowdown",), ("stall", 1), ("cut", 40000)]
     proxy = FaultProxy(moto.port, faults)
     aws(endpoint=proxy.endpoint)
@@ -371,12 +374,12 @@ def test_stream_resumes_at_the_byte_where_it_broke(aws, moto, s3_shards, run16k,
     finally:
         proxy.close()
     assert data == expected
-    assert not proxy.faults and stream.resumes == 4 and proxy.ranged_gets == 5
+    assert not proxy.faults and stream.resumes == 5 and proxy.ranged_gets == 5
     breaks = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     # each resume starts at the last byte handed to the reader (the stalled byte sat in a read that timed out,
     # so it was never handed over, and is asked for again)
-    assert [int(re.search(r"at byte (\d+)", m).group(1)) for m in breaks] == [10, 3010, 3010, 43010], breaks
-    assert "read timeout" in breaks[2]
+    assert [int(re.search(r"at byte (\d+)", m).group(1)) for m in breaks] == [10, 3010, 3010, 3010, 43010], breaks
+    assert "SlowDown" in breaks[2] and "read timeout" in breaks[3]
 
 
 def test_dropped_connections_still_yield_every_window_once(aws, moto, s3_shards, local_windows):
@@ -398,7 +401,8 @@ def test_a_stream_that_keeps_failing_gives_up_naming_the_url(aws, moto, s3_shard
     s3.configure(retry_base_delay=0.001, max_retries=3)
     url = s3_shards + "shard-000000.tar"
     try:
-        with pytest.raises(ShardError, match=re.escape(url) + ".*gave up after 4 failed attempts at byte 0"):
+        with pytest.raises(ShardError, match=re.escape(url) + r".*gave up after 4 failed attempts and \d+ s without "
+                                                               r"progress at byte 0"):
             open_shard(url).read()
     finally:
         proxy.close()
@@ -622,3 +626,91 @@ def test_backoff_grows_and_is_capped():
     for failures, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
         delays = [s3.backoff(failures, config) for _ in range(50)]
         assert all(cap / 2 <= d <= cap for d in delays)
+
+
+# ---------------------------------------------------------------- hostile remote manifests, frozen servers
+
+
+def _copy_prefix(moto: Moto, src: str, dst: str, edit: Any = None) -> str:
+    """Copy the shard set at `src/` to `dst/`, its manifest changed by `edit(manifest)`; returns the URL."""
+    c = moto.client()
+    for name, data in moto.objects(src).items():
+        if name == "manifest.json" and edit is not None:
+            manifest = json.loads(data)
+            edit(manifest)
+            data = json.dumps(manifest).encode()
+        c.put_object(Bucket=BUCKET, Key=f"{dst}/{name}", Body=data)
+    return f"s3://{BUCKET}/{dst}/"
+
+
+def test_a_remote_manifest_cannot_make_the_cache_delete_a_local_file(aws, moto, s3_shards, tmp_path):
+    """The cache names a shard by the manifest's sha256: `../victim/victim` would be a path out of it."""
+    cache = tmp_path / "cache"
+    victim = tmp_path / "victim" / "victim.tar"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    url = _copy_prefix(moto, "corpus", "evil-sha", lambda m: m["shards"][0].update(sha256="../victim/victim"))
+    s3.configure(cache_dir=str(cache))
+    with pytest.raises(SpgError, match=r"evil-sha/manifest.json: shards\[0\].sha256"):
+        SpectrogramDataset(url)
+    with pytest.raises(ShardError, match="not a sha256"):  # and the cache refuses such a name on its own
+        s3.ShardCache(str(cache), 1 << 30).open(url + "shard-000000.tar", 100, "../victim/victim")
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("field,edit", [
+    (r"shards\[1\].name", lambda m: m["shards"][1].update(name="/etc/hostname")),
+    (r"shards\[0\].name", lambda m: m["shards"][0].update(name="../../../../etc/hostname")),
+    ("index", lambda m: m.update(index="/etc/passwd"))])
+def test_a_remote_manifest_cannot_name_local_files(aws, moto, s3_shards, field, edit):
+    url = _copy_prefix(moto, "corpus", "evil-names", edit)
+    with pytest.raises(SpgError, match=r"evil-names/manifest.json: " + field):
+        SpectrogramDataset(url)
+
+
+class FrozenServer:
+    """Accepts connections on 127.0.0.1, reads the requests, never answers (a hung S3 endpoint)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.requests = 0
+        self.sockets: List[socket.socket] = []
+        threading.Thread(target=_accept_forever, args=(self.server, self._hold), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        self.sockets.append(conn)
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                self.requests += data.count(b"HTTP/1.1\r\n")
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.server.close()
+        _close(*self.sockets)
+
+
+def test_a_frozen_server_is_given_up_on_in_bounded_time(aws):
+    """One stalled attempt costs read_timeout (botocore does not retry under the stream's own retries); the
+    stream gives up after max_retries more attempts, or after give_up_after seconds, whichever comes first."""
+    frozen = FrozenServer()
+    aws(endpoint=frozen.endpoint)
+    try:
+        s3.configure(read_timeout=1, connect_timeout=1, max_retries=2, retry_base_delay=0.01)
+        started = time.monotonic()
+        with pytest.raises(SpgError, match=rf"s3://{BUCKET}/corpus/manifest.json: .*gave up after 3 failed "
+                                           r"attempts.*read timeout"):
+            SpectrogramDataset(f"s3://{BUCKET}/corpus/")
+        assert time.monotonic() - started < 6
+        assert frozen.requests == 3  # one request per attempt
+        s3.configure(max_retries=1000, give_up_after=2.5)
+        started = time.monotonic()
+        with pytest.raises(ShardError, match=r"gave up after \d+ failed attempts and [23] s without progress"):
+            open_shard(f"s3://{BUCKET}/corpus/shard-000000.tar")
+        assert time.monotonic() - started < 2.5 + 1 + 1 + 1.5  # give_up_after + connect + read + slack
+    finally:
+        frozen.close()

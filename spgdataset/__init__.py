@@ -1,12 +1,20 @@
-"""spgdataset: log-mel spectrogram shards for speech and bioacoustics, streamed as sliding windows."""
+"""spgdataset: log-mel spectrogram shards for speech and bioacoustics, streamed as sliding windows.
 
-__version__ = "0.1.0"
+Where things are (docs/architecture.md has the whole map):
+  rules/    the semantics as pure functions: frames and masks, windows, splits, labels, epoch plans
+  format/   the shard format: names, tar, member codecs, feature parameters, manifest and index checks
+  storage/  where shards live: local folders and s3:// behind one small surface
+  write/    spg-shard: audio + metadata.json -> shards
+  read/     SpectrogramDataset, SpectrogramDatasetRouter and their DataLoader
+"""
 
-from .dataset import SpectrogramDataset  # noqa: E402
-from .errors import BadInput, ShardError, SpgError  # noqa: E402
-from .features import FeatureConfig  # noqa: E402
-from .router import SpectrogramDatasetRouter  # noqa: E402
-from .writer import WriteResult, write_shards  # noqa: E402
+from .errors import BadInput, ShardError, SpgError
+from .format.features import FeatureConfig
+from .read.dataset import SpectrogramDataset
+from .read.router import SpectrogramDatasetRouter
+from .storage import s3
+from .version import __version__
+from .write.job import WriteResult, write_shards
 
 __all__ = ["BadInput", "FeatureConfig", "ShardError", "SpectrogramDataset", "SpectrogramDatasetRouter",
-           "SpgError", "WriteResult", "write_shards", "__version__"]
+           "SpgError", "WriteResult", "s3", "write_shards", "__version__"]

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 from spgdataset.demo import make_corpus
-from spgdataset.shardformat import unpack
-from spgdataset.writer import write_shards
+from spgdataset.format.codec import unpack
+from spgdataset.write.job import write_shards
 
 # --------------------------------------------------------------------------- helpers (as fixtures)
 
 
 def _run_cli(args: Sequence[str], timeout: float = 120, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
-    """`python -m spgdataset.cli ARGS` in a fresh interpreter, text output captured."""
-    return subprocess.run([sys.executable, "-m", "spgdataset.cli", *map(str, args)], capture_output=True,
+    """`python -m spgdataset.write.cli ARGS` in a fresh interpreter, text output captured."""
+    return subprocess.run([sys.executable, "-m", "spgdataset.write.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
 
 

@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import spgdataset
 from spgdataset import SpectrogramDataset, write_shards
-from spgdataset.audio import read_audio
+from spgdataset.write.audio import read_audio
 from spgdataset.demo import make_corpus
-from spgdataset.features import FeatureConfig, LogMel
-from spgdataset.frames import interval_mask
-from spgdataset.memory import ChunkMemory
-from spgdataset.windows import window_frames
+from spgdataset.format.features import FeatureConfig
+from spgdataset.write.logmel import LogMel
+from spgdataset.rules.frames import interval_mask
+from spgdataset.read.memory import ChunkMemory
+from spgdataset.rules.windows import window_frames
 
 RESULT_TAG = "BENCH-RESULT "
 BATCH = 64

@@ -34,7 +34,8 @@ import torch
 
 from spgdataset import SpectrogramDataset, s3, write_shards
 from spgdataset.demo import make_corpus
-from spgdataset.source import open_shard, open_source
+from spgdataset.read.source import open_source
+from spgdataset.storage import open_shard
 
 BUCKET, PREFIX = "bench", "shards"
 

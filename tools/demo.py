@@ -52,7 +52,7 @@ def main() -> None:
         make_corpus(audio_dir, args.minutes * 60, seed=0, rates=(16000, 16000, 44100, 8000), stereo_every=5)
         add_broken_files(audio_dir, metadata_path)
 
-    command = [sys.executable, "-m", "spgdataset.cli", audio_dir, metadata_path, shard_dir,
+    command = [sys.executable, "-m", "spgdataset.write.cli", audio_dir, metadata_path, shard_dir,
                "--config", os.path.join(ROOT, "configs", "16k_80mel.json"), "--with-audio", "--max-shard-mb", "4"]
     print("demo: $ spg-shard " + " ".join(command[3:]))
     subprocess.run(command, check=True)

@@ -1,0 +1,180 @@
+"""manifest.json and index.msgpack as a reader takes them: checked field by field before anything is used.
+
+A shard set can come from anywhere (an s3:// prefix someone else writes, a folder copied by hand), so every
+value a reader acts on is checked here: names are plain file names inside the source (never a path, a URL
+or `..`), digests are sha256 hex, counts are non-negative integers, statistics are finite, labels are JSON
+scalars, and the index agrees with the manifest (its digest, then every shard's file and frame counts).
+A failed check is an SpgError (ShardError for the index) that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Mapping
+
+from ..errors import ShardError, SpgError
+from ..rules.labels import from_json, label_token
+from .features import FeatureConfig
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")  # no '/', '\\', ':' or leading '.'
+KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def is_plain_name(value: Any) -> bool:
+    return isinstance(value, str) and PLAIN_NAME.fullmatch(value) is not None
+
+
+def is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and SHA256.fullmatch(value) is not None
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
+    """The manifest, checked, with its label vocabularies decoded (labels.from_json)."""
+    def fail(field: str, problem: str) -> SpgError:
+        return SpgError(f"{where}: {field}: {problem}")
+
+    if not isinstance(manifest, dict):
+        raise SpgError(f"{where}: not a manifest (a JSON object), got {type(manifest).__name__}")
+    try:
+        features = FeatureConfig.from_dict(manifest.get("features"))
+    except (TypeError, ValueError) as exc:
+        raise fail("features", str(exc)) from None
+    if not isinstance(manifest.get("params"), str):
+        raise fail("params", "missing or not a string")
+    if not isinstance(manifest.get("with_audio", False), bool):
+        raise fail("with_audio", "not true/false")
+    _check_shards(manifest.get("shards"), fail)
+    manifest["labels"] = _checked_labels(manifest.get("labels"), fail)
+    _check_stats(manifest.get("stats"), features.n_mels, fail)
+    if "index" in manifest and not is_plain_name(manifest["index"]):
+        raise fail("index", f"{manifest['index']!r} is not a plain file name inside the shard folder")
+    if "index_sha256" in manifest and not is_sha256(manifest["index_sha256"]):
+        raise fail("index_sha256", "not 64 lowercase hex digits")
+    if "index_bytes" in manifest and not _is_count(manifest["index_bytes"]):
+        raise fail("index_bytes", "not a non-negative integer")
+    return manifest
+
+
+def _check_shards(shards: Any, fail: Any) -> None:
+    if not isinstance(shards, list) or not shards:
+        raise fail("shards", "missing, empty or not a list")
+    names = set()
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            raise fail(f"shards[{i}]", "not an object")
+        name = shard.get("name")
+        if not is_plain_name(name):
+            raise fail(f"shards[{i}].name", f"{name!r} is not a plain file name inside the shard folder")
+        if name in names:
+            raise fail(f"shards[{i}].name", f"{name} is listed twice")
+        names.add(name)
+        for field, minimum in (("files", 1), ("frames", 1), ("bytes", 1)):
+            if not _is_count(shard.get(field), minimum):
+                raise fail(f"shards[{i}].{field}", f"{shard.get(field)!r} is not an integer >= {minimum}")
+        if not is_sha256(shard.get("sha256")):
+            raise fail(f"shards[{i}].sha256", f"{shard.get('sha256')!r} is not 64 lowercase hex digits")
+        if "seconds" in shard and not (_is_finite(shard["seconds"]) and shard["seconds"] >= 0):
+            raise fail(f"shards[{i}].seconds", f"{shard['seconds']!r} is not a finite number >= 0")
+
+
+def _checked_labels(labels: Any, fail: Any) -> Dict[str, List[Any]]:
+    if not isinstance(labels, dict):
+        raise fail("labels", "missing or not an object {key: [values]}")
+    out = {}
+    for key, values in labels.items():
+        if not isinstance(values, list):
+            raise fail(f"labels[{key!r}]", "not a list")
+        try:
+            out[key] = [from_json(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise fail(f"labels[{key!r}]", str(exc)) from None
+        if len({label_token(v) for v in out[key]}) != len(out[key]):
+            raise fail(f"labels[{key!r}]", "a label is listed twice")
+    return out
+
+
+def _check_stats(stats: Any, n_mels: int, fail: Any) -> None:
+    if not isinstance(stats, dict):
+        raise fail("stats", "missing or not an object")
+    for name in ("mean", "std"):
+        values = stats.get(name)
+        if not isinstance(values, list) or len(values) != n_mels:
+            raise fail(f"stats.{name}", f"need a list of n_mels={n_mels} numbers")
+        if not all(_is_finite(v) for v in values):
+            raise fail(f"stats.{name}", "holds NaN, an infinity or a non-number (the shards' features were not "
+                                        "finite; rewrite them with this spgdataset)")
+    if any(v < 0 for v in stats["std"]):
+        raise fail("stats.std", "holds a negative value")
+
+
+# ---------------------------------------------------------------- the index
+
+
+def check_index(rows: Any, manifest: Mapping[str, Any], where: str) -> Dict[str, List[Dict[str, Any]]]:
+    """Index rows grouped by shard name (manifest order), each row checked, the groups checked against the
+    manifest's file and frame counts; ShardError naming the index file otherwise."""
+    if not isinstance(rows, list):
+        raise ShardError(f"{where}: not a file index (a list of rows), got {type(rows).__name__}")
+    hop = manifest["features"]["hop_length"]
+    by_shard: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in manifest["shards"]}
+    keys = set()
+    for i, row in enumerate(rows):
+        problem = _row_problem(row, hop)
+        if problem is None and row["shard"] not in by_shard:
+            problem = f"shard {row['shard']!r} is not in the manifest"
+        if problem is None and row["key"] in keys:
+            problem = "the key is listed twice"
+        if problem is not None:
+            key = row.get("key") if isinstance(row, dict) else None
+            raise ShardError(f"{where}: row {i}{f' ({key!r})' if isinstance(key, str) else ''}: {problem}")
+        keys.add(row["key"])
+        by_shard[row["shard"]].append(row)
+    for shard in manifest["shards"]:
+        mine = by_shard[shard["name"]]
+        frames = sum(r["frames"] for r in mine)
+        if len(mine) != shard["files"] or frames != shard["frames"]:
+            raise ShardError(f"{where}: {len(mine)} files, {frames} frames in {shard['name']}; the manifest says "
+                             f"{shard['files']} files, {shard['frames']} frames (edited or mismatched index)")
+    return by_shard
+
+
+def _row_problem(row: Any, hop: int) -> Any:
+    """What is wrong with one index row, or None."""
+    if not isinstance(row, dict):
+        return "not an object"
+    if not (isinstance(row.get("key"), str) and KEY.fullmatch(row["key"])):
+        return f"key {row.get('key')!r} is not a sample key"
+    if not isinstance(row.get("path"), str) or not isinstance(row.get("shard"), str):
+        return "path or shard missing"
+    frames, samples = row.get("frames"), row.get("samples")
+    if not (_is_count(frames, 1) and _is_count(samples)) or frames != 1 + samples // hop:
+        return f"frames {frames!r} do not follow from samples {samples!r} at hop {hop}"
+    intervals = row.get("intervals")
+    if not isinstance(intervals, dict):
+        return "intervals missing"
+    for name, spans in intervals.items():
+        if not isinstance(name, str) or not isinstance(spans, list):
+            return f"intervals[{name!r}] is not a list"
+        for span in spans:
+            if not (isinstance(span, list) and len(span) == 2 and _is_count(span[0]) and _is_count(span[1])
+                    and span[0] <= span[1] <= samples):
+                return f"intervals[{name!r}] has {span!r}, not [start, stop] within the {samples} samples"
+    metadata = row.get("metadata")
+    if not isinstance(metadata, dict):
+        return "metadata missing"
+    try:
+        for value in metadata.values():
+            label_token(value)
+    except TypeError as exc:
+        return f"metadata: {exc}"
+    return None

@@ -1,0 +1,29 @@
+"""The names of the shard format: files, members, sample keys.
+
+A shard `shard-000012.tar` is a plain tar (WebDataset layout) holding, per audio file, members
+`{key}.spec.npy` (C-ordered (n_mels, T) log-mel), `{key}.info.msgpack` (frames, intervals, metadata)
+and with --with-audio `{key}.audio.flac`. Beside the shards: `manifest.json` and the file index.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.msgpack"
+STATE_DIR = ".spg-state"  # per-shard records of a run in progress; a reader ignores it
+SPEC, INFO, AUDIO = "spec.npy", "info.msgpack", "audio.flac"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(number: int, path: str) -> str:
+    """Unique, tar- and WebDataset-safe key: running number + readable slug of the path (no dots)."""
+    stem = os.path.splitext(path)[0]
+    slug = _UNSAFE.sub("_", stem).strip("_")[-60:]
+    return f"{number:07d}_{slug}" if slug else f"{number:07d}"

@@ -1,0 +1,92 @@
+"""Audio in: any libsndfile format, probed from its header or decoded to mono at a target rate."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from ..errors import BadInput
+from ..storage.local import check_regular
+
+# Subtypes whose samples a 16-bit FLAC holds exactly.
+EXACT_16BIT = {"PCM_16", "PCM_S8", "PCM_U8"}
+# Below this a header is damaged rather than a recording: resampling 80 samples "at 1 Hz" to 16 kHz makes
+# a 600 MiB shard.
+MIN_SAMPLE_RATE = 1000
+
+
+def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
+    """(samples per channel, sample rate) from the header, without decoding the audio.
+
+    `name` is how messages call the file (its path in metadata.json); defaults to `path`.
+    """
+    name = name or path
+    _check_file(path, name)
+    try:
+        info = sf.info(path)
+    except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
+        raise BadInput(name, f"unreadable audio: {_one_line(exc)}") from None
+    _check_rate(int(info.samplerate), name)
+    return int(info.frames), int(info.samplerate)
+
+
+def _check_file(path: str, name: str) -> None:
+    """Only regular files are audio: a FIFO would block the decoder forever, a device never ends."""
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        raise BadInput(name, "file not found") from None
+    except OSError as exc:
+        raise BadInput(name, exc.strerror or str(exc)) from None
+
+
+def _check_rate(rate: int, name: str) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise BadInput(name, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz (a damaged header?)")
+
+
+def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple[np.ndarray, int, int, bool]:
+    """Decode `path`, downmix to mono, resample to `sample_rate`.
+
+    Returns (float32 samples, original rate, original length in samples, exact_16bit): exact_16bit says the
+    samples are the file's own 16-bit (or narrower) values, untouched by downmix or resampling.
+    """
+    path, name = str(path), name or str(path)
+    _check_file(path, name)
+    try:
+        with sf.SoundFile(path) as f:
+            orig_rate, subtype = int(f.samplerate), str(f.subtype)
+            _check_rate(orig_rate, name)
+            data = f.read(dtype="float32", always_2d=True)
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
+    length = data.shape[0]
+    if length == 0:
+        raise BadInput(name, "audio is empty (0 samples)")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise BadInput(name, "audio contains NaN or infinite samples")
+    if orig_rate != sample_rate:
+        mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+    exact_16bit = subtype in EXACT_16BIT and data.shape[1] == 1 and orig_rate == sample_rate
+    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, exact_16bit
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+    """Resampling kernels are worth caching: a corpus has few distinct rates."""
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
+
+
+def _one_line(exc: BaseException) -> str:
+    """libsndfile's message without its "Error opening '<path>': " prefix (the caller names the file)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return re.sub(r"^Error opening .*?: ", "", text)

@@ -1,0 +1,135 @@
+"""`spg-shard AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR`: the command line around write_shards()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import SpgError
+from ..format.features import FeatureConfig, load_config
+from .inputs import read_file_list
+from .job import DEFAULT_MAX_SHARD_BYTES, write_shards
+from .progress import format_duration
+
+FEATURE_FLAGS = {  # flag -> FeatureConfig field
+    "sample_rate": "sample_rate", "n_fft": "n_fft", "hop_length": "hop_length", "n_mels": "n_mels",
+    "f_min": "f_min", "f_max": "f_max", "dtype": "storage_dtype",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spg-shard",
+        description="Turn a folder of audio (+ optional metadata.json) into log-mel WebDataset shards "
+                    "with manifest.json. Rerunning the same command resumes a killed run.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
+    p.add_argument("--files", metavar="LIST", help="text file of audio paths (relative to AUDIO_ROOT) to take")
+    p.add_argument("--config", metavar="JSON", help="feature config, e.g. configs/16k_80mel.json; flags override it")
+    p.add_argument("--sample-rate", type=int, help="target rate in Hz (default 16000); audio is resampled to it")
+    p.add_argument("--n-fft", type=int, help="FFT size in samples (default 400)")
+    p.add_argument("--hop-length", type=int, help="hop in samples (default 160)")
+    p.add_argument("--n-mels", type=int, help="mel bins (default 80)")
+    p.add_argument("--f-min", type=float, help="lowest mel frequency in Hz (default 0)")
+    p.add_argument("--f-max", type=float, help="highest mel frequency in Hz (default sample_rate/2)")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16)")
+    p.add_argument("--with-audio", action="store_true", help="also store the resampled mono audio (FLAC, lossless)")
+    p.add_argument("--max-shard-mb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
+                   help="shard size limit in MiB (default %(default)s)")
+    p.add_argument("--max-shard-files", type=int, help="shard size limit in files")
+    p.add_argument("--labelset", action="append", default=[], metavar="KEY=V1,V2",
+                   help="keep only files whose metadata KEY is one of the values (repeatable)")
+    p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
+    p.add_argument("--part", metavar="I/N", help="write only part I of N (0-based), for job arrays")
+    p.add_argument("--overwrite", action="store_true", help="replace shards of a different job in OUTPUT_DIR")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="take input paths that lead outside AUDIO_ROOT (../x.wav, absolute paths, symlinks out)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def parse_labelset(values: Sequence[str]) -> Optional[Dict[str, List[str]]]:
+    labelset: Dict[str, List[str]] = {}
+    for value in values:
+        key, sep, allowed = value.partition("=")
+        if not sep or not key or not allowed:
+            raise SpgError(f"--labelset {value!r}: expected KEY=VALUE1,VALUE2")
+        labelset.setdefault(key, []).extend(v for v in allowed.split(",") if v)
+    return labelset or None
+
+
+def parse_part(value: Optional[str]) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise SpgError(f"--part {value!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise SpgError(f"--part {value!r}: need 0 <= I < N")
+    return i, n
+
+
+def features_from_args(args: argparse.Namespace) -> FeatureConfig:
+    values = dict(load_config(args.config).get("features", {})) if args.config else {}
+    for flag, field in FEATURE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            values[field] = getattr(args, flag)
+    return FeatureConfig.from_dict(values)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.paths) == 2:
+        audio_root, metadata, output = args.paths[0], None, args.paths[1]
+    elif len(args.paths) == 3:
+        audio_root, metadata, output = args.paths
+    else:
+        parser.error("expected AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
+    files = read_file_list(args.files, audio_root) if args.files else None
+    result = write_shards(
+        audio_root, metadata, output, files=files, features=features_from_args(args),
+        with_audio=args.with_audio, max_shard_bytes=int(args.max_shard_mb * 2**20),
+        max_shard_files=args.max_shard_files, labelset=parse_labelset(args.labelset), workers=args.workers,
+        part=parse_part(args.part), overwrite=args.overwrite, progress=not args.quiet,
+        allow_outside_root=args.allow_outside_root,
+    )
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    rate = result.audio_seconds_processed / result.wall_seconds if result.wall_seconds else 0.0
+    lines = [f"spg-shard: {result.files_processed} files ({result.audio_seconds_processed / 3600:.2f} h audio) "
+             f"processed in {format_duration(result.wall_seconds)}, {rate:.0f}x real time; "
+             f"{result.shards_written} shards written, {result.shards_reused} already complete"]
+    if result.manifest is None:
+        lines.append(f"part done; manifest.json is written by the run that completes the last shard of {result.output_dir}")
+    else:
+        t, counts = result.manifest["totals"], result.manifest["report"]["counts"]
+        per_hour = t["bytes"] / t["hours"] / 2**20 if t["hours"] else 0.0
+        lines.append(f"{result.output_dir}: {t['files']} files, {t['hours']:.2f} h, {t['shards']} shards, "
+                     f"{t['bytes'] / 2**20:.1f} MiB ({per_hour:.1f} MiB per audio hour); "
+                     f"{counts.get('bad', 0)} bad, {counts.get('filtered', 0)} filtered"
+                     + "".join(f", {counts[kind]} {kind}{'s' * (counts[kind] != 1)}" for kind in ("duplicate", "warning")
+                             if counts.get(kind))
+                     + " (see manifest.json 'report')")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    try:
+        code = run(argv)
+    except (SpgError, ValueError, OSError) as exc:
+        print(f"spg-shard: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("spg-shard: interrupted; rerun the same command to resume", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

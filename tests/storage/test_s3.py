@@ -1,0 +1,718 @@
+"""s3:// end to end against a real S3-API server on 127.0.0.1: moto's standalone server, started here.
+
+Nothing is patched in-process: the server is `python -m moto.server` in a subprocess. moto accepts any
+credentials unless IAM authentication is switched on; the credential tests switch it on (`moto.authenticating()`,
+after IAM users and their access keys were made), so wrong credentials are really refused by the server. It
+stays off elsewhere because moto 5.2 then miscomputes the signature of requests whose query holds a "/"
+(ListObjectsV2 with Prefix="corpus/": SignatureDoesNotMatch), which real S3 accepts. A small TCP proxy (FaultProxy) sits in front of it where a test needs faults: it cuts,
+resets or stalls GetObject responses of shards part-way through the body, or answers 503 SlowDown.
+The credentials and the endpoint are set for these tests only (monkeypatched environment; the subprocesses
+get an explicit environment); no address other than 127.0.0.1 is contacted (instance metadata is disabled).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")  # the server runs in a subprocess; this only says it is installed
+
+from spgdataset import ShardError, SpectrogramDataset, SpgError, s3, write_shards  # noqa: E402
+from spgdataset.demo import make_corpus  # noqa: E402
+from spgdataset.storage import open_shard  # noqa: E402
+
+BUCKET = "spg-test"
+REGION = "us-east-1"
+S3_POLICY = json.dumps({"Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
+SUMMARY_RE = re.compile(r"(\d+) shards written, (\d+) already complete")
+
+
+# ---------------------------------------------------------------- the server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _no_proxy_open(url: str, data: Optional[bytes] = None, timeout: float = 2.0) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP(S)_PROXY
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "text/plain"})  # not a form
+    with opener.open(request, timeout=timeout) as response:
+        return response.read()
+
+
+def _prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # resolved here: the child of a fork should import nothing
+
+
+def _die_with_parent() -> None:
+    """In the server's process: get SIGTERM when the test process dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    _PRCTL(1, signal.SIGTERM)
+
+
+class Moto:
+    """moto's standalone server in a subprocess, with IAM users `spg` (s3:*) and `nobody` (no policy)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent if _PRCTL else None)
+        try:
+            self._set_up(log_path)
+        except BaseException:
+            self.close()  # a failed setup must not leave the server running
+            raise
+
+    def _set_up(self, log_path: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _no_proxy_open(f"{self.endpoint}/moto-api/")
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start; see {log_path}")
+                time.sleep(0.05)
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        self.keys: Dict[str, Tuple[str, str]] = {}
+        for user in ("spg", "nobody"):
+            iam.create_user(UserName=user)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        iam.put_user_policy(UserName="spg", PolicyName="s3", PolicyDocument=S3_POLICY)
+        self.client().create_bucket(Bucket=BUCKET)
+
+    @contextlib.contextmanager
+    def authenticating(self) -> Iterator[None]:
+        """Every request checked against the IAM users (signature, access key, policy) while inside."""
+        _no_proxy_open(f"{self.endpoint}/moto-api/reset-auth", data=b"0")
+        try:
+            yield
+        finally:
+            _no_proxy_open(f"{self.endpoint}/moto-api/reset-auth", data=b"inf")
+
+    def env(self, endpoint: Optional[str] = None, user: str = "spg") -> Dict[str, str]:
+        """Environment for the package (in-process via monkeypatch, or for a subprocess)."""
+        key_id, secret = self.keys[user]
+        return {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": REGION,
+                "AWS_ENDPOINT_URL": endpoint or self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def client(self) -> Any:
+        key_id, secret = self.keys["spg"]
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret)
+
+    def objects(self, prefix: str) -> Dict[str, bytes]:
+        """{name relative to prefix: bytes} of every object under `prefix/`."""
+        c = self.client()
+        names = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+                 for o in page.get("Contents", [])]
+        return {n[len(prefix) + 1:]: c.get_object(Bucket=BUCKET, Key=n)["Body"].read() for n in names}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Iterator[Moto]:
+    server = Moto(tmp_path_factory.mktemp("moto") / "server.log")
+    yield server
+    server.close()
+
+
+_ENV_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+                "SPG_S3_CACHE_DIR", "SPG_S3_CACHE_BYTES", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+@pytest.fixture
+def aws(moto, monkeypatch) -> Iterator[Any]:
+    """Point this process at the moto server as user `spg`; `aws(user=..., endpoint=...)` switches."""
+
+    def use(user: str = "spg", endpoint: Optional[str] = None) -> None:
+        for name in _ENV_CLEARED:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in moto.env(endpoint, user).items():
+            monkeypatch.setenv(name, value)
+        s3.reset()  # clients hold the credentials they were made with
+
+    use()
+    yield use
+    s3.reset()
+
+
+def run_cli(moto: Moto, args: List[Any], timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_CLEARED}
+    env.update(moto.env())
+    return subprocess.run([sys.executable, "-m", "spgdataset.write.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **popen)
+
+
+@pytest.fixture(scope="module")
+def s3_shards(moto, corpus16k) -> str:
+    """corpus16k written by the CLI to S3 with the arguments of the local `run16k` fixture."""
+    root, meta = corpus16k
+    url = f"s3://{BUCKET}/corpus/"
+    done = run_cli(moto, [root, meta, url, "--workers", "1", "--max-shard-files", "3", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+def windows(source: Any, num_workers: int = 0, **loader_kwargs: Any) -> Dict[Tuple[str, int], bytes]:
+    """{(key, start): spectrogram bytes} of one epoch in batches of 64; fails on a window seen twice."""
+    ds = SpectrogramDataset(source, window_content_ratio=0, normalize=False, seed=3,
+                            output_configuration={"spectrogram": True, "masks": []})
+    out: Dict[Tuple[str, int], bytes] = {}
+    for batch in ds.loader(batch_size=64, num_workers=num_workers, **loader_kwargs):
+        for key, start, spec in zip(batch["key"], batch["start"].tolist(), batch["spectrogram"].numpy()):
+            assert (key, start) not in out, f"window {key} {start} twice"
+            out[key, start] = spec.tobytes()
+    assert len(out) == len(ds.windows())
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_windows(run16k) -> Dict[Tuple[str, int], bytes]:
+    return windows(run16k[0])
+
+
+# ---------------------------------------------------------------- write and read
+
+
+def test_cli_writes_the_same_bytes_to_s3_as_to_disk(moto, s3_shards, run16k, helpers):
+    local = helpers.output_files(run16k[0])
+    stored = moto.objects("corpus")
+    published = {n: b for n, b in stored.items() if not n.startswith(".spg-state/")}
+    assert published == local  # shards, index.msgpack, manifest.json: byte for byte
+    records = [n for n in stored if n.startswith(".spg-state/")]
+    assert ".spg-state/run.json" in records and len(records) == len(helpers.manifest(run16k[0])["shards"]) + 1
+    head = moto.client().head_object(Bucket=BUCKET, Key="corpus/shard-000000.tar")
+    assert head["Metadata"]["sha256"] == sha256(local["shard-000000.tar"]).hexdigest()
+
+
+def test_two_workers_stream_the_same_windows_as_local_disk(aws, s3_shards, local_windows):
+    assert windows(s3_shards, num_workers=2) == local_windows
+
+
+def test_manifest_url_and_brace_lists(aws, s3_shards, local_windows, run16k):
+    assert windows(s3_shards + "manifest.json") == local_windows
+    wanted = ["shard-000000.tar", "shard-000002.tar"]
+    selection = windows(s3_shards + "shard-00000{0,2}.tar")
+    by_shard = SpectrogramDataset(run16k[0]).shards.files_by_shard
+    rows = [r for w in wanted for r in by_shard[w]]
+    assert {k for k, _ in selection} == {r["key"] for r in rows}
+    assert selection == {kw: v for kw, v in local_windows.items() if kw in selection}
+
+
+def test_webdataset_opens_s3_urls(aws, moto, s3_shards):
+    import webdataset as wds
+
+    s3.register_with_webdataset()  # explicit: importing spgdataset changes no other library's tables
+
+    samples = list(wds.WebDataset(s3_shards + "shard-{000000..000001}.tar", shardshuffle=False))
+    assert len(samples) == 6 and all("spec.npy" in s for s in samples)
+    with wds.TarWriter(f"s3://{BUCKET}/wds/copy.tar") as sink:  # gopen(url, "wb"): uploaded on close
+        for sample in samples:
+            sink.write({k: v for k, v in sample.items() if k in ("__key__", "spec.npy", "info.msgpack")})
+    copied = list(wds.WebDataset(f"s3://{BUCKET}/wds/copy.tar", shardshuffle=False))
+    assert [(s["__key__"], s["spec.npy"]) for s in copied] == [(s["__key__"], s["spec.npy"]) for s in samples]
+
+
+# ---------------------------------------------------------------- faults
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 in front of the moto server. For the next GET requests of `.tar` objects it
+    applies, in order, one fault each: ("cut", n) closes both sockets after n bytes of the response body,
+    ("reset", n) the same with a TCP reset, ("stall", n) stops forwarding after n body bytes and holds the
+    connection until the client gives up, ("slowdown",) answers 503 SlowDown without asking the server."""
+
+    def __init__(self, port: int, faults: List[tuple]) -> None:
+        self.target, self.faults, self.lock = port, collections.deque(faults), threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.ranged_gets = 0
+        threading.Thread(target=_accept_forever, args=(self.server, self._serve), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        pending: Dict[str, Any] = {"fault": None}
+        threading.Thread(target=self._responses, args=(upstream, conn, pending), daemon=True).start()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                line = data.split(b"\r\n", 1)[0]
+                if line.startswith(b"GET ") and b".tar" in line:
+                    with self.lock:
+                        self.ranged_gets += b"\r\nrange: bytes=" in data.lower()
+                        fault = self.faults.popleft() if self.faults else None
+                    if fault and fault[0] == "slowdown":
+                        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                        conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                        break
+                    pending["fault"] = fault
+                upstream.sendall(data)
+        except OSError:
+            pass
+        _close(conn, upstream)
+
+    def _responses(self, upstream: socket.socket, conn: socket.socket, pending: Dict[str, Any]) -> None:
+        header, body_sent = b"", 0
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                fault = pending["fault"]
+                if fault is None:
+                    conn.sendall(data)
+                    continue
+                if b"\r\n\r\n" not in header:  # still in the response head: the body starts after it
+                    header += data
+                    if b"\r\n\r\n" not in header:
+                        conn.sendall(data)
+                        continue
+                    head_end = len(header) - len(data)
+                    split = header.index(b"\r\n\r\n") + 4 - head_end
+                    conn.sendall(data[:split])
+                    data = data[split:]
+                allowed = fault[1] - body_sent
+                conn.sendall(data[:allowed])
+                body_sent += min(len(data), allowed)
+                if len(data) >= allowed:
+                    if fault[0] == "reset":
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    elif fault[0] == "stall":
+                        conn.settimeout(30)
+                        while conn.recv(65536):  # until the client times out and closes
+                            pass
+                    break
+        except OSError:
+            pass
+        _close(conn, upstream)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _accept_forever(server: socket.socket, handle: Any) -> None:
+    """Each connection to `server` handled by `handle(conn)` in a thread of its own, until it is closed."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def _close(*socks: socket.socket) -> None:
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+FAULTS = [("cut", 1), ("slowdown",), ("cut", 7001), ("reset", 30000), ("cut", 65536), ("stall", 20000),
+          ("cut", 100), ("reset", 5)]
+
+
+def test_stream_resumes_at_the_byte_where_it_broke(aws, moto, s3_shards, run16k, caplog):
+    name = "shard-000001.tar"
+    expected = (Path(run16k[0]) / name).read_bytes()
+    # successive GetObject responses: cut after 10 body bytes; reset after 3000; 503 SlowDown; stalled after 1
+    # byte (read timeout); cut after 40000; then one that completes. Streams retry themselves (botocore's own
+    # retries would multiply a stall by its attempts), so each is one resume
+    faults = [("cut", 10), ("reset", 3000), ("slowdown",), ("stall", 1), ("cut", 40000)]
+    proxy = FaultProxy(moto.port, faults)
+    aws(endpoint=proxy.endpoint)
+    s3.configure(retry_base_delay=0.01, read_timeout=0.5)
+    try:
+        with caplog.at_level(logging.INFO, logger="spgdataset"):
+            stream = s3.S3Stream(s3_shards + name)
+            data = b"".join(iter(lambda: stream.read(4096), b""))
+    finally:
+        proxy.close()
+    assert data == expected
+    assert not proxy.faults and stream.resumes == 5 and proxy.ranged_gets == 5
+    breaks = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    # each resume starts at the last byte handed to the reader (the stalled byte sat in a read that timed out,
+    # so it was never handed over, and is asked for again)
+    assert [int(re.search(r"at byte (\d+)", m).group(1)) for m in breaks] == [10, 3010, 3010, 3010, 43010], breaks
+    assert "SlowDown" in breaks[2] and "read timeout" in breaks[3]
+
+
+def test_dropped_connections_still_yield_every_window_once(aws, moto, s3_shards, local_windows):
+    proxy = FaultProxy(moto.port, FAULTS)
+    aws(endpoint=proxy.endpoint)
+    s3.configure(retry_base_delay=0.02, read_timeout=1.0)  # the forked workers inherit this
+    try:
+        got = windows(s3_shards, num_workers=2)
+    finally:
+        proxy.close()
+    assert got == local_windows
+    assert not proxy.faults, "every fault was injected"
+    assert proxy.ranged_gets >= len([f for f in FAULTS if f[0] != "slowdown"])  # each break resumed with Range
+
+
+def test_a_stream_that_keeps_failing_gives_up_naming_the_url(aws, moto, s3_shards):
+    proxy = FaultProxy(moto.port, [("cut", 0)] * 10)  # every response breaks before its first byte
+    aws(endpoint=proxy.endpoint)
+    s3.configure(retry_base_delay=0.001, max_retries=3)
+    url = s3_shards + "shard-000000.tar"
+    try:
+        with pytest.raises(ShardError, match=re.escape(url) + r".*gave up after 4 failed attempts and \d+ s without "
+                                                               r"progress at byte 0"):
+            open_shard(url).read()
+    finally:
+        proxy.close()
+
+
+# ---------------------------------------------------------------- clear errors
+
+
+@pytest.mark.parametrize("who,code", [("wrong key", "InvalidAccessKeyId"), ("wrong secret", "SignatureDoesNotMatch"),
+                                      ("nobody", "AccessDenied")])
+def test_bad_credentials_are_named(aws, moto, monkeypatch, s3_shards, who, code):
+    aws(user="nobody" if who == "nobody" else "spg")
+    if who == "wrong key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    elif who == "wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    shard = s3_shards + "shard-000000.tar"
+    with moto.authenticating():
+        with pytest.raises(SpgError, match=re.escape(s3_shards + "manifest.json") + ".*" + code):
+            SpectrogramDataset(s3_shards)
+        with pytest.raises(ShardError, match=re.escape(shard) + ".*" + code):
+            open_shard(shard)
+    aws()
+    with moto.authenticating():  # and the right credentials pass
+        assert open_shard(shard).read(512)
+
+
+def test_missing_bucket_prefix_and_key(aws, s3_shards):
+    with pytest.raises(SpgError, match=r"s3://no-such-bucket/corpus/manifest.json: bucket 'no-such-bucket' "
+                                       r"does not exist \(NoSuchBucket"):
+        SpectrogramDataset("s3://no-such-bucket/corpus/")
+    with pytest.raises(SpgError, match=f"s3://{BUCKET}/nothing-here: no such shard folder"):
+        SpectrogramDataset(f"s3://{BUCKET}/nothing-here")
+    with pytest.raises(SpgError, match="does not list shard-000999.tar"):
+        SpectrogramDataset(s3_shards + "shard-000999.tar")
+    missing = s3_shards + "shard-000999.tar"
+    with pytest.raises(ShardError, match=re.escape(missing) + r": no such object \(NoSuchKey"):
+        open_shard(missing)
+    with pytest.raises(SpgError, match="one slash lost"):
+        SpectrogramDataset(Path("s3://spg-test/corpus"))
+
+
+def test_a_deleted_shard_fails_the_epoch_naming_it(aws, moto, s3_shards):
+    c = moto.client()
+    for name in ("manifest.json", "index.msgpack", "shard-000000.tar", "shard-000001.tar"):
+        c.copy_object(Bucket=BUCKET, Key=f"holey/{name}", CopySource={"Bucket": BUCKET, "Key": f"corpus/{name}"})
+    ds = SpectrogramDataset(f"s3://{BUCKET}/holey/", shuffle=False, window_content_ratio=0,
+                            output_configuration={"masks": []})
+    with pytest.raises(ShardError, match=f"s3://{BUCKET}/holey/shard-000002.tar: no such object"):
+        list(ds)
+
+
+def test_cli_errors_are_one_line(moto, corpus16k):
+    root, meta = corpus16k
+    done = run_cli(moto, [root, meta, "s3://no-such-bucket/out/", "--workers", "1", "--quiet"])
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("spg-shard: error: s3://no-such-bucket/out/: bucket 'no-such-bucket' "
+                                   "does not exist (NoSuchBucket)")
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _cache_state(folder: Path) -> Tuple[int, List[Path]]:
+    files = sorted(folder.iterdir())
+    return sum(f.stat().st_size for f in files), [f for f in files if f.suffix == ".tar"]
+
+
+def test_cache_keeps_under_its_limit_and_refetches_a_corrupt_copy(aws, s3_shards, run16k, local_windows, tmp_path,
+                                                                  caplog):
+    shards = SpectrogramDataset(run16k[0]).shards.shards
+    limit = int(1.5 * max(s["bytes"] for s in shards))  # room for one or two shards, not all
+    cache = tmp_path / "cache"
+    s3.configure(cache_dir=str(cache), cache_bytes=limit)
+    got: Dict[Tuple[str, int], bytes] = {}
+    for shard in shards:  # one shard at a time, so the limit is checked after each
+        got.update(windows(s3_shards + shard["name"]))
+        used, cached = _cache_state(cache)
+        assert used <= limit and cached
+    assert got == local_windows
+    assert len(shards) >= 3 and s3.stats["cache_misses"] == len(shards) and s3.stats["cache_evictions"] >= 1
+    used, cached = _cache_state(cache)
+    assert {p.stem for p in cached} <= {s["sha256"] for s in shards} and len(cached) in (1, 2)
+    assert all(sha256(p.read_bytes()).hexdigest() == p.stem for p in cached)
+
+    last = shards[-1]
+    expected = windows(os.path.join(run16k[0], last["name"]))
+    assert windows(s3_shards + last["name"]) == expected
+    assert s3.stats["cache_hits"] == 1
+
+    path = cache / f"{last['sha256']}.tar"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="spgdataset"):
+        again = windows(s3_shards + last["name"])
+    assert any("is corrupt" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    assert again == expected
+    assert s3.stats["cache_corrupt"] == 1 and s3.stats["cache_hits"] == 1
+    assert sha256(path.read_bytes()).hexdigest() == last["sha256"]  # fetched again and kept
+    assert _cache_state(cache)[0] <= limit
+
+
+def test_cache_through_env_in_dataloader_workers(aws, monkeypatch, s3_shards, local_windows, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPG_S3_CACHE_DIR", str(cache))
+    monkeypatch.setenv("SPG_S3_CACHE_BYTES", "64M")
+    assert windows(s3_shards, num_workers=2) == local_windows
+    assert windows(s3_shards, num_workers=2) == local_windows  # second epoch from the cache
+    used, cached = _cache_state(cache)
+    manifest = json.loads(s3.read_bytes(s3_shards + "manifest.json"))
+    assert sorted(p.stem for p in cached) == sorted(s["sha256"] for s in manifest["shards"])
+    assert not [p for p in cache.iterdir() if p.suffix == ".tmp"]
+
+
+def test_configure_reaches_spawned_workers(aws, s3_shards, local_windows, tmp_path):
+    """Spawned workers do not inherit module state: the settings and shard digests travel with the dataset."""
+    cache = tmp_path / "cache"
+    s3.configure(cache_dir=str(cache), cache_bytes="64M", retry_base_delay=0.05)
+    assert windows(s3_shards, num_workers=2, multiprocessing_context="spawn") == local_windows
+    manifest = json.loads(s3.read_bytes(s3_shards + "manifest.json"))
+    assert sorted(p.stem for p in _cache_state(cache)[1]) == sorted(s["sha256"] for s in manifest["shards"])
+
+
+# ---------------------------------------------------------------- writer: multipart, resume
+
+
+def test_multipart_upload_and_resume_by_size_and_digest(aws, moto, corpus16k, run16k, helpers):
+    root, meta = corpus16k
+    url = f"s3://{BUCKET}/multipart"
+    s3.configure(multipart_threshold=64 * 1024)  # S3's 5 MiB minimum part size makes these one-part uploads
+    first = write_shards(root, meta, url, workers=1, max_shard_files=3, progress=False)
+    assert first.manifest == helpers.manifest(run16k[0])
+    stored = moto.objects("multipart")
+    assert {n: b for n, b in stored.items() if not n.startswith(".")} == helpers.output_files(run16k[0])
+    etag = moto.client().head_object(Bucket=BUCKET, Key="multipart/shard-000000.tar")["ETag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}-1"', etag), etag  # the ETag of a multipart upload
+    again = write_shards(root, meta, url, workers=1, max_shard_files=3, progress=False)
+    assert (again.shards_written, again.shards_reused) == (0, len(first.manifest["shards"]))
+    # an object replaced behind the writer's back (other bytes, no sha256 metadata) is written again
+    moto.client().put_object(Bucket=BUCKET, Key="multipart/shard-000001.tar", Body=b"not a shard")
+    third = write_shards(root, meta, url, workers=1, max_shard_files=3, progress=False)
+    assert (third.shards_written, third.shards_reused) == (1, len(first.manifest["shards"]) - 1)
+    assert moto.objects("multipart")["shard-000001.tar"] == stored["shard-000001.tar"]
+
+
+@pytest.mark.timeout(240)
+def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, helpers):
+    root = tmp_path / "audio"
+    meta = make_corpus(root, total_seconds=90, seed=5, rates=(44100,), min_seconds=1, max_seconds=3)
+    flags = ["--workers", "1", "--max-shard-files", "1", "--quiet"]
+    ref = tmp_path / "reference"
+    write_shards(root, meta, ref, workers=1, max_shard_files=1, progress=False)
+    reference = helpers.output_files(ref)
+    plan_size = len(helpers.manifest(ref)["shards"])
+    c = moto.client()
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_CLEARED}
+    env.update(moto.env())
+
+    for attempt in range(3):  # a retry only if the run finished before the kill landed
+        prefix = f"killed{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "spgdataset.write.cli", str(root), meta, f"s3://{BUCKET}/{prefix}",
+                                 *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            listed = c.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/shard-").get("KeyCount", 0)
+            if listed >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL and "manifest.json" not in moto.objects(prefix):
+            break
+    else:
+        pytest.fail("the run always finished before it could be killed")
+    left = moto.objects(prefix)
+    print(f"killed on attempt {attempt} with {len([n for n in left if n.startswith('shard-')])} shard(s) in place")
+    shards = [n for n in left if n.startswith("shard-")]
+    assert 2 <= len(shards) < plan_size and "index.msgpack" not in left
+    for name in shards:  # an object is whole or absent
+        assert left[name] == reference[name], name
+
+    rerun = run_cli(moto, [root, meta, f"s3://{BUCKET}/{prefix}", *flags])
+    assert rerun.returncode == 0, rerun.stderr
+    written, reused = map(int, SUMMARY_RE.search(rerun.stdout).groups())
+    assert reused >= 1 and written >= 1 and written + reused == plan_size, rerun.stdout
+    assert {n: b for n, b in moto.objects(prefix).items() if not n.startswith(".")} == reference
+    assert not c.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")
+
+
+# ---------------------------------------------------------------- settings and processes
+
+
+def test_a_forked_child_makes_its_own_client(aws):
+    parent = s3.client()
+    assert s3.client() is parent
+    pid = os.fork()
+    if pid == 0:  # child: a new client, never the parent's (whose sockets it shares)
+        os._exit(0 if s3.client() is not parent and s3.client() is s3.client() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_settings_from_env_and_configure(monkeypatch):
+    s3.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("SPG_S3_CACHE_BYTES", "1.5G")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    assert s3.settings().endpoint_url == "http://127.0.0.1:1" and s3.settings().cache_bytes == 3 * 2**29
+    assert s3.configure(endpoint_url="http://127.0.0.1:2", cache_bytes="512M").endpoint_url == "http://127.0.0.1:2"
+    assert s3.settings().cache_bytes == 512 * 2**20
+    assert s3.configure(endpoint_url=None).endpoint_url == "http://127.0.0.1:1"  # back to the environment
+    with pytest.raises(TypeError, match="endpoint"):
+        s3.configure(endpoin_url="x")
+    s3.reset()
+
+
+def test_backoff_grows_and_is_capped():
+    config = s3.S3Settings(retry_base_delay=0.5, retry_max_delay=4.0)
+    for failures, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        delays = [s3.backoff(failures, config) for _ in range(50)]
+        assert all(cap / 2 <= d <= cap for d in delays)
+
+
+# ---------------------------------------------------------------- hostile remote manifests, frozen servers
+
+
+def _copy_prefix(moto: Moto, src: str, dst: str, edit: Any = None) -> str:
+    """Copy the shard set at `src/` to `dst/`, its manifest changed by `edit(manifest)`; returns the URL."""
+    c = moto.client()
+    for name, data in moto.objects(src).items():
+        if name == "manifest.json" and edit is not None:
+            manifest = json.loads(data)
+            edit(manifest)
+            data = json.dumps(manifest).encode()
+        c.put_object(Bucket=BUCKET, Key=f"{dst}/{name}", Body=data)
+    return f"s3://{BUCKET}/{dst}/"
+
+
+def test_a_remote_manifest_cannot_make_the_cache_delete_a_local_file(aws, moto, s3_shards, tmp_path):
+    """The cache names a shard by the manifest's sha256: `../victim/victim` would be a path out of it."""
+    cache = tmp_path / "cache"
+    victim = tmp_path / "victim" / "victim.tar"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    url = _copy_prefix(moto, "corpus", "evil-sha", lambda m: m["shards"][0].update(sha256="../victim/victim"))
+    s3.configure(cache_dir=str(cache))
+    with pytest.raises(SpgError, match=r"evil-sha/manifest.json: shards\[0\].sha256"):
+        SpectrogramDataset(url)
+    with pytest.raises(ShardError, match="not a sha256"):  # and the cache refuses such a name on its own
+        s3.ShardCache(str(cache), 1 << 30).open(url + "shard-000000.tar", 100, "../victim/victim")
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("field,edit", [
+    (r"shards\[1\].name", lambda m: m["shards"][1].update(name="/etc/hostname")),
+    (r"shards\[0\].name", lambda m: m["shards"][0].update(name="../../../../etc/hostname")),
+    ("index", lambda m: m.update(index="/etc/passwd"))])
+def test_a_remote_manifest_cannot_name_local_files(aws, moto, s3_shards, field, edit):
+    url = _copy_prefix(moto, "corpus", "evil-names", edit)
+    with pytest.raises(SpgError, match=r"evil-names/manifest.json: " + field):
+        SpectrogramDataset(url)
+
+
+class FrozenServer:
+    """Accepts connections on 127.0.0.1, reads the requests, never answers (a hung S3 endpoint)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.requests = 0
+        self.sockets: List[socket.socket] = []
+        threading.Thread(target=_accept_forever, args=(self.server, self._hold), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        self.sockets.append(conn)
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                self.requests += data.count(b"HTTP/1.1\r\n")
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.server.close()
+        _close(*self.sockets)
+
+
+def test_a_frozen_server_is_given_up_on_in_bounded_time(aws):
+    """One stalled attempt costs read_timeout (botocore does not retry under the stream's own retries); the
+    stream gives up after max_retries more attempts, or after give_up_after seconds, whichever comes first."""
+    frozen = FrozenServer()
+    aws(endpoint=frozen.endpoint)
+    try:
+        s3.configure(read_timeout=1, connect_timeout=1, max_retries=2, retry_base_delay=0.01)
+        started = time.monotonic()
+        with pytest.raises(SpgError, match=rf"s3://{BUCKET}/corpus/manifest.json: .*gave up after 3 failed "
+                                           r"attempts.*read timeout"):
+            SpectrogramDataset(f"s3://{BUCKET}/corpus/")
+        assert time.monotonic() - started < 6
+        assert frozen.requests == 3  # one request per attempt
+        s3.configure(max_retries=1000, give_up_after=2.5)
+        started = time.monotonic()
+        with pytest.raises(ShardError, match=r"gave up after \d+ failed attempts and [23] s without progress"):
+            open_shard(f"s3://{BUCKET}/corpus/shard-000000.tar")
+        assert time.monotonic() - started < 2.5 + 1 + 1 + 1.5  # give_up_after + connect + read + slack
+    finally:
+        frozen.close()

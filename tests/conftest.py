@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from spgdataset.demo import make_corpus
-from spgdataset.format.codec import unpack
 from spgdataset.write.job import write_shards
+from tests.helpers import index_rows
 
 # --------------------------------------------------------------------------- helpers (as fixtures)
 
@@ -50,9 +50,9 @@ def _samples_of(out_dir) -> Dict[str, Dict[str, bytes]]:
 
 
 def _output_files(out_dir) -> Dict[str, bytes]:
-    """The published output: shard-*.tar, manifest.json, index.msgpack -> bytes."""
+    """The published output: shard-*.tar, manifest.json, index.bin -> bytes."""
     out = Path(out_dir)
-    names = [p.name for p in out.glob("shard-*.tar")] + [n for n in ("manifest.json", "index.msgpack")
+    names = [p.name for p in out.glob("shard-*.tar")] + [n for n in ("manifest.json", "index.bin")
                                                          if (out / n).exists()]
     return {name: (out / name).read_bytes() for name in sorted(names)}
 
@@ -69,7 +69,7 @@ class Helpers:
 
     @staticmethod
     def index(out_dir) -> list:
-        return unpack((Path(out_dir) / "index.msgpack").read_bytes())
+        return index_rows(out_dir)
 
     @staticmethod
     def npy(data: bytes) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,9 +47,18 @@ def report(result) -> Dict[str, Dict[str, str]]:
     return {row["path"]: row for row in result.manifest["report"]["files"]}
 
 
+def index_rows(folder) -> List[Dict[str, Any]]:
+    """The file index of a shard folder as rows, shard numbers replaced by shard names."""
+    from spgdataset.format.index import decode
+
+    folder = Path(folder)
+    names = [s["name"] for s in json.loads((folder / "manifest.json").read_text())["shards"]]
+    index = decode((folder / "index.bin").read_bytes())
+    return [dict(row, shard=names[row["shard"]]) for row in (index.row(i) for i in range(index.files))]
+
+
 def stored_paths(folder) -> List[str]:
-    with open(os.path.join(folder, "index.msgpack"), "rb") as f:
-        return sorted(row["path"] for row in msgpack.unpackb(f.read(), raw=False))
+    return sorted(row["path"] for row in index_rows(folder))
 
 
 def strict_json(text: str) -> Any:
@@ -83,14 +91,26 @@ class Shards:
         self.save_manifest(manifest)
 
     @property
+    def index_name(self) -> str:
+        return self.manifest["index"]
+
+    @property
     def rows(self) -> List[Dict[str, Any]]:
-        return msgpack.unpackb((self.folder / "index.msgpack").read_bytes(), raw=False)
+        if self.manifest["format_version"] == 1:
+            return msgpack.unpackb((self.folder / "index.msgpack").read_bytes(), raw=False)
+        return index_rows(self.folder)
 
     def save_rows(self, rows: List[Dict[str, Any]], consistent: bool = True) -> None:
-        """Write the index; with `consistent`, also make the manifest agree with it (digest, file and frame
-        counts), so that only a check against the shards themselves can find the edit."""
-        data = msgpack.packb(rows, use_bin_type=True)
-        (self.folder / "index.msgpack").write_bytes(data)
+        """Write the index (in the folder's format); with `consistent`, also make the manifest agree with it
+        (digest, file and frame counts), so that only a check against the shards themselves can find the edit."""
+        from spgdataset.format.index import encode
+
+        names = [s["name"] for s in self.manifest["shards"]]
+        if self.manifest["format_version"] == 1:
+            data = msgpack.packb(rows, use_bin_type=True)
+        else:
+            data = encode(rows, [names.index(r["shard"]) for r in rows])
+        (self.folder / self.index_name).write_bytes(data)
         if consistent:
             manifest = self.manifest
             manifest["index_sha256"], manifest["index_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
@@ -98,6 +118,17 @@ class Shards:
                 mine = [r for r in rows if r["shard"] == shard["name"]]
                 shard["files"], shard["frames"] = len(mine), sum(r["frames"] for r in mine)
             self.save_manifest(manifest)
+
+    def as_format_1(self) -> None:
+        """Turn the copy into a shard set as spg-shard 0.1 wrote it: format 1, the index as msgpack rows."""
+        data = msgpack.packb(self.rows, use_bin_type=True)
+        (self.folder / "index.msgpack").write_bytes(data)
+        (self.folder / "index.bin").unlink()
+        manifest = self.manifest
+        manifest.update(format_version=1, index="index.msgpack", index_sha256=hashlib.sha256(data).hexdigest(),
+                        index_bytes=len(data))
+        manifest.pop("free_form", None)
+        self.save_manifest(manifest)
 
     def members(self, name: str) -> List[Tuple[str, bytes]]:
         with tarfile.open(self.folder / name) as tar:

@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import spgdataset
 from spgdataset import SpectrogramDataset, write_shards
-from spgdataset.write.audio import read_audio
 from spgdataset.demo import make_corpus
 from spgdataset.format.features import FeatureConfig
-from spgdataset.write.logmel import LogMel
-from spgdataset.rules.frames import interval_mask
 from spgdataset.read.memory import ChunkMemory
+from spgdataset.rules.frames import interval_mask
 from spgdataset.rules.windows import window_frames
+from spgdataset.write.audio import read_audio
+from spgdataset.write.logmel import LogMel
 
 RESULT_TAG = "BENCH-RESULT "
 BATCH = 64

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-
 STORAGE_DTYPES = ("float16", "float32")
 
 

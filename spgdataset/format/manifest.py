@@ -3,7 +3,7 @@
 A shard set can come from anywhere (an s3:// prefix someone else writes, a folder copied by hand), so every
 value a reader acts on is checked here: names are plain file names inside the source (never a path, a URL
 or `..`), digests are sha256 hex, counts are non-negative integers, statistics are finite, labels are JSON
-scalars, and the index agrees with the manifest (its digest, then every shard's file and frame counts).
+scalars. The index is checked in format/index.py (columns) or here (format 1, rows).
 A failed check is an SpgError (ShardError for the index) that names the file and the field.
 """
 
@@ -55,13 +55,17 @@ def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
         raise fail("with_audio", "not true/false")
     _check_shards(manifest.get("shards"), fail)
     manifest["labels"] = _checked_labels(manifest.get("labels"), fail)
+    free_form = manifest.get("free_form", [])
+    if not (isinstance(free_form, list) and all(isinstance(k, str) for k in free_form)):
+        raise fail("free_form", "not a list of metadata keys")
     _check_stats(manifest.get("stats"), features.n_mels, fail)
     if "index" in manifest and not is_plain_name(manifest["index"]):
         raise fail("index", f"{manifest['index']!r} is not a plain file name inside the shard folder")
-    if "index_sha256" in manifest and not is_sha256(manifest["index_sha256"]):
-        raise fail("index_sha256", "not 64 lowercase hex digits")
-    if "index_bytes" in manifest and not _is_count(manifest["index_bytes"]):
-        raise fail("index_bytes", "not a non-negative integer")
+    required = manifest["format_version"] >= 2  # format 1 manifests may predate the index digest
+    if (required or "index_sha256" in manifest) and not is_sha256(manifest.get("index_sha256")):
+        raise fail("index_sha256", "missing or not 64 lowercase hex digits")
+    if (required or "index_bytes" in manifest) and not _is_count(manifest.get("index_bytes")):
+        raise fail("index_bytes", "missing or not a non-negative integer")
     return manifest
 
 
@@ -117,12 +121,12 @@ def _check_stats(stats: Any, n_mels: int, fail: Any) -> None:
         raise fail("stats.std", "holds a negative value")
 
 
-# ---------------------------------------------------------------- the index
+# ---------------------------------------------------------------- a format-1 index (rows)
 
 
-def check_index(rows: Any, manifest: Mapping[str, Any], where: str) -> Dict[str, List[Dict[str, Any]]]:
-    """Index rows grouped by shard name (manifest order), each row checked, the groups checked against the
-    manifest's file and frame counts; ShardError naming the index file otherwise."""
+def check_rows(rows: Any, manifest: Mapping[str, Any], where: str) -> List[Dict[str, Any]]:
+    """The rows of a format-1 index, each checked, their groups by shard checked against the manifest's file
+    and frame counts; ShardError naming the index file otherwise."""
     if not isinstance(rows, list):
         raise ShardError(f"{where}: not a file index (a list of rows), got {type(rows).__name__}")
     hop = manifest["features"]["hop_length"]
@@ -145,7 +149,7 @@ def check_index(rows: Any, manifest: Mapping[str, Any], where: str) -> Dict[str,
         if len(mine) != shard["files"] or frames != shard["frames"]:
             raise ShardError(f"{where}: {len(mine)} files, {frames} frames in {shard['name']}; the manifest says "
                              f"{shard['files']} files, {shard['frames']} frames (edited or mismatched index)")
-    return by_shard
+    return list(rows)
 
 
 def _row_problem(row: Any, hop: int) -> Any:

@@ -2,7 +2,8 @@
 
 A shard `shard-000012.tar` is a plain tar (WebDataset layout) holding, per audio file, members
 `{key}.spec.npy` (C-ordered (n_mels, T) log-mel), `{key}.info.msgpack` (frames, intervals, metadata)
-and with --with-audio `{key}.audio.flac`. Beside the shards: `manifest.json` and the file index.
+and with --with-audio `{key}.audio.flac`. Beside the shards: `manifest.json` and the file index
+(`index.bin`, format/index.py).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the file index as columns (index.bin); 1: as msgpack rows (index.msgpack), still read
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.msgpack"
+INDEX_NAME = "index.bin"
+ROWS_INDEX_NAME = "index.msgpack"  # format 1
 STATE_DIR = ".spg-state"  # per-shard records of a run in progress; a reader ignores it
 SPEC, INFO, AUDIO = "spec.npy", "info.msgpack", "audio.flac"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -1,6 +1,6 @@
 """Sliding windows out of decoded files, batched with one gather per output.
 
-Why it looks like this (DESIGN.md, "Performance shape"): neighbouring 1.92 s windows every 0.1 s share
+Why it looks like this (docs/design.md, "Performance shape"): neighbouring 1.92 s windows every 0.1 s share
 95% of their frames, so windows are never materialised one by one. Files are taken in chunks of at least
 `chunk_windows` windows; each chunk's spectrograms are converted (float16 -> output dtype) and normalised
 once into one (n_mels, total_frames) tensor, window starts are shuffled inside the chunk, and each batch
@@ -21,7 +21,6 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from ..rules.frames import interval_mask
 from .memory import CAN_TELL_UNREFERENCED, ChunkMemory, tensor_nbytes, unreferenced
@@ -192,8 +191,10 @@ class OutputTensors:
     keeps batches simply gets new memory. Reuse is never a guess.
     """
 
-    def __init__(self, reuse: bool, keep: int = 12, ring: Optional[BatchRing] = None) -> None:
-        self.ring = ring  # in a worker: shared slots the training process gives back when released
+    def __init__(self, reuse: bool, shared: bool = False, ring: Optional[BatchRing] = None, ring_worker: int = 0,
+                 keep: int = 12) -> None:
+        self.ring, self.ring_worker = ring, ring_worker  # in a worker: its slots of the loader's shared batches
+        self.shared = shared  # in a worker: allocate in shared memory (the DataLoader would copy it there)
         self.reuse = reuse and CAN_TELL_UNREFERENCED
         self.keep = keep
         self.storages: List[Any] = []
@@ -201,10 +202,9 @@ class OutputTensors:
 
     def empty(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if not self.reuse:
-            info = get_worker_info()
-            if info is None:
+            if not self.shared:
                 return torch.empty(shape, dtype=dtype)
-            slot = self.ring.claim(info.id, shape, dtype) if self.ring is not None else None
+            slot = self.ring.claim(self.ring_worker, shape, dtype) if self.ring is not None else None
             return slot if slot is not None else torch.empty(shape, dtype=dtype).share_memory_()
         nbytes = tensor_nbytes(shape, dtype)
         with self.lock:
@@ -217,21 +217,44 @@ class OutputTensors:
             return out
 
 
-def concat_batches(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+def concat_batches(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One batch out of parts with the same keys, every tensor in memory of its own (a DataLoader worker then
+    sends only the batch, not the larger batch a part was cut from)."""
+    if len(parts) == 1:
+        return _owned(parts[0])
     out: Dict[str, Any] = {}
-    for name, value in a.items():
-        other = b[name]
+    for name, value in parts[0].items():
+        values = [p[name] for p in parts]
         if isinstance(value, torch.Tensor):
-            out[name] = torch.cat([value, other])
+            out[name] = torch.cat(values)
         elif isinstance(value, dict):
-            out[name] = concat_batches(value, other)
+            out[name] = concat_batches(values)
         else:
-            out[name] = value + other
+            out[name] = [x for v in values for x in v]
     return out
+
+
+def _owned(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _owned(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        return value.clone()
+    return value
 
 
 def batch_size_of(batch: Dict[str, Any]) -> int:
     return len(batch["key"])
+
+
+def batch_rows(batch: Dict[str, Any], lo: int, hi: int) -> Dict[str, Any]:
+    """Windows lo..hi of a batch (views); the batch itself when that is all of it."""
+    if lo == 0 and hi == batch_size_of(batch):
+        return batch
+
+    def cut(value: Any) -> Any:
+        return {k: cut(v) for k, v in value.items()} if isinstance(value, dict) else value[lo:hi]
+
+    return {name: cut(value) for name, value in batch.items()}
 
 
 def split_batch(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
@@ -256,7 +279,9 @@ def iterate_windows(
     rng: Optional[np.random.Generator] = None,
     skip_windows: int = 0,
     threads: int = 1,
+    in_worker: bool = False,
     ring: Optional[BatchRing] = None,
+    ring_worker: int = 0,
     memory: Optional[ChunkMemory] = None,
 ) -> Iterator[Dict[str, Any]]:
     """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
@@ -266,12 +291,14 @@ def iterate_windows(
     `threads`: batches of a chunk built by this many threads at once (in order; torch copies release the
     GIL). Independent single-threaded copies, unlike intra-op threads, do not stall each other when
     another process holds a core.
+    `in_worker`: batches go to another process (shared memory; `ring`'s slots of worker `ring_worker`); else
+    their memory is reused once released (OutputTensors).
     `memory`: where chunks live (memory.py); pass one that outlives the call to reuse it across epochs.
     """
     size = batch_size or 256
     carry: Optional[Dict[str, Any]] = None
-    outputs = OutputTensors(reuse=get_worker_info() is None and batch_size is not None, ring=ring)
-    fresh = OutputTensors(reuse=False)  # partial batches get concatenated: no point in reusing them
+    outputs = OutputTensors(not in_worker and batch_size is not None, in_worker, ring, ring_worker)
+    fresh = OutputTensors(False, in_worker)  # partial batches get concatenated: no point in reusing them
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
     chunks = _arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory())
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
@@ -290,7 +317,7 @@ def iterate_windows(
 
             for batch in _in_order(take, ranges, pool, depth=2 * threads):
                 if carry is not None:
-                    batch, carry = concat_batches(carry, batch), None
+                    batch, carry = concat_batches([carry, batch]), None
                 if batch_size_of(batch) < size:
                     carry = batch
                 else:

@@ -1,62 +1,39 @@
 """SpectrogramDataset: stream spg-shard shards into sliding windows, as a PyTorch IterableDataset.
 
-Pipeline per rank and DataLoader worker:
-  epoch plan of shards (plan.py) -> read each shard whole and check its sha256 (a local file once per
-  process while unchanged) -> walk the tar + webdataset's key grouping -> decode npy views + msgpack (never
-  pickle) -> keep this split's files -> shuffle files (webdataset's shuffle buffer) -> windows, shuffled per chunk and batched with one gather (batching.py).
+The dataset wires the reader's parts together: the source (source.py) and the subset's window counts
+(selection.py) at construction; per epoch and worker the plan (rules/plan.py), then the stages
+(stages.py: read + check + decode, restrict, shuffle files, window batches, hand-off). `iter_epoch` is that
+chain for any (epoch, worker) and resume point; `__iter__` adds what a DataLoader needs: which worker this
+is, which role it plays after a restart, and the count of items consumed (cursor.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
 import os
-import random
-from typing import (
-    Any,
-    Container,
-    Dict,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-)
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys
+from torch.utils.data import IterableDataset
 
-from ..errors import ShardError
-from ..format.codec import decode_flac, npy_view, unpack
-from ..format.names import AUDIO, INFO, SPEC
-from ..format.tar import tar_members
-from ..rules.labels import label_ids, label_token
-from ..rules.plan import (
-    Piece,
-    batches,
-    epoch_rng,
-    resume_point,
-    shard_order,
-    slot_pieces,
-    slot_range,
-)
-from ..rules.splits import normalize_split, subset_of
-from ..rules.windows import count_kept, kept_starts, window_frames
-from ..storage.local import read_at_most
+from ..format.index import MAX_VOCABULARY
+from ..rules.plan import Piece, batches, epoch_rng, shard_order, slot_pieces, slot_range
+from ..rules.splits import normalize_split
+from ..rules.windows import kept_starts, window_frames
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
+from .cursor import EpochCursor, current_worker
+from .decode import ShardReader
 from .errorlog import SharedErrorLog
-from .loader import SpectrogramLoader
-from .memory import ChunkMemory, tensor_nbytes
+from .loader import SpectrogramLoader, make_loader
+from .memory import ChunkMemory
 from .prefetch import read_ahead
 from .ring import BatchRing
+from .selection import Selection, WindowRule, select
 from .source import ShardSet, Source, open_source
+from .stages import ShardPlan, hand_off, planned_files, shuffle_files
 
 log = logging.getLogger("spgdataset")
 
@@ -104,18 +81,52 @@ class SpectrogramDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.shards: ShardSet = open_source(source)
-        features = self.shards.manifest["features"]
-        for name, given in (("sample_rate", sample_rate), ("hop_length", hop_length), ("n_mels", n_mels),
-                            ("n_fft", n_fft)):
-            if given is not None and given != features[name]:
-                raise ValueError(f"{name}={given} disagrees with the shards' {name}={features[name]} "
-                                 f"({self.shards.root}); leave it None to take the shards' value")
-        self.features = features
-        self._storage_dtype = np.dtype(features["storage_dtype"]).newbyteorder("<")
-        self.sample_rate, self.hop_length, self.n_mels = features["sample_rate"], features["hop_length"], features["n_mels"]
+        self._take_features(sample_rate=sample_rate, hop_length=hop_length, n_mels=n_mels, n_fft=n_fft)
         self.window = window_frames(window_size_sec, self.sample_rate, self.hop_length)
         self.step = window_frames(window_offset_sec, self.sample_rate, self.hop_length)
         self.window_content_ratio = float(window_content_ratio)
+        self._take_outputs(output_configuration, content_intervals)
+        if normalize not in (True, False, None, "global", "window"):
+            raise ValueError(f"normalize must be True/'global', 'window' or False, got {normalize!r}")
+        self.normalize, self.dtype = "global" if normalize is True else (normalize or None), dtype
+        self.split_bounds = normalize_split(split)
+        if not 0 <= subset < len(self.split_bounds):
+            raise ValueError(f"subset={subset} but split {tuple(split)} has {len(self.split_bounds)} subsets")
+        self.split, self.subset, self.split_key = tuple(split), subset, split_key
+        self._check_key(split_key, "split_key")
+        self.max_memory_cache = int(max_memory_cache)
+        self.num_workers, self.batch_size, self.drop_last = num_workers, batch_size, drop_last
+        self.shuffle, self.seed = shuffle, seed
+        self.shuffle_buffer, self.file_buffer, self.pad_short = shuffle_buffer, file_buffer, pad_short
+        self._rank, self._world_size = rank, world_size
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if verify not in (True, False, "always"):
+            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
+        self.on_error, self.verify, self.batch_threads = on_error, verify, max(1, int(batch_threads))
+        self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
+        self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
+        self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
+                               self.window_content_ratio, pad_short)
+        self.selection: Selection = select(self.shards.index, len(self.shards.manifest["shards"]),
+                                           self.shards.selected, self.split_bounds, subset, split_key, self.rule)
+        self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
+                                  verify, on_error, self.error_log, self.max_memory_cache)
+        self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
+        self._windows_digest: Optional[str] = None
+
+    def _take_features(self, **given: Optional[int]) -> None:
+        """The shards fix the feature parameters; given ones are only checked against them."""
+        features = self.shards.manifest["features"]
+        for name, value in given.items():
+            if value is not None and value != features[name]:
+                raise ValueError(f"{name}={value} disagrees with the shards' {name}={features[name]} "
+                                 f"({self.shards.root}); leave it None to take the shards' value")
+        self.features = features
+        self.sample_rate, self.hop_length, self.n_mels = features["sample_rate"], features["hop_length"], features["n_mels"]
+
+    def _take_outputs(self, output_configuration: Optional[Mapping[str, Any]],
+                      content_intervals: Optional[Sequence[str]]) -> None:
         outputs = dict(DEFAULT_OUTPUTS)
         outputs.update(output_configuration or {})
         unknown = sorted(set(outputs) - set(DEFAULT_OUTPUTS))
@@ -127,42 +138,20 @@ class SpectrogramDataset(IterableDataset):
         self.outputs = outputs
         self.content_intervals = list(content_intervals if content_intervals is not None else outputs["masks"])
         self.label_key = outputs["label"]
-        vocab = self.shards.manifest["labels"].get(self.label_key, []) if self.label_key else []
-        self.label_vocabulary: List[Any] = list(vocab)
-        self._label_ids = label_ids(vocab)
-        if normalize not in (True, False, None, "global", "window"):
-            raise ValueError(f"normalize must be True/'global', 'window' or False, got {normalize!r}")
-        self.normalize = "global" if normalize is True else (normalize or None)
-        self.dtype = dtype
-        self.split_bounds = normalize_split(split)
-        if not 0 <= subset < len(self.split_bounds):
-            raise ValueError(f"subset={subset} but split {tuple(split)} has {len(self.split_bounds)} subsets")
-        self.split, self.subset, self.split_key = tuple(split), subset, split_key
-        self.max_memory_cache = int(max_memory_cache)
-        self.num_workers, self.batch_size, self.drop_last = num_workers, batch_size, drop_last
-        self.shuffle, self.seed = shuffle, seed
-        self.shuffle_buffer, self.file_buffer = shuffle_buffer, file_buffer
-        self.pad_short = pad_short
-        self._rank, self._world_size = rank, world_size
-        if on_error not in ("raise", "warn"):
-            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        if verify not in (True, False, "always"):
-            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
-        self.on_error, self.verify = on_error, verify
-        self.batch_threads = max(1, int(batch_threads))
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
-        self._ring: Optional[BatchRing] = None  # set by loader() when batches come from workers
-        self._cache: Dict[str, FileRecord] = {}
-        self._cache_bytes = 0
-        self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
-        self._verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
-        self.shard_opens = 0  # shards opened by this process (the memory cache test counts these)
-        self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
-        self._consumed = torch.zeros(1, dtype=torch.int64)  # items yielded in this process this epoch
-        self._resume = torch.tensor([-1, 0], dtype=torch.int64).share_memory_()  # (epoch, items consumed)
-        self._count_windows()
+        self._check_key(self.label_key, "label")
+        labels = self.shards.index.metadata.get(self.label_key) if self.label_key is not None else None
+        self.label_vocabulary: List[Any] = list(labels.vocabulary) if labels is not None else []
+        self._label_ids = labels.ids if labels is not None else None
 
-    # ------------------------------------------------------------ plan and sizes
+    def _check_key(self, key: Optional[str], what: str) -> None:
+        if key is not None and key in self.shards.index.free_form:
+            raise ValueError(f"{what}={key!r}: metadata[{key!r}] has more than {MAX_VOCABULARY} distinct values "
+                             f"in {self.shards.root} (free-form, like a transcript), so it is not a label")
+
+    def _label_id(self, position: int) -> int:
+        return int(self._label_ids[position]) if self._label_ids is not None else -1
+
+    # ------------------------------------------------------------ sizes and plans
 
     @property
     def rank_world(self) -> Tuple[int, int]:
@@ -175,76 +164,44 @@ class SpectrogramDataset(IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return self.cursor.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle: every order in an epoch derives from (seed, epoch, rank, worker)."""
-        self._epoch[0] = int(epoch)
-
-    def in_subset(self, path: str, metadata: Mapping[str, Any]) -> bool:
-        return len(self.split_bounds) == 1 or subset_of(path, metadata, self.split_bounds, self.split_key) == self.subset
+        self.cursor.set_epoch(epoch)
 
     def file_windows(self, frames: int, intervals: Mapping[str, Any]) -> np.ndarray:
         """Window starts of one file: the single rule used by both len() and iteration."""
         return kept_starts(frames, intervals, self.window, self.step, self.hop_length,
                            self.content_intervals, self.window_content_ratio, self.pad_short)
 
-    def _count_windows(self) -> None:
-        """Per shard, the subset's files (index rows) and their window counts: the plan's only input."""
-        self._subset_rows: List[List[Dict[str, Any]]] = []
-        self._file_windows: List[List[int]] = []
-        for shard in self.shards.shards:
-            rows = [r for r in self.shards.files_by_shard[shard["name"]] if self.in_subset(r["path"], r["metadata"])]
-            self._subset_rows.append(rows)
-        every = [r for rows in self._subset_rows for r in rows]
-        counts = count_kept([r["frames"] for r in every], [r["intervals"] for r in every], self.window, self.step,
-                            self.hop_length, self.content_intervals, self.window_content_ratio, self.pad_short).tolist()
-        for rows in self._subset_rows:
-            self._file_windows.append(counts[: len(rows)])
-            counts = counts[len(rows):]
-        self._windows_digest: Optional[str] = None
-
-    def shard_digest(self) -> str:
-        """Identifies the shard selection (names and sha256): what a saved epoch position belongs to."""
-        text = "\n".join(f"{s['name']} {s['sha256']}" for s in self.shards.shards)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def windows_digest(self) -> str:
-        """Identifies this subset's window counts per file (split, window rule and index all show in them)."""
-        if self._windows_digest is None:
-            counts = np.array([n for per_shard in self._file_windows for n in per_shard], dtype=np.int64)
-            self._windows_digest = hashlib.sha256(counts.tobytes()).hexdigest()[:16]
-        return self._windows_digest
-
-    def windows(self) -> List[Tuple[str, int]]:
-        """Every (key, start) of this subset, computed from the index alone (no shard is opened)."""
-        return [(row["key"], int(s)) for rows in self._subset_rows for row in rows
-                for s in self.file_windows(row["frames"], row["intervals"])]
-
     def num_windows(self) -> int:
         """Windows of this subset in one epoch (all ranks together, before the equal-share trim)."""
-        return sum(sum(counts) for counts in self._file_windows)
+        return self.selection.total()
 
-    def _slot(self, worker: int, num_workers: int, epoch: int) -> Tuple[int, int]:
+    def windows(self) -> List[Tuple[str, int]]:
+        """Every (key, start) of this subset, from the index alone (no shard is opened). One tuple per window:
+        at a million files, prefer `selection.files` and `selection.counts` (arrays)."""
+        index, out = self.shards.index, []
+        for position in self.selection.files.tolist():
+            key = index.keys[position]
+            out += [(key, int(s)) for s in self.file_windows(int(index.frames[position]), index.intervals_of(position))]
+        return out
+
+    def worker_windows(self, worker: int, num_workers: int) -> int:
+        """Windows one DataLoader worker of this rank yields per epoch (full batches only with drop_last)."""
         rank, world = self.rank_world
-        return slot_range(self.num_windows(), rank, world, worker, num_workers)
+        lo, hi = slot_range(self.num_windows(), rank, world, worker, num_workers)
+        n = hi - lo
+        if self.batch_size and self.drop_last:
+            n = n // self.batch_size * self.batch_size
+        return int(n)
 
-    def _plan(self, worker: int, num_workers: int, epoch: int) -> List[Tuple[int, List[Piece]]]:
-        """This worker's shards and file window ranges for `epoch` (see plan.py).
-
-        With a memory cache the assignment is the one of epoch 0 every epoch (only the reading order
-        changes), so that each worker finds its files in its own cache.
-        """
-        fixed = self.max_memory_cache > 0
-        order = shard_order(len(self.shards.shards), self.seed, 0 if fixed else epoch, self.shuffle)
-        plan = slot_pieces(order, self._file_windows, *self._slot(worker, num_workers, epoch))
-        if fixed and self.shuffle:
-            rank, _ = self.rank_world
-            plan = [plan[i] for i in epoch_rng(self.seed, epoch, rank, worker, 3).permutation(len(plan))]
-        return plan
-
-    def _worker_batches(self, num_workers: int) -> List[int]:
-        sizes = [hi - lo for lo, hi in (self._slot(w, num_workers, self.epoch) for w in range(num_workers))]
+    def worker_items(self, num_workers: int) -> List[int]:
+        """Items (batches, or windows without batch_size) each of `num_workers` workers yields per epoch."""
+        rank, world = self.rank_world
+        sizes = [hi - lo for lo, hi in (slot_range(self.num_windows(), rank, world, w, num_workers)
+                                        for w in range(num_workers))]
         return [batches(n, self.batch_size or 1, self.drop_last) for n in sizes]
 
     def __len__(self) -> int:
@@ -252,73 +209,72 @@ class SpectrogramDataset(IterableDataset):
 
         Equal on every rank: each rank's share of the epoch's windows is the same size.
         """
-        return sum(self._worker_batches(max(self.num_workers, 1)))
+        return sum(self.worker_items(max(self.num_workers, 1)))
 
-    # ------------------------------------------------------------ resume
+    def plan_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1) -> ShardPlan:
+        """This worker's shards (positions in the selection) and file window ranges for `epoch` (plan.py).
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Where this rank is in the epoch, counted in items consumed (valid when iterated in-process), and
-        what the epoch plan depends on (checked by load_state_dict)."""
-        return {"epoch": self.epoch, "consumed": int(self._consumed[0]), **self._plan_inputs()}
-
-    def _plan_inputs(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "num_workers": self.num_workers, "batch_size": self.batch_size,
-                "world_size": self.rank_world[1], "shards": self.shard_digest(), "window": [self.window, self.step],
-                "windows": self.windows_digest()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank.
-
-        The plan must be the one the state was saved under: same seed, workers, batch size, world size,
-        shards, window rule and subset (states saved before world_size/shards/window/windows were recorded
-        are checked on what they hold)."""
-        required = ("seed", "num_workers", "batch_size")
-        for name, mine in self._plan_inputs().items():
-            if (name in required or name in state) and state.get(name) != mine:
-                raise ValueError(f"state was saved with {name}={state.get(name)!r}, this dataset has "
-                                 f"{mine!r}: the epoch plan would differ")
-        self.set_epoch(int(state["epoch"]))
-        self._resume[0], self._resume[1] = int(state["epoch"]), int(state["consumed"])
-
-    def _resume_role(self, worker: int, num_workers: int, epoch: int) -> Tuple[int, int]:
-        """(logical worker, items it already delivered): (worker, 0) unless resuming this epoch."""
-        if int(self._resume[0]) != epoch or int(self._resume[1]) <= 0:
-            return worker, 0
-        taken, first = resume_point(int(self._resume[1]), self._worker_batches(num_workers))
-        logical = (worker + first) % num_workers
-        return logical, taken[logical]
+        With a memory cache the assignment is the one of epoch 0 every epoch (only the reading order
+        changes), so that each worker finds its files in its own cache.
+        """
+        rank, world = self.rank_world
+        fixed = self.max_memory_cache > 0
+        order = shard_order(len(self.selection.shards), self.seed, 0 if fixed else epoch, self.shuffle)
+        lo, hi = slot_range(self.num_windows(), rank, world, worker, num_workers)
+        plan = slot_pieces(order, self.selection.bounds, self.selection.counts, lo, hi)
+        if fixed and self.shuffle:
+            plan = [plan[i] for i in epoch_rng(self.seed, epoch, rank, worker, 3).permutation(len(plan))]
+        return plan
 
     # ------------------------------------------------------------ reading
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None and self.num_workers not in (0, info.num_workers):
-            log.warning("dataset built with num_workers=%d but runs in %d workers; len() will be off",
-                        self.num_workers, info.num_workers)
+    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
+                   drop_last: Optional[bool] = None, *, ring: Optional[BatchRing] = None,
+                   ring_worker: int = 0) -> Iterator[Dict[str, Any]]:
+        """Epoch `epoch` as worker `worker` of `num_workers` of this rank yields it, leaving out the first
+        `skip_windows` windows exactly as that worker would have yielded them (without building them).
+
+        Re-entrant: it reads nothing of the dataset's epoch or resume state and changes none of it (only the
+        shard reader's cache and counters), so a router can run several at once. `drop_last`: None takes the
+        dataset's. `ring`: in a DataLoader worker, the loader's shared batch slots, of which worker
+        `ring_worker` takes its own.
+        """
         rank, _ = self.rank_world
-        epoch = self.epoch
-        worker, skip = self._resume_role(worker, num_workers, epoch)
-        self._consumed[0] = skip
-        files = self._files(self._plan(worker, num_workers, epoch))
+        _, _, in_worker = current_worker()
+        files = planned_files(self.plan_epoch(epoch, worker, num_workers), self._read, self.error_log.filled,
+                              self.shards.root)
         if self.shuffle:
-            rng = random.Random(int(epoch_rng(self.seed, epoch, rank, worker, 1).integers(2**62)))
-            files = wds.filters._shuffle(files, bufsize=self.file_buffer, initial=self.file_buffer, rng=rng)
+            files = shuffle_files(files, self.file_buffer, int(epoch_rng(self.seed, epoch, rank, worker, 1).integers(2**62)))
         window_rng = epoch_rng(self.seed, epoch, rank, worker, 2) if self.shuffle else None
-        items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size,
-                                self.drop_last, window_rng, skip_windows=skip * (self.batch_size or 1),
-                                threads=self.batch_threads if info is None else 1, ring=self._ring,
-                                memory=self._chunk_memory())
-        if info is None:  # in the training process: build batches in a thread, while the caller trains
+        drop_last = self.drop_last if drop_last is None else drop_last
+        items = iterate_windows(files, self._window_spec(), self.shuffle_buffer, self.batch_size, drop_last,
+                                window_rng, skip_windows=skip_windows, threads=1 if in_worker else self.batch_threads,
+                                in_worker=in_worker, ring=ring, ring_worker=ring_worker, memory=self._chunk_memory())
+        if not in_worker:  # in the training process: build batches in a thread, while the caller trains
             items = read_ahead(one_thread(items), depth=4)
-        for item in items:
-            if info is not None and self._ring is not None:
-                item = self._ring.pack(item)
-            if info is None:
-                self._consumed[0] += 1
-            yield item
-        if info is None:
-            self._resume[0] = -1
+        return hand_off(items, ring)
+
+    def stream(self, ring: Optional[BatchRing] = None) -> Iterator[Dict[str, Any]]:
+        """This process's part of the current epoch: `iter_epoch` for the worker it is (the role it plays when
+        resuming), its items counted when they reach the training loop here (cursor.py)."""
+        worker, num_workers, in_worker = current_worker()
+        if in_worker and self.num_workers not in (0, num_workers):
+            log.warning("dataset built with num_workers=%d but runs in %d workers; len() will be off",
+                        self.num_workers, num_workers)
+        epoch = self.cursor.epoch
+        role, skip = self.cursor.role(worker, num_workers, epoch, self.worker_items)
+        items = self.iter_epoch(epoch, role, num_workers, skip * (self.batch_size or 1), ring=ring,
+                                ring_worker=worker)
+        return self.cursor.track(items, epoch, counting=not in_worker)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self.stream()
+
+    def _read(self, j: int, pieces: List[Piece]) -> Optional[List[FileRecord]]:
+        """The planned files of selected shard j (None: skipped)."""
+        lo = int(self.selection.bounds[j])
+        positions = [int(self.selection.files[lo + i]) for i, _, _ in pieces]
+        return self.reader.read(self.selection.shards[j], positions)
 
     def _chunk_memory(self) -> ChunkMemory:
         """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""
@@ -340,156 +296,35 @@ class SpectrogramDataset(IterableDataset):
             per_window_norm=self.normalize == "window", pad_value=math.log(self.features["log_eps"]),
         )
 
-    def _files(self, plan: List[Tuple[int, List[Piece]]]) -> Iterator[FileRecord]:
-        """The planned files, each restricted to its planned window range; shards are read one ahead.
+    # ------------------------------------------------------------ resume
 
-        A shard skipped in warn mode leaves its windows out; they are made up at the end (`_fill_in`), so that
-        this worker still yields its planned count and every rank len() items (a rank that yields fewer
-        batches hangs the others in their next all-reduce).
-        """
-        lost, read = 0, []
-        for (k, pieces), records in read_ahead(((k, pieces), self._records_of(k, pieces)) for k, pieces in plan):
-            if records is None:
-                lost += sum(b - a for _, a, b in pieces)
-                continue
-            read.append((k, pieces))
-            yield from self._restricted(records, k, pieces)
-        if lost:
-            yield from self._fill_in(read, lost)
+    def shard_digest(self) -> str:
+        """Identifies the shard selection (names and sha256): what a saved epoch position belongs to."""
+        text = "\n".join(f"{s['name']} {s['sha256']}" for s in self.shards.shards)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def _fill_in(self, read: List[Tuple[int, List[Piece]]], lost: int) -> Iterator[FileRecord]:
-        """`lost` windows repeated from this worker's shards that were read, in plan order, as often as needed."""
-        while lost > 0:
-            if not read:
-                raise ShardError(f"{self.shards.root}: every shard of this worker's share was skipped; {lost} "
-                                 "windows cannot be made up from other files, so this rank would yield fewer "
-                                 "batches than len()")
-            for k, pieces in list(read):
-                records = self._records_of(k, pieces)
-                if records is None:  # it failed this time
-                    read.remove((k, pieces))
-                    continue
-                for record in self._restricted(records, k, pieces):
-                    take = min(lost, len(record.starts))
-                    self.error_log.filled(take)
-                    yield dataclasses.replace(record, starts=record.starts[:take])
-                    lost -= take
-                    if not lost:
-                        return
+    def windows_digest(self) -> str:
+        """Identifies this subset's window counts per file (split, window rule and index all show in them)."""
+        if self._windows_digest is None:
+            self._windows_digest = hashlib.sha256(self.selection.counts.astype("<i8").tobytes()).hexdigest()[:16]
+        return self._windows_digest
 
-    def _restricted(self, records: List[FileRecord], k: int, pieces: List[Piece]) -> Iterator[FileRecord]:
-        rows = self._subset_rows[k]
-        wanted = {rows[i]["key"]: (a, b) for i, a, b in pieces}
-        for record in records:
-            a, b = wanted[record.key]
-            yield dataclasses.replace(record, starts=record.starts[a:b])
+    def plan_inputs(self) -> Dict[str, Any]:
+        """What this dataset's epoch plan depends on (a saved state must agree)."""
+        return {"seed": self.seed, "num_workers": self.num_workers, "batch_size": self.batch_size,
+                "world_size": self.rank_world[1], "shards": self.shard_digest(), "window": [self.window, self.step],
+                "windows": self.windows_digest()}
 
-    def _records_of(self, k: int, pieces: List[Piece]) -> Optional[List[FileRecord]]:
-        """The planned files of shard k: from the memory cache when it has them all, else read (None: skipped)."""
-        rows = self._subset_rows[k]
-        wanted = [rows[i]["key"] for i, _, _ in pieces]
-        cached = [self._cache.get(key) for key in wanted]
-        if all(c is not None for c in cached):
-            return cached
-        return self._read_shard(self.shards.shards[k], set(wanted))
+    def state_dict(self) -> Dict[str, Any]:
+        """Where this rank is in the epoch, counted in items consumed, and what the epoch plan depends on."""
+        return self.cursor.state_dict(self.plan_inputs())
 
-    def _read_shard(self, shard: Dict[str, Any], wanted: Container[str]) -> Optional[List[FileRecord]]:
-        """The wanted files of one shard, returned only once the whole shard has been checked; None when it
-        was skipped (on_error="warn").
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank; the plan must
+        be the one the state was saved under (seed, workers, batch size, world size, shards, windows)."""
+        self.cursor.load_state_dict(state, self.plan_inputs(), ("seed", "num_workers", "batch_size"), "dataset")
 
-        Holding a shard's files until its end (at most one shard, `--max-shard-mb`) is what lets a
-        corrupt shard be skipped whole in warn mode and keeps unchecked files out of the memory cache.
-        The shard must hold exactly the files index.msgpack lists for it, each as the index describes it:
-        the plan (len(), every rank's share) was computed from the index.
-        """
-        url = self.shards.url(shard)
-        rows = {row["key"]: row for row in self.shards.files_by_shard[shard["name"]]}
-        records: List[FileRecord] = []
-        seen: Set[str] = set()
-        try:
-            data = self._shard_bytes(url, shard)
-            for sample in group_by_keys(tar_members(data, url)):
-                key = sample.get("__key__")
-                if key not in rows or key in seen:
-                    raise ShardError(f"{url}: holds {key!r}, which index.msgpack does not list for it (or twice)")
-                seen.add(key)
-                if key in wanted:
-                    records.append(self._decode(url, sample, rows[key]))
-            if len(seen) != len(rows):
-                raise ShardError(f"{url}: holds {len(seen)} files, index.msgpack lists {len(rows)} "
-                                 "(truncated or replaced shard)")
-        except Exception as exc:
-            error = exc if isinstance(exc, ShardError) else ShardError(
-                f"{url}: truncated or corrupt shard after {len(seen)} files: {_first_line(exc)}")
-            if self.on_error == "raise":
-                raise error from None
-            self.error_log.skipped(str(error))
-            log.warning("skipping: %s", error)
-            return None
-        for record in records:
-            self._remember(record)
-        return records
-
-    def _shard_bytes(self, url: str, shard: Dict[str, Any]) -> bytes:
-        """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256."""
-        stream = self.shards.open_shard(shard)
-        try:
-            data = read_at_most(stream, shard["bytes"])
-            identity = _file_identity(stream, len(data), shard["sha256"])
-        finally:
-            stream.close()
-        self.shard_opens += 1
-        if len(data) != shard["bytes"]:
-            size = f"more than {shard['bytes']}" if len(data) > shard["bytes"] else str(len(data))
-            raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated, appended to "
-                             "or replaced)")
-        if self.verify and (self.verify == "always" or identity is None or self._verified.get(url) != identity):
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != shard["sha256"]:
-                raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
-                                 f"{shard['sha256'][:12]}... ({len(data)} bytes: corrupt or replaced)")
-            if identity is not None:
-                self._verified[url] = identity
-        return data
-
-    def _remember(self, record: FileRecord) -> None:
-        """Keep a checked file for later epochs while the cache has room (first come, first kept)."""
-        if self.max_memory_cache and record.key not in self._cache and \
-                self._cache_bytes + record.nbytes <= self.max_memory_cache:
-            # own copies: a view would keep the whole shard buffer alive for one file
-            self._cache[record.key] = dataclasses.replace(
-                record, spec=record.spec.copy(), audio=None if record.audio is None else record.audio.copy())
-            self._cache_bytes += record.nbytes
-
-    def _decode(self, url: str, sample: Dict[str, Any], row: Dict[str, Any]) -> FileRecord:
-        """One file of a shard, checked against its index row and the manifest's features."""
-        key = sample.get("__key__")
-        if INFO not in sample or SPEC not in sample:
-            raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
-        info = unpack(sample[INFO])
-        if not isinstance(info, dict) or info.get("params") != self.shards.manifest["params"]:
-            raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
-        for field in ("path", "frames", "samples", "intervals"):
-            if info.get(field) != row[field]:
-                raise ShardError(f"{url}: sample {key!r}: {field} {_short(info.get(field))} disagrees with "
-                                 f"index.msgpack's {_short(row[field])}")
-        spec = npy_view(sample[SPEC])
-        if spec.dtype != self._storage_dtype or spec.shape != (self.n_mels, row["frames"]) or \
-                not spec.flags.c_contiguous:
-            raise ShardError(f"{url}: sample {key!r} spectrogram is {spec.dtype.str} {spec.shape}, expected C-ordered "
-                             f"{self._storage_dtype.str} ({self.n_mels}, {row['frames']})")
-        audio = None
-        if self.outputs["audio"]:
-            if AUDIO not in sample:
-                raise ShardError(f"{url}: sample {key!r} has no audio member")
-            audio = decode_flac(sample[AUDIO])
-            if audio.ndim != 1 or len(audio) != row["samples"]:
-                raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({row['samples']},)")
-        metadata = row["metadata"]
-        label = self._label_ids.get(label_token(metadata[self.label_key]), -1) \
-            if self.label_key is not None and self.label_key in metadata else -1
-        return FileRecord(key, row["path"], spec, row["intervals"], info.get("metadata", metadata),
-                          self.file_windows(row["frames"], row["intervals"]), label, audio)
+    # ------------------------------------------------------------ errors and counters
 
     @property
     def errors(self) -> List[str]:
@@ -509,50 +344,23 @@ class SpectrogramDataset(IterableDataset):
     def error_logs(self) -> List[SharedErrorLog]:
         return [self.error_log]
 
+    @property
+    def shard_opens(self) -> int:
+        """Shards opened by this process (the memory cache spares them in later epochs)."""
+        return self.reader.opens
+
     # ------------------------------------------------------------ loader
 
     def loader(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
                pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
                **kwargs: Any) -> SpectrogramLoader:
-        """A DataLoader for this dataset: batches built in the workers, workers kept across epochs, pinned
-        memory on CUDA, and state_dict()/load_state_dict() to resume mid-epoch."""
+        """A DataLoader for this dataset: batches built in the workers and handed over through shared slots,
+        workers kept across epochs, pinned memory on CUDA, and state_dict()/load_state_dict() to resume."""
         if batch_size is not None:
             self.batch_size = batch_size
         if self.batch_size is None:
             raise ValueError("loader() needs a batch_size (here or in the constructor)")
         if num_workers is not None:
             self.num_workers = num_workers
-        workers = self.num_workers
-        self._ring = None
-        if workers > 0:
-            nbytes = tensor_nbytes((self.batch_size, self.n_mels, self.window), self.dtype)
-            prefetch = kwargs.get("prefetch_factor", 4)
-            # enough slots for the prefetched batches and a few held ones, within 512 MiB of shared memory
-            slots = max(2 * workers, min(workers * (prefetch + 4), (512 << 20) // nbytes))
-            self._ring = BatchRing(slots, nbytes, workers)
-        return SpectrogramLoader(self, workers, pin_memory, persistent_workers, ring=self._ring, **kwargs)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:
-    """(device, inode, size, mtime, expected sha256) of a local shard just read whole, else None.
-
-    A shard whose sha256 passed is not hashed again while this identity holds: rewriting, replacing or
-    truncating the file changes its inode, size or mtime. Remote streams have no identity: always hashed.
-    """
-    try:
-        st = os.fstat(stream.fileno())
-    except (AttributeError, OSError, ValueError):
-        return None
-    if st.st_size != size:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
+        return make_loader(self, self.num_workers, (self.batch_size, self.n_mels, self.window), self.dtype,
+                           pin_memory, persistent_workers, **kwargs)

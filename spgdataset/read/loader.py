@@ -1,19 +1,23 @@
-"""A DataLoader set up for SpectrogramDataset, with a resumable position in the epoch."""
+"""A DataLoader set up for a SpectrogramDataset or a router, with a resumable position in the epoch.
+
+The loader owns the batch ring (ring.py) for its life: it makes the shared slots before the workers start,
+hands them to its workers through `RingFeed`, and gives a slot back once the training loop holds no
+reference to its batch.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
+from .memory import tensor_nbytes
 from .ring import BatchRing
 
-if TYPE_CHECKING:
-    from .dataset import SpectrogramDataset
-
 log = logging.getLogger("spgdataset")
+RING_BYTES = 512 << 20  # shared memory the ring may take
 
 
 def as_is(batch: Any) -> Any:
@@ -21,27 +25,57 @@ def as_is(batch: Any) -> Any:
     return batch
 
 
+class RingFeed(IterableDataset):
+    """What a DataLoader worker iterates: the dataset's stream, gathering batches into the ring's slots."""
+
+    def __init__(self, dataset: Any, ring: BatchRing) -> None:
+        super().__init__()
+        self.dataset, self.ring = dataset, ring
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self.dataset.stream(self.ring)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def make_loader(dataset: Any, num_workers: int, batch_shape: Optional[Tuple[int, ...]], dtype: torch.dtype,
+                pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
+                **kwargs: Any) -> "SpectrogramLoader":
+    """A SpectrogramLoader; with workers and `batch_shape` (the spectrogram batch), a batch ring sized for the
+    prefetched batches and a few held ones, within RING_BYTES of shared memory."""
+    ring = None
+    if num_workers > 0 and batch_shape is not None:
+        nbytes = tensor_nbytes(batch_shape, dtype)
+        prefetch = kwargs.get("prefetch_factor", 4)
+        slots = max(2 * num_workers, min(num_workers * (prefetch + 4), RING_BYTES // nbytes))
+        ring = BatchRing(slots, nbytes, num_workers)
+    return SpectrogramLoader(dataset, num_workers, pin_memory, persistent_workers, ring=ring, **kwargs)
+
+
 class SpectrogramLoader:
     """Iterates batches built in the dataset's workers and counts them, so a job can resume mid-epoch.
 
     `state_dict()` after n batches + `load_state_dict()` in a new process with the same dataset settings:
     the next iteration yields exactly the batches the uninterrupted run would have yielded after the n-th.
+    The count is the dataset's cursor's: kept here when workers make the batches, by the dataset when it runs
+    in this process.
     """
 
-    def __init__(self, dataset: "SpectrogramDataset", num_workers: int, pin_memory: Optional[bool] = None,
+    def __init__(self, dataset: Any, num_workers: int, pin_memory: Optional[bool] = None,
                  persistent_workers: Optional[bool] = None, ring: Optional[BatchRing] = None,
                  **dataloader_kwargs: Any) -> None:
         """Defaults: pinned memory on CUDA; with workers, 4 batches prefetched each and workers kept across
-        epochs. `ring`: the shared batch slots the dataset's workers gather into (ring.py)."""
-        self.dataset, self.ring = dataset, ring
+        epochs. `ring`: the shared batch slots the workers gather into (ring.py)."""
+        self.dataset, self.ring, self.num_workers = dataset, ring, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         if num_workers > 0:
             dataloader_kwargs.setdefault("prefetch_factor", 4)
             dataloader_kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         dataloader_kwargs.setdefault("collate_fn", as_is)  # default_convert would turn packed numpy back into tensors
-        self.dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=self.pin_memory,
+        feed = RingFeed(dataset, ring) if ring is not None else dataset
+        self.dataloader = DataLoader(feed, batch_size=None, num_workers=num_workers, pin_memory=self.pin_memory,
                                      **dataloader_kwargs)
-        self.consumed = 0
         self.skips_seen = 0  # shards skipped in the workers (on_error="warn") already logged here
         self.skips_logged: Set[Tuple[int, int, int]] = set()
 
@@ -52,8 +86,10 @@ class SpectrogramLoader:
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        resume_epoch, resume_at = (int(v) for v in self.dataset._resume)
-        self.consumed = resume_at if resume_epoch == self.dataset.epoch else 0
+        cursor = self.dataset.cursor
+        return cursor.track(self._batches(), cursor.epoch, counting=self.num_workers > 0)
+
+    def _batches(self) -> Iterator[Dict[str, Any]]:
         ring = self.ring
         for batch in self.dataloader:
             if ring is not None:
@@ -61,11 +97,9 @@ class SpectrogramLoader:
                 batch = ring.unpack(batch)
                 if self.pin_memory and not batch["spectrogram"].is_pinned():
                     batch["spectrogram"] = batch["spectrogram"].pin_memory()  # the slot is free again
-            self.consumed += 1
-            if self.dataloader.num_workers:
+            if self.num_workers:
                 self._log_new_skips()
             yield batch
-        self.dataset._resume[0] = -1  # the resumed epoch is over; later epochs start from their beginning
 
     def _log_new_skips(self) -> None:
         """A worker's skip (on_error="warn") logged again in the training process, where it is seen."""
@@ -80,11 +114,12 @@ class SpectrogramLoader:
                     self.skips_logged.add((i, region, n))
                     log.warning("skipped in DataLoader worker %d: %s", region - 1, message)
 
+    @property
+    def consumed(self) -> int:
+        return self.dataset.cursor.consumed
+
     def state_dict(self) -> Dict[str, Any]:
-        state = self.dataset.state_dict()
-        state["consumed"] = self.consumed
-        return state
+        return self.dataset.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.dataset.load_state_dict(state)
-        self.consumed = int(state["consumed"])

@@ -13,7 +13,9 @@ manifest.json is strict JSON, which has no NaN or infinities: those are stored a
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Hashable, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
+
+import numpy as np
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -69,3 +71,18 @@ def from_json(value: Any) -> Any:
         raise ValueError(f"{value!r} is not a label")
     label_token(value)  # raises TypeError for lists and other non-scalars
     return value
+
+
+def merge_vocabularies(vocabs: Sequence[Sequence[Any]]) -> Tuple[List[Any], List[np.ndarray]]:
+    """One sorted vocabulary over several, and per vocabulary a lookup array from its ids to the merged ids.
+
+    Each lookup ends with an extra -1, so indexing it with -1 (a file without the label) gives -1.
+    """
+    tokens: Dict[Tuple[Hashable, ...], Any] = {}
+    for vocab in vocabs:
+        for value in vocab:
+            tokens.setdefault(label_token(value), value)
+    order = sorted(tokens)
+    merged_id = {token: i for i, token in enumerate(order)}
+    maps = [np.array([merged_id[label_token(v)] for v in vocab] + [-1], dtype=np.int64) for vocab in vocabs]
+    return [tokens[t] for t in order], maps

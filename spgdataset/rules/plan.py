@@ -44,27 +44,28 @@ def slot_range(total: int, rank: int, world_size: int, worker: int, num_workers:
     return base + worker * per_rank // workers, base + (worker + 1) * per_rank // workers
 
 
-def slot_pieces(order: Sequence[int], windows_per_file: Sequence[Sequence[int]], lo: int,
+def slot_pieces(order: Sequence[int], bounds: np.ndarray, counts: np.ndarray, lo: int,
                 hi: int) -> List[Tuple[int, List[Piece]]]:
-    """The shards (in `order`) and file window ranges that make up global windows [lo, hi)."""
+    """The shards (in `order`) and file window ranges that make up global windows [lo, hi).
+
+    `counts` are the window counts of every file, shard by shard; shard k's are counts[bounds[k]:bounds[k + 1]].
+    Only the shards that overlap [lo, hi) are looked at file by file.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    cumulative = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+    totals = (cumulative[bounds[1:]] - cumulative[bounds[:-1]])[order]
+    ends = np.cumsum(totals)
+    first, last = int(np.searchsorted(ends, lo, side="right")), int(np.searchsorted(ends - totals, hi, side="left"))
     out: List[Tuple[int, List[Piece]]] = []
-    pos = 0
-    for k in order:
-        counts = windows_per_file[k]
-        shard_total = int(sum(counts))
-        if pos + shard_total <= lo:
-            pos += shard_total
-            continue
-        if pos >= hi:
-            break
-        pieces = []
-        for i, n in enumerate(counts):
-            a, b = max(lo - pos, 0), min(hi - pos, n)
-            if a < b:
-                pieces.append((i, int(a), int(b)))
-            pos += n
+    for j in range(first, last):
+        k = int(order[j])
+        shard_counts = counts[bounds[k] : bounds[k + 1]]
+        file_ends = (ends[j] - totals[j]) + np.cumsum(shard_counts)
+        a = np.maximum(lo - (file_ends - shard_counts), 0)
+        b = np.minimum(hi - (file_ends - shard_counts), shard_counts)
+        pieces = [(int(i), int(a[i]), int(b[i])) for i in np.flatnonzero(a < b)]
         if pieces:
-            out.append((int(k), pieces))
+            out.append((k, pieces))
     return out
 
 

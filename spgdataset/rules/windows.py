@@ -72,39 +72,77 @@ def count_kept(
     content_ratio: float,
     pad_short: bool = False,
 ) -> np.ndarray:
-    """len(kept_starts(...)) for many files at once, without a Python loop per window or per frame.
+    """len(kept_starts(...)) for many files at once, given as per-file interval dicts (see count_kept_spans)."""
+    annotated = np.array([bool(iv) for iv in intervals], dtype=bool)
+    spans = [(i, s) for i, iv in enumerate(intervals) if iv for name in content_names for s in iv.get(name, ())]
+    span_file = np.array([i for i, _ in spans], dtype=np.int64)
+    edges = np.array([s for _, s in spans], dtype=np.int64).reshape(-1, 2)
+    return count_kept_spans(frames, annotated, span_file, edges[:, 0], edges[:, 1], window, step, hop_length,
+                            content_ratio if content_names else 0.0, pad_short)
 
-    The files are laid end to end; content masks come from one cumulative sum over interval edges. This is
-    what lets len() of a 100-hour index be known in a fraction of a second; kept_starts stays the rule.
+
+def count_kept_spans(
+    frames: np.ndarray,
+    annotated: np.ndarray,
+    span_file: np.ndarray,
+    span_start: np.ndarray,
+    span_stop: np.ndarray,
+    window: int,
+    step: int,
+    hop_length: int,
+    content_ratio: float,
+    pad_short: bool = False,
+    block_windows: int = 1 << 22,
+) -> np.ndarray:
+    """len(kept_starts(...)) for every file, from columns: no Python loop per file, window or frame.
+
+    `annotated[i]`: file i has interval names; the content spans (samples, half-open, any names chosen as
+    content) are given flat, span j belonging to file `span_file[j]`. Files are laid end to end in blocks of
+    about `block_windows` windows (bounded memory at any corpus size); content comes from one cumulative sum
+    over merged span edges per block. kept_starts stays the rule; this is its count, and tests hold the two
+    equal.
     """
     frames = np.asarray(frames, dtype=np.int64)
     counts = np.where(frames >= window, (frames - window) // step + 1, 0)
     if pad_short:
         counts = np.where((frames > 0) & (frames < window), 1, counts)
-    if content_ratio <= 0 or not content_names:
+    if content_ratio <= 0:
         return counts
-    files = np.array([i for i, iv in enumerate(intervals) if iv and counts[i] > 0], dtype=np.int64)
-    if len(files) == 0:
-        return counts
-    lengths = np.maximum(frames[files], window)
+    files = np.flatnonzero(np.asarray(annotated, dtype=bool) & (counts > 0))
+    order = np.argsort(span_file, kind="stable")
+    span_file, span_start, span_stop = span_file[order], span_start[order], span_stop[order]
+    cumulative = np.cumsum(counts[files])
+    lo = 0
+    while lo < len(files):
+        hi = int(np.searchsorted(cumulative, (cumulative[lo - 1] if lo else 0) + block_windows, side="right"))
+        hi = max(hi, lo + 1)
+        block = files[lo:hi]
+        a, b = np.searchsorted(span_file, [block[0], block[-1] + 1])
+        counts[block] = _kept_in_block(frames, counts, block, span_file[a:b], span_start[a:b], span_stop[a:b],
+                                       window, step, hop_length, content_ratio)
+        lo = hi
+    return counts
+
+
+def _kept_in_block(frames: np.ndarray, counts: np.ndarray, block: np.ndarray, span_file: np.ndarray,
+                   span_start: np.ndarray, span_stop: np.ndarray, window: int, step: int, hop_length: int,
+                   content_ratio: float) -> np.ndarray:
+    """Kept window counts of the files `block` (sorted positions), given their spans."""
+    lengths = np.maximum(frames[block], window)
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    firsts, lasts = [], []
-    for off, i in zip(offsets.tolist(), files.tolist()):
-        for name in content_names:
-            for start, stop in intervals[i].get(name, ()):
-                first, last = max(-(-int(start) // hop_length), 0), min(-(-int(stop) // hop_length), int(frames[i]))
-                if first < last:
-                    firsts.append(off + first)
-                    lasts.append(off + last)
-    content = _content_before(np.array(firsts, dtype=np.int64), np.array(lasts, dtype=np.int64))
-    per_file = counts[files]
-    file_of = np.repeat(np.arange(len(files)), per_file)
+    where = np.searchsorted(block, span_file)  # each span's file as a position in the block
+    inside = (where < len(block)) & (block[np.minimum(where, len(block) - 1)] == span_file)
+    where, span_start, span_stop = where[inside], span_start[inside], span_stop[inside]
+    first = np.maximum(-(-span_start // hop_length), 0)
+    last = np.minimum(-(-span_stop // hop_length), frames[block][where])
+    keep = first < last
+    content = _content_before(offsets[where][keep] + first[keep], offsets[where][keep] + last[keep])
+    per_file = counts[block]
+    file_of = np.repeat(np.arange(len(block)), per_file)
     local = (np.arange(int(per_file.sum())) - np.repeat(np.cumsum(per_file) - per_file, per_file)) * step
     starts = offsets[file_of] + local
     kept = content(starts + window) - content(starts) >= content_ratio * window
-    counts = counts.copy()
-    counts[files] = np.bincount(file_of, weights=kept, minlength=len(files)).astype(np.int64)
-    return counts
+    return np.bincount(file_of, weights=kept, minlength=len(block)).astype(np.int64)
 
 
 def _content_before(firsts: np.ndarray, lasts: np.ndarray):

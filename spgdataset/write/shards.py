@@ -19,7 +19,16 @@ import numpy as np
 from ..errors import BadInput, SpgError
 from ..format.codec import pack, unpack
 from ..format.features import FeatureConfig
-from ..format.names import FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, STATE_DIR, shard_name
+from ..format.index import MAX_VOCABULARY
+from ..format.index import encode as encode_index
+from ..format.names import (
+    FORMAT_VERSION,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    ROWS_INDEX_NAME,
+    STATE_DIR,
+    shard_name,
+)
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
 from ..storage import output_for
@@ -78,7 +87,7 @@ def claim_output(output_dir: str, fingerprint: str, overwrite: bool, clean_tempo
         raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
     if overwrite:
         for name in out.names():
-            if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME):
+            if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME, ROWS_INDEX_NAME):
                 out.remove(name)
         for name in out.names(STATE_DIR):
             out.remove(f"{STATE_DIR}/{name}")
@@ -192,17 +201,20 @@ def finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_au
     if not good:
         raise SpgError(nothing_usable(len(report), report, "every file was rejected"))
     index = [row for r in good for row in r.index]
-    index_bytes = pack(index)
-    manifest = _manifest(good, index, features, with_audio)
-    manifest.update(index=INDEX_NAME, index_sha256=hashlib.sha256(index_bytes).hexdigest(),
-                    index_bytes=len(index_bytes), report={"counts": count_kinds(report), "files": report})
+    vocabs = vocabularies(row["metadata"] for row in index)
+    index_bytes = encode_index(index, [k for k, r in enumerate(good) for _ in r.index], vocabs)
+    manifest = _manifest(good, len(index), features, with_audio)
+    manifest.update(
+        labels={key: [to_json(v) for v in vocab] for key, vocab in vocabs.items() if len(vocab) <= MAX_VOCABULARY},
+        free_form=[key for key, vocab in vocabs.items() if len(vocab) > MAX_VOCABULARY],
+        index=INDEX_NAME, index_sha256=hashlib.sha256(index_bytes).hexdigest(), index_bytes=len(index_bytes),
+        report={"counts": count_kinds(report), "files": report})
     out.write(INDEX_NAME, index_bytes)
     out.write(MANIFEST_NAME, json_bytes(manifest))
     return manifest
 
 
-def _manifest(good: List[ShardRecord], index: List[Dict[str, Any]], features: FeatureConfig,
-              with_audio: bool) -> Dict[str, Any]:
+def _manifest(good: List[ShardRecord], files: int, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
     frames = sum(r.frames for r in good)
     mean = np.sum([r.sum for r in good], axis=0) / frames
     std = np.sqrt(np.maximum(np.sum([r.sumsq for r in good], axis=0) / frames - mean**2, 0.0))
@@ -214,9 +226,7 @@ def _manifest(good: List[ShardRecord], index: List[Dict[str, Any]], features: Fe
         "params": features.fingerprint(),
         "with_audio": with_audio,
         "shards": [{k: getattr(r, k) for k in ("name", "files", "frames", "seconds", "bytes", "sha256")} for r in good],
-        "totals": {"files": len(index), "frames": frames, "seconds": seconds, "hours": seconds / 3600,
+        "totals": {"files": files, "frames": frames, "seconds": seconds, "hours": seconds / 3600,
                    "bytes": sum(r.bytes for r in good), "shards": len(good)},
-        "labels": {key: [to_json(v) for v in vocab] for key, vocab in
-                   vocabularies(row["metadata"] for row in index).items()},
         "stats": {"frames": frames, "mean": mean.tolist(), "std": std.tolist()},
     }

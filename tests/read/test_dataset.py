@@ -669,6 +669,7 @@ class CountingSha256:
 
     def __init__(self, monkeypatch) -> None:
         import hashlib
+
         from spgdataset.read import dataset as dataset_module
 
         self.calls = 0

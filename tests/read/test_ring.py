@@ -36,7 +36,7 @@ def test_a_consumer_keeping_every_batch_never_sees_them_overwritten(shards):
     dataset = SpectrogramDataset(shards, window_content_ratio=0, output_configuration=OUTPUTS, batch_size=16)
     loader = dataset.loader(num_workers=2)
     kept = list(loader)  # holds every batch: far more batches than ring slots
-    assert dataset._ring is not None and len(kept) > len(dataset._ring.storages)
+    assert loader.ring is not None and len(kept) > len(loader.ring.storages)
     seen = 0
     for batch in kept:
         for i, (key, start) in enumerate(zip(batch["key"], batch["start"].tolist())):
@@ -51,7 +51,7 @@ def test_slots_are_reused_when_released_and_kept_while_a_view_lives(shards):
     expected = reference(shards)
     dataset = SpectrogramDataset(shards, window_content_ratio=0, output_configuration=OUTPUTS, batch_size=16)
     loader = dataset.loader(num_workers=2)
-    ring = dataset._ring
+    ring = loader.ring
     views = []
     slot_backed = 0
     for n, batch in enumerate(loader):

@@ -8,6 +8,7 @@ skipped shards under DDP (warn mode must keep len() on every rank), resume under
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -52,46 +53,77 @@ EDITS = {
 }
 
 
+@pytest.mark.parametrize("fmt", [2, 1])
 @pytest.mark.parametrize("edit", sorted(EDITS))
-def test_an_edited_index_is_caught_by_its_digest(many_shards, tmp_path, edit):
+def test_an_edited_index_is_caught_by_its_digest(many_shards, tmp_path, edit, fmt):
     shards = Shards(many_shards, tmp_path / "s")
+    if fmt == 1:
+        shards.as_format_1()
     rows = shards.rows
     EDITS[edit](rows)
     shards.save_rows(rows, consistent=False)
-    with pytest.raises(ShardError, match=r"index.msgpack"):
+    with pytest.raises(ShardError, match=shards.index_name):
         SpectrogramDataset(str(shards))
 
 
+@pytest.mark.parametrize("fmt", [2, 1])
 @pytest.mark.parametrize("edit", sorted(EDITS))
-def test_an_index_edited_with_its_manifest_is_caught_when_the_shard_is_read(many_shards, tmp_path, edit):
+def test_an_index_edited_with_its_manifest_is_caught_when_the_shard_is_read(many_shards, tmp_path, edit, fmt):
     """The manifest agrees with the edited index: only the shard itself can tell, and it must, before a
     miscounted window reaches training (a rank yielding another count than len() hangs DDP)."""
     shards = Shards(many_shards, tmp_path / "s")
+    if fmt == 1:
+        shards.as_format_1()
     rows = shards.rows
     EDITS[edit](rows)
     shards.save_rows(rows)
     try:
         ds = SpectrogramDataset(str(shards), window_content_ratio=0, batch_size=8, output_configuration=NO_MASKS)
-    except ShardError as exc:  # caught at open (duplicate keys): as good
-        assert "index.msgpack" in str(exc)
+    except ShardError as exc:  # caught at open (a key twice in format 1, an interval past the file): as good
+        assert shards.index_name in str(exc)
         return
-    with pytest.raises(ShardError, match=r"shard-000000.tar.*index"):
+    with pytest.raises(ShardError, match=r"shard-000000.tar.*(index|twice)"):
         list(ds)
 
 
 def test_garbage_and_missing_index_are_one_line_errors(run16k, tmp_path):
     shards = Shards(run16k[0], tmp_path / "s")
+    magic = b"SPGIDX\x00\x01"
+    for data in (b"\xc1\xc1 not an index", magic + (1 << 40).to_bytes(8, "little") + bytes(100),
+                 magic + (4).to_bytes(8, "little") + b"\xc1" * 100):  # bad magic, header past the end, bad header
+        (shards.folder / "index.bin").write_bytes(data)
+        shards.edit_manifest(lambda m: m.update(index_sha256=hashlib.sha256(data).hexdigest(), index_bytes=len(data)))
+        with pytest.raises(ShardError, match=r"index.bin: (not a columnar index|.*header)") as caught:
+            SpectrogramDataset(str(shards))
+        assert "\n" not in str(caught.value)
+    (shards.folder / "index.bin").unlink()
+    with pytest.raises(SpgError, match=r"index.bin.*no such file"):
+        SpectrogramDataset(str(shards))
+    shards = Shards(run16k[0], tmp_path / "s1")
+    shards.as_format_1()
+    shards.edit_manifest(lambda m: [m.pop("index_sha256"), m.pop("index_bytes")])  # as 0.1 wrote them
     (shards.folder / "index.msgpack").write_bytes(b"\xc1\xc1 not msgpack")
-    shards.edit_manifest(lambda m: [m.pop("index_sha256", None), m.pop("index_bytes", None)])
     with pytest.raises(SpgError, match=r"index.msgpack") as caught:
         SpectrogramDataset(str(shards))
     assert "\n" not in str(caught.value)
     (shards.folder / "index.msgpack").write_bytes(msgpack.packb({"not": "rows"}))
     with pytest.raises(SpgError, match=r"index.msgpack"):
         SpectrogramDataset(str(shards))
-    (shards.folder / "index.msgpack").unlink()
-    with pytest.raises(SpgError, match=r"index.msgpack.*no such file"):
-        SpectrogramDataset(str(shards))
+
+
+def test_a_format_1_shard_set_reads_to_the_same_windows(many_shards, tmp_path):
+    """Shard sets written before the columnar index (format 1, index.msgpack) are read as they are."""
+    old = Shards(many_shards, tmp_path / "old")
+    old.as_format_1()
+    for kwargs in ({}, {"split": (0.5, 0.5), "subset": 1, "split_key": "speaker"},
+                   {"window_content_ratio": 0.3, "output_configuration": {"masks": ["speech"], "label": "speaker"}}):
+        new_ds, old_ds = SpectrogramDataset(many_shards, **kwargs), SpectrogramDataset(str(old), **kwargs)
+        assert old_ds.windows() == new_ds.windows() and len(old_ds) == len(new_ds)
+        assert old_ds.label_vocabulary == new_ds.label_vocabulary
+        def items(ds):
+            return [(w["key"], int(w["start"]), int(w.get("label", -1))) for w in ds]
+
+        assert items(old_ds) == items(new_ds)
 
 
 # ---------------------------------------------------------------- 2, 15. manifests that lie
@@ -180,9 +212,9 @@ def test_a_shard_that_is_a_fifo_or_a_device_fails_at_once(run16k, tmp_path, kind
 @pytest.mark.timeout(60)
 def test_a_manifest_or_index_that_is_a_fifo_fails_at_once(run16k, tmp_path):
     shards = Shards(run16k[0], tmp_path / "s")
-    (shards.folder / "index.msgpack").unlink()
-    os.mkfifo(shards.folder / "index.msgpack")
-    with pytest.raises(SpgError, match="index.msgpack.*not a regular file"):
+    (shards.folder / "index.bin").unlink()
+    os.mkfifo(shards.folder / "index.bin")
+    with pytest.raises(SpgError, match="index.bin.*not a regular file"):
         SpectrogramDataset(str(shards))
 
 

@@ -15,9 +15,21 @@ import pytest
 import torch
 import torchaudio
 
-from spgdataset.rules.frames import (frame_span, interval_mask, num_frames, rescale_intervals, rescale_sample,
-                               resampled_length, union_mask)
-from spgdataset.rules.windows import kept_starts, window_content, window_frames, window_starts
+from spgdataset.rules.frames import (
+    frame_span,
+    interval_mask,
+    num_frames,
+    resampled_length,
+    rescale_intervals,
+    rescale_sample,
+    union_mask,
+)
+from spgdataset.rules.windows import (
+    kept_starts,
+    window_content,
+    window_frames,
+    window_starts,
+)
 
 HOP = 160
 

@@ -24,13 +24,19 @@ def test_slots_partition_the_epoch_with_equal_rank_shares(total, world, workers)
     assert covered == list(range(len(covered)))  # contiguous from the start
 
 
-def test_slot_pieces_cut_through_shards_and_files():
-    rng = np.random.default_rng(0)
-    files = [list(rng.integers(0, 9, size=rng.integers(1, 5))) for _ in range(6)]
+@pytest.mark.parametrize("seed", range(8))
+def test_slot_pieces_cut_through_shards_and_files(seed):
+    rng = np.random.default_rng(seed)
+    files = [list(rng.integers(0, 9, size=rng.integers(0, 5))) for _ in range(9)]  # empty shards too
     order = shard_order(len(files), seed=1, epoch=2, shuffle=True)
     sequence = [(k, i, j) for k in order for i, n in enumerate(files[k]) for j in range(n)]
-    for lo, hi in [(0, len(sequence)), (3, 17), (5, 6), (len(sequence), len(sequence))]:
-        got = [(k, i, j) for k, pieces in slot_pieces(order, files, lo, hi) for i, a, b in pieces for j in range(a, b)]
+    ranges = [(0, len(sequence)), (len(sequence), len(sequence))]
+    ranges += [tuple(sorted(rng.integers(0, len(sequence) + 1, size=2))) for _ in range(20)]
+    for lo, hi in ranges:
+        bounds = np.concatenate(([0], np.cumsum([len(f) for f in files])))
+        counts = np.array([n for f in files for n in f], dtype=np.int64)
+        got = [(k, i, j) for k, pieces in slot_pieces(order, bounds, counts, lo, hi)
+               for i, a, b in pieces for j in range(a, b)]
         assert got == sequence[lo:hi]
 
 

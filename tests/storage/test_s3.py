@@ -37,6 +37,7 @@ pytest.importorskip("moto")  # the server runs in a subprocess; this only says i
 from spgdataset import ShardError, SpectrogramDataset, SpgError, s3, write_shards  # noqa: E402
 from spgdataset.demo import make_corpus  # noqa: E402
 from spgdataset.storage import open_shard  # noqa: E402
+from tests.helpers import index_rows  # noqa: E402
 
 BUCKET = "spg-test"
 REGION = "us-east-1"
@@ -221,7 +222,7 @@ def test_cli_writes_the_same_bytes_to_s3_as_to_disk(moto, s3_shards, run16k, hel
     local = helpers.output_files(run16k[0])
     stored = moto.objects("corpus")
     published = {n: b for n, b in stored.items() if not n.startswith(".spg-state/")}
-    assert published == local  # shards, index.msgpack, manifest.json: byte for byte
+    assert published == local  # shards, index.bin, manifest.json: byte for byte
     records = [n for n in stored if n.startswith(".spg-state/")]
     assert ".spg-state/run.json" in records and len(records) == len(helpers.manifest(run16k[0])["shards"]) + 1
     head = moto.client().head_object(Bucket=BUCKET, Key="corpus/shard-000000.tar")
@@ -236,8 +237,7 @@ def test_manifest_url_and_brace_lists(aws, s3_shards, local_windows, run16k):
     assert windows(s3_shards + "manifest.json") == local_windows
     wanted = ["shard-000000.tar", "shard-000002.tar"]
     selection = windows(s3_shards + "shard-00000{0,2}.tar")
-    by_shard = SpectrogramDataset(run16k[0]).shards.files_by_shard
-    rows = [r for w in wanted for r in by_shard[w]]
+    rows = [r for r in index_rows(run16k[0]) if r["shard"] in wanted]
     assert {k for k, _ in selection} == {r["key"] for r in rows}
     assert selection == {kw: v for kw, v in local_windows.items() if kw in selection}
 
@@ -449,7 +449,7 @@ def test_missing_bucket_prefix_and_key(aws, s3_shards):
 
 def test_a_deleted_shard_fails_the_epoch_naming_it(aws, moto, s3_shards):
     c = moto.client()
-    for name in ("manifest.json", "index.msgpack", "shard-000000.tar", "shard-000001.tar"):
+    for name in ("manifest.json", "index.bin", "shard-000000.tar", "shard-000001.tar"):
         c.copy_object(Bucket=BUCKET, Key=f"holey/{name}", CopySource={"Bucket": BUCKET, "Key": f"corpus/{name}"})
     ds = SpectrogramDataset(f"s3://{BUCKET}/holey/", shuffle=False, window_content_ratio=0,
                             output_configuration={"masks": []})
@@ -584,7 +584,7 @@ def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, hel
     left = moto.objects(prefix)
     print(f"killed on attempt {attempt} with {len([n for n in left if n.startswith('shard-')])} shard(s) in place")
     shards = [n for n in left if n.startswith("shard-")]
-    assert 2 <= len(shards) < plan_size and "index.msgpack" not in left
+    assert 2 <= len(shards) < plan_size and "index.bin" not in left
     for name in shards:  # an object is whole or absent
         assert left[name] == reference[name], name
 

@@ -11,13 +11,22 @@ import json
 import math
 import os
 
-import msgpack
 import pytest
 import soundfile as sf
 
 from spgdataset import SpectrogramDataset, SpgError, write_shards
 from spgdataset.write.inputs import collect_inputs, walk_audio
-from tests.helpers import SR, noise, report, run_cli, stored_paths, strict_json, wav, write_json
+from tests.helpers import (
+    SR,
+    index_rows,
+    noise,
+    report,
+    run_cli,
+    stored_paths,
+    strict_json,
+    wav,
+    write_json,
+)
 
 
 def test_metadata_paths_outside_the_root_are_refused_per_file(tmp_path):
@@ -158,7 +167,7 @@ def test_an_empty_interval_is_dropped_and_the_file_kept(tmp_path):
     rows = report(result)
     assert rows["a.wav"]["kind"] == "warning" and "8433" in rows["a.wav"]["problem"]
     assert rows["b.wav"]["kind"] == "bad"
-    index = msgpack.unpackb((tmp_path / "out" / "index.msgpack").read_bytes(), raw=False)
+    index = index_rows(tmp_path / "out")
     assert index[0]["intervals"] == {"speech": [[16000, 40000]]}
 
 
@@ -187,7 +196,7 @@ def test_every_present_label_value_gets_an_id_and_the_manifest_is_strict_json(tm
     label_of = {}
     for item in ds:
         label_of[item["key"]] = int(item["label"])
-    by_path = {row["key"]: row["path"] for row in msgpack.unpackb((tmp_path / "out" / "index.msgpack").read_bytes())}
+    by_path = {row["key"]: row["path"] for row in index_rows(tmp_path / "out")}
     got = {by_path[k]: v for k, v in label_of.items()}
     assert got["m.wav"] == -1  # missing key: no label
     assert got["i.wav"] == got["f.wav"] == 1  # 1 and 1.0 are one number

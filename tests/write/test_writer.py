@@ -29,8 +29,8 @@ import torchaudio
 
 from spgdataset.demo import make_corpus
 from spgdataset.errors import SpgError
-from spgdataset.format.features import FeatureConfig
 from spgdataset.format.codec import npy_view, unpack
+from spgdataset.format.features import FeatureConfig
 from spgdataset.write.job import write_shards
 
 SR, N_FFT, HOP, N_MELS = 16000, 400, 160, 80
@@ -104,6 +104,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def nonempty(intervals: dict) -> dict:
+    """Intervals without names that hold no span (the index keeps only spans; info.msgpack keeps all)."""
+    return {name: spans for name, spans in intervals.items() if spans}
 
 
 def no_temporaries(out_dir) -> list:
@@ -187,7 +192,7 @@ def test_resampled_and_stereo_inputs(mixed_run, mixed_corpus, helpers):
         assert info["intervals"] == intervals, path
         assert sample["spec"].shape == (N_MELS, frames), path
         row = index[path]
-        assert (row["frames"], row["samples"], row["intervals"]) == (frames, samples, intervals), path
+        assert (row["frames"], row["samples"], row["intervals"]) == (frames, samples, nonempty(intervals)), path
         assert_float16_close(sample["spec"], ref_logmel(ref_audio(os.path.join(root, path))), path)
     assert seen >= {(r, c) for r in (44100, 8000, 32000, 16000) for c in (1, 2)}, seen
     assert half_cases > 0  # some 32 kHz boundary fell on half a sample: round-half-up was exercised
@@ -385,7 +390,7 @@ def test_files_list_instead_of_metadata_keys(corpus16k, tmp_path, helpers):
     index = helpers.index(out)
     assert [row["path"] for row in index] == sorted(chosen)
     for row in index:
-        assert row["intervals"] == metadata[row["path"]]["intervals"]
+        assert row["intervals"] == nonempty(metadata[row["path"]]["intervals"])
         assert row["metadata"] == metadata[row["path"]]["metadata"]
     report = helpers.manifest(out)["report"]
     assert [row["path"] for row in report["files"]] == ["spk01/nope.wav"]
@@ -416,7 +421,7 @@ def test_manifest_describes_the_shards_on_disk(run16k, corpus16k, helpers):
     metadata = json.loads(Path(meta).read_text())
     manifest = helpers.manifest(out)
     assert manifest == json.loads(json.dumps(result.manifest))
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["features"] == FeatureConfig().to_dict()
     assert manifest["with_audio"] is False
     on_disk = sorted(p.name for p in Path(out).glob("shard-*.tar"))
@@ -465,7 +470,7 @@ def test_index_rows_match_the_shards(run16k, corpus16k, helpers):
     _, meta = corpus16k
     metadata = json.loads(Path(meta).read_text())
     manifest = helpers.manifest(out)
-    assert manifest["index"] == "index.msgpack"
+    assert manifest["index"] == "index.bin"
     index = helpers.index(out)
     stored = by_path(helpers, out)
     assert [row["path"] for row in index] == sorted(metadata)
@@ -475,7 +480,8 @@ def test_index_rows_match_the_shards(run16k, corpus16k, helpers):
         assert row["key"] == sample["key"] and row["shard"] == sample["__shard__"]
         assert row["frames"] == sample["spec"].shape[1] == sample["info"]["frames"]
         assert row["samples"] == metadata[row["path"]]["length"]
-        assert row["intervals"] == sample["info"]["intervals"] == metadata[row["path"]]["intervals"]
+        assert sample["info"]["intervals"] == metadata[row["path"]]["intervals"]
+        assert row["intervals"] == nonempty(metadata[row["path"]]["intervals"])  # the index keeps spans only
         assert row["metadata"] == metadata[row["path"]]["metadata"]
     per_shard = {s["name"]: (s["files"], s["frames"]) for s in manifest["shards"]}
     for name, (files, frames) in per_shard.items():
@@ -503,7 +509,7 @@ def test_parts_make_the_same_output_as_one_run(run16k, corpus16k, tmp_path, help
     root, meta = corpus16k
     first = write_shards(root, meta, tmp_path, workers=1, max_shard_files=3, part=(0, 2), progress=False)
     assert first.manifest is None
-    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "index.msgpack").exists()
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "index.bin").exists()
     shards = sorted(p.name for p in tmp_path.glob("shard-*.tar"))
     assert shards and all(int(name[6:12]) % 2 == 0 for name in shards)
     second = write_shards(root, meta, tmp_path, workers=1, max_shard_files=3, part=(1, 2), progress=False)
@@ -625,7 +631,7 @@ def test_rerun_removes_temporaries_of_a_killed_run(killed_while, tmp_path, helpe
     expected = helpers.output_files(out)
     assert len([n for n in expected if SHARD_RE.match(n)]) >= 3
     (out / "manifest.json").unlink()
-    (out / "index.msgpack").unlink()
+    (out / "index.bin").unlink()
     record = out / ".spg-state" / "shard-000001.tar.msgpack"
     if killed_while == "writing_shard":
         (out / ".shard-000001.tar.tmp4242").write_bytes(expected["shard-000001.tar"][:5000])

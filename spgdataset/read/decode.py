@@ -1,0 +1,177 @@
+"""Reading a shard: one read, checked against the manifest and the file index, decoded without copies.
+
+A shard is read whole (at most `--max-shard-mb`), checked (size, then sha256: a local shard once per
+process while its inode, size and mtime stay), walked (format/tar.py: checksummed headers) and its files
+decoded: npy views of the tar bytes, msgpack, FLAC; nothing is unpickled. The shard must hold exactly the
+files the index lists for it, each as the index describes it (path, frames, samples, intervals), because
+the epoch plan and len() were computed from the index. A shard's files are released only once the whole
+shard has been checked, so a corrupt shard is skipped whole in warn mode and never reaches the memory cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+from webdataset.tariterators import group_by_keys
+
+from ..errors import ShardError
+from ..format.codec import decode_flac, npy_view, unpack
+from ..format.names import AUDIO, INFO, SPEC
+from ..format.tar import tar_members
+from ..storage.local import read_at_most
+from .batching import FileRecord
+from .errorlog import SharedErrorLog
+from .source import ShardSet
+
+log = logging.getLogger("spgdataset")
+
+Starts = Callable[[int, Dict[str, List[List[int]]]], np.ndarray]  # (frames, intervals) -> window starts
+
+
+class ShardReader:
+    """Reads shards of one ShardSet for one dataset: its checks, its memory cache, its counters."""
+
+    def __init__(self, shards: ShardSet, starts: Starts, labels: Callable[[int], int], audio: bool,
+                 verify: Any = True, on_error: str = "raise", error_log: Optional[SharedErrorLog] = None,
+                 cache_bytes: int = 0) -> None:
+        self.shards, self.starts, self.labels, self.audio = shards, starts, labels, audio
+        self.verify, self.on_error, self.error_log = verify, on_error, error_log or SharedErrorLog(0)
+        features = shards.manifest["features"]
+        self.n_mels, self.dtype = features["n_mels"], np.dtype(features["storage_dtype"]).newbyteorder("<")
+        self.bounds = shards.index.shard_bounds(len(shards.manifest["shards"]))
+        self.cache: Dict[int, FileRecord] = {}  # index position -> a checked file, kept across epochs
+        self.cache_bytes, self.cache_limit = 0, int(cache_bytes)
+        self.verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
+        self.opens = 0  # shards opened by this process
+
+    def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
+        """The files at index `positions` (in manifest shard k, in shard order): from the memory cache when it
+        holds them all, else read; None when the shard was skipped (on_error="warn")."""
+        cached = [self.cache.get(p) for p in positions]
+        if all(c is not None for c in cached):
+            return cached
+        records = self._read(self.shards.manifest["shards"][k], k, set(positions))
+        if records is not None:
+            for record, position in zip(records, positions):
+                self._remember(position, record)
+        return records
+
+    def _read(self, shard: Dict[str, Any], k: int, wanted: Set[int]) -> Optional[List[FileRecord]]:
+        url = self.shards.url(shard)
+        lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+        positions = {key: lo + i for i, key in enumerate(self.shards.index.keys.slice(lo, hi))}
+        records: List[FileRecord] = []
+        seen: Set[str] = set()
+        try:
+            if len(positions) != hi - lo:
+                raise ShardError(f"{url}: the file index lists one of its keys twice")
+            data = self._bytes(url, shard)
+            for sample in group_by_keys(tar_members(data, url)):
+                key = sample.get("__key__")
+                if key not in positions or key in seen:
+                    raise ShardError(f"{url}: holds {key!r}, which the file index does not list for it (or twice)")
+                seen.add(key)
+                if positions[key] in wanted:
+                    records.append(self._decode(url, sample, positions[key]))
+            if len(seen) != len(positions):
+                raise ShardError(f"{url}: holds {len(seen)} files, the file index lists {len(positions)} "
+                                 "(truncated or replaced shard)")
+        except Exception as exc:
+            error = exc if isinstance(exc, ShardError) else ShardError(
+                f"{url}: truncated or corrupt shard after {len(seen)} files: {_first_line(exc)}")
+            if self.on_error == "raise":
+                raise error from None
+            self.error_log.skipped(str(error))
+            log.warning("skipping: %s", error)
+            return None
+        return records
+
+    def _bytes(self, url: str, shard: Dict[str, Any]) -> bytes:
+        """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256."""
+        stream = self.shards.open_shard(shard)
+        try:
+            data = read_at_most(stream, shard["bytes"])
+            identity = _file_identity(stream, len(data), shard["sha256"])
+        finally:
+            stream.close()
+        self.opens += 1
+        if len(data) != shard["bytes"]:
+            size = f"more than {shard['bytes']}" if len(data) > shard["bytes"] else str(len(data))
+            raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated, appended to "
+                             "or replaced)")
+        if self.verify and (self.verify == "always" or identity is None or self.verified.get(url) != identity):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != shard["sha256"]:
+                raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
+                                 f"{shard['sha256'][:12]}... ({len(data)} bytes: corrupt or replaced)")
+            if identity is not None:
+                self.verified[url] = identity
+        return data
+
+    def _decode(self, url: str, sample: Dict[str, Any], position: int) -> FileRecord:
+        """One file of a shard, checked against its index entry and the manifest's features."""
+        key, index = sample.get("__key__"), self.shards.index
+        if INFO not in sample or SPEC not in sample:
+            raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
+        info = unpack(sample[INFO])
+        if not isinstance(info, dict) or info.get("params") != self.shards.manifest["params"]:
+            raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
+        frames, samples = int(index.frames[position]), int(index.samples[position])
+        intervals = index.intervals_of(position)
+        expected = {"path": index.paths[position], "frames": frames, "samples": samples, "intervals": intervals}
+        found = dict(info, intervals={n: s for n, s in (info.get("intervals") or {}).items() if s})
+        for field, value in expected.items():
+            if found.get(field) != value:
+                raise ShardError(f"{url}: sample {key!r}: {field} {_short(found.get(field))} disagrees with the "
+                                 f"file index's {_short(value)}")
+        spec = npy_view(sample[SPEC])
+        if spec.dtype != self.dtype or spec.shape != (self.n_mels, frames) or not spec.flags.c_contiguous:
+            raise ShardError(f"{url}: sample {key!r} spectrogram is {spec.dtype.str} {spec.shape}, expected C-ordered "
+                             f"{self.dtype.str} ({self.n_mels}, {frames})")
+        audio = None
+        if self.audio:
+            if AUDIO not in sample:
+                raise ShardError(f"{url}: sample {key!r} has no audio member")
+            audio = decode_flac(sample[AUDIO])
+            if audio.ndim != 1 or len(audio) != samples:
+                raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({samples},)")
+        return FileRecord(key, expected["path"], spec, intervals, info.get("metadata") or {},
+                          self.starts(frames, intervals), self.labels(position), audio)
+
+    def _remember(self, position: int, record: FileRecord) -> None:
+        """Keep a checked file for later epochs while the cache has room (first come, first kept)."""
+        if self.cache_limit and position not in self.cache and self.cache_bytes + record.nbytes <= self.cache_limit:
+            # own copies: a view would keep the whole shard buffer alive for one file
+            self.cache[position] = dataclasses.replace(
+                record, spec=record.spec.copy(), audio=None if record.audio is None else record.audio.copy())
+            self.cache_bytes += record.nbytes
+
+
+def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:
+    """(device, inode, size, mtime, expected sha256) of a local shard just read whole, else None.
+
+    A shard whose sha256 passed is not hashed again while this identity holds: rewriting, replacing or
+    truncating the file changes its inode, size or mtime. Remote streams have no identity: always hashed.
+    """
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    if st.st_size != size:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,90 @@
+"""What one dataset's epoch is made of: the files of its subset, shard by shard, and their window counts.
+
+Computed once, at construction, from the index columns alone (no shard is opened, no object is made per
+file): the split rule (rules/splits.py) over the stored path digests or a dictionary-encoded metadata key,
+and the window rule (rules/windows.py) over frames and the content intervals. The epoch plan
+(rules/plan.py) needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..format.index import Index
+from ..rules.splits import subsets, unit64
+from ..rules.windows import count_kept_spans
+
+
+@dataclasses.dataclass
+class Selection:
+    """Files of the subset in the selected shards: selected shard j's are files[bounds[j]:bounds[j + 1]]
+    (index positions, shard order), with counts[...] windows each."""
+
+    shards: List[int]  # manifest positions of the selected shards, in selection order
+    bounds: np.ndarray
+    files: np.ndarray
+    counts: np.ndarray
+
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+@dataclasses.dataclass
+class WindowRule:
+    """The window rule's parameters (frames, except ratio and hop)."""
+
+    window: int
+    step: int
+    hop_length: int
+    content_names: Sequence[str]
+    content_ratio: float
+    pad_short: bool
+
+
+def select(index: Index, num_shards: int, shards: Sequence[int], split_bounds: np.ndarray, subset: int,
+           split_key: Optional[str], rule: WindowRule) -> Selection:
+    """The Selection of `shards` (manifest positions, of `num_shards`) for subset `subset` of `split_bounds`."""
+    shard_bounds = index.shard_bounds(num_shards)
+    lengths = np.array([shard_bounds[k + 1] - shard_bounds[k] for k in shards], dtype=np.int64)
+    files = np.concatenate([np.arange(shard_bounds[k], shard_bounds[k + 1]) for k in shards] or
+                           [np.zeros(0, np.int64)]).astype(np.int64)
+    keep = np.ones(len(files), dtype=bool)
+    if len(split_bounds) > 1:
+        keep = subsets(split_units(index, split_key)[files], split_bounds) == subset
+    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    edges = np.concatenate(([0], np.cumsum(lengths)))
+    bounds = kept_before[edges]  # kept files before each selected shard
+    files = files[keep]
+    return Selection(list(shards), bounds, files, window_counts(index, files, rule))
+
+
+def split_units(index: Index, split_key: Optional[str]) -> np.ndarray:
+    """Each file's split unit (uint64): of its path, or of its `split_key` value where it has one."""
+    if split_key is None:
+        return index.path_unit
+    labels = index.metadata[split_key]
+    vocabulary_units = np.array([unit64(v) for v in labels.vocabulary] + [0], dtype=np.uint64)
+    return np.where(labels.ids >= 0, vocabulary_units[labels.ids], index.path_unit)
+
+
+def window_counts(index: Index, files: np.ndarray, rule: WindowRule) -> np.ndarray:
+    """Kept windows of each of `files` (index positions) under the window rule."""
+    position = np.full(index.files, -1, dtype=np.int64)
+    position[files] = np.arange(len(files))
+    span_file, starts, stops = [], [], []
+    for name in rule.content_names:
+        spans = index.intervals.get(name)
+        if spans is None:
+            continue
+        mine = position[spans.file_of_span()]
+        inside = mine >= 0
+        span_file.append(mine[inside])
+        starts.append(spans.start[inside])
+        stops.append(spans.stop[inside])
+    join = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    ratio = rule.content_ratio if rule.content_names else 0.0
+    return count_kept_spans(index.frames[files], index.annotated[files] != 0, join(span_file), join(starts),
+                            join(stops), rule.window, rule.step, rule.hop_length, ratio, rule.pad_short)

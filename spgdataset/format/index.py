@@ -35,6 +35,8 @@ from ..rules.splits import path_units
 MAGIC = b"SPGIDX\x00\x01"
 ALIGN = 64
 MAX_VOCABULARY = 100_000
+MAX_FRAMES = 1 << 40  # 350 years at 100 frames per second: more is an edited index, not a recording
+BLOCK = 1 << 20  # elements per block of a whole-column check (bounded temporaries at any size)
 _SCALARS = {"shard": "<i4", "frames": "<i8", "samples": "<i8", "path_unit": "<u8", "annotated": "|u1"}
 
 
@@ -49,11 +51,15 @@ class Strings:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+        return self.slice(i, i + 1)[0]
 
     def slice(self, lo: int, hi: int) -> List[str]:
-        text = self.data[self.offsets[lo] : self.offsets[hi]].tobytes()
-        edges = (self.offsets[lo : hi + 1] - self.offsets[lo]).tolist()
+        """Strings lo..hi; their offsets are checked here, where they are used (BadIndex when out of order)."""
+        edges = self.offsets[lo : hi + 1]
+        if len(edges) and (np.diff(edges) < 0).any():
+            raise BadIndex(f"string offsets {lo}..{hi} out of order")
+        text = self.data[edges[0] : edges[-1]].tobytes() if len(edges) else b""
+        edges = (edges - edges[0]).tolist() if len(edges) else []
         return [text[a:b].decode("utf-8") for a, b in zip(edges[:-1], edges[1:])]
 
 
@@ -96,6 +102,7 @@ class Index:
     intervals: Dict[str, Spans]
     metadata: Dict[str, Labels]
     free_form: List[str]
+    _checked: set = dataclasses.field(default_factory=set, repr=False)  # names whose span offsets are checked
 
     @property
     def files(self) -> int:
@@ -104,6 +111,17 @@ class Index:
     def shard_bounds(self, shards: int) -> np.ndarray:
         """(shards + 1,) file positions: shard k's files are [bounds[k], bounds[k + 1]) (files are in shard order)."""
         return np.searchsorted(self.shard, np.arange(shards + 1), side="left").astype(np.int64)
+
+    def checked_spans(self, name: str) -> Spans:
+        """The spans of `name`, their offsets checked in order (in blocks: memory stays bounded) before a
+        computation over all files relies on them; a file's own spans (`intervals_of`) need no such check."""
+        spans = self.intervals[name]
+        if name not in self._checked:
+            for lo in range(0, len(spans.offsets), BLOCK):
+                if (np.diff(spans.offsets[max(lo - 1, 0) : lo + BLOCK]) < 0).any():
+                    raise BadIndex(f"intervals[{name!r}]: offsets out of order")
+            self._checked.add(name)
+        return spans
 
     def intervals_of(self, i: int) -> Dict[str, List[List[int]]]:
         """File i's non-empty intervals, {name: [[start, stop], ...]} (samples at the feature rate)."""
@@ -148,7 +166,7 @@ def encode(rows: Sequence[Mapping[str, Any]], shard_numbers: Sequence[int],
             (ids[label_token(r["metadata"][key])] if key in r["metadata"] else -1 for r in rows), dtype="<i4", count=n)
     header = {"files": n, "intervals": names, "metadata": [[key, vocabs[key]] for key in encoded],
               "free_form": [key for key in vocabs if key not in encoded]}
-    return _pack(header, columns)
+    return pack_columns(header, columns)
 
 
 def _strings(values: List[str]) -> Tuple[np.ndarray, np.ndarray]:
@@ -167,7 +185,7 @@ def _spans(prefix: str, per_file: List[Iterable[Sequence[int]]]) -> Dict[str, np
             f"{prefix}.stop": np.ascontiguousarray(pairs[:, 1])}
 
 
-def _pack(header: Dict[str, Any], columns: Dict[str, np.ndarray]) -> bytes:
+def pack_columns(header: Dict[str, Any], columns: Dict[str, np.ndarray]) -> bytes:
     """Header and columns laid out as the module docstring says (offsets need the header's own length)."""
     entries = [[name, array.dtype.str, int(array.size), 0] for name, array in columns.items()]
     for _ in range(2):  # the offsets' digits change the header length at most once
@@ -238,16 +256,17 @@ def _column(view: memoryview, entry: Sequence[Any]) -> np.ndarray:
     return np.frombuffer(view, dtype=dtype, count=count, offset=offset)
 
 
-def _monotonic_offsets(offsets: np.ndarray, length: int, name: str) -> None:
-    if offsets[0] != 0 or offsets[-1] != length or (np.diff(offsets) < 0).any():
-        raise BadIndex(f"{name}: offsets are not 0..{length} in order")
+def _offsets_span(offsets: np.ndarray, length: int, name: str) -> None:
+    """The ends only: offsets in between are checked where they are used (Strings.slice, checked_spans)."""
+    if offsets[0] != 0 or offsets[-1] != length:
+        raise BadIndex(f"{name}: offsets do not run from 0 to {length}")
 
 
 def _checked_strings(columns: Dict[str, np.ndarray], name: str) -> Strings:
     data = columns.get(f"{name}.data")
     if data is None or data.dtype != np.uint8:
         raise BadIndex(f"column {name + '.data'!r} missing or not bytes")
-    _monotonic_offsets(columns[f"{name}.offsets"], len(data), name)
+    _offsets_span(columns[f"{name}.offsets"], len(data), name)
     return Strings(columns[f"{name}.offsets"], data)
 
 
@@ -257,7 +276,7 @@ def _checked_spans(columns: Dict[str, np.ndarray], prefix: str) -> Spans:
     if start is None or stop is None or start.dtype.str != "<i8" or stop.dtype.str != "<i8" or \
             len(start) != len(stop):
         raise BadIndex(f"{prefix}: start/stop columns missing or not int64 of one length")
-    _monotonic_offsets(offsets, len(start), prefix)
+    _offsets_span(offsets, len(start), prefix)
     return Spans(offsets, start, stop)
 
 
@@ -275,24 +294,25 @@ def _checked_labels(columns: Dict[str, np.ndarray], name: str, vocabulary: List[
     return Labels(vocabulary, ids)
 
 
-def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, Any]]) -> Optional[str]:
-    """What is wrong with the index's values against the manifest's shards, or None (vectorised)."""
+def check_values(index: Index, shards: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """What is wrong with the columns every plan relies on, against the manifest's shards, or None.
+
+    Shard numbers must be in range and in order and every shard's file and frame counts must be the
+    manifest's; frames at least 1. Checked in blocks (bounded temporaries) and only these columns, so that a
+    large index is not paged in whole: the rest (samples, paths, intervals) is checked file by file against
+    each shard as it is read (read/decode.py), where the plan's numbers are confirmed or refused.
+    """
     n, s = index.files, len(shards)
-    if n and (index.shard.min() < 0 or index.shard.max() >= s or (np.diff(index.shard) < 0).any()):
-        return f"shard numbers outside 0..{s - 1} or not in shard order"
-    if (index.frames < 1).any() or (index.samples < 0).any() or \
-            (index.frames != 1 + index.samples // hop_length).any():
-        return f"frames do not follow from samples at hop {hop_length}"
-    if ((index.annotated != 0) & (index.annotated != 1)).any():
-        return "annotated is not 0/1"
-    for name, spans in index.intervals.items():
-        limit = np.repeat(index.samples, np.diff(spans.offsets))
-        if (spans.start < 0).any() or (spans.stop < spans.start).any() or (spans.stop > limit).any():
-            return f"intervals[{name!r}] outside [0, samples] or reversed"
-        if ((np.diff(spans.offsets) > 0) & (index.annotated == 0)).any():
-            return f"intervals[{name!r}] on a file marked unannotated"
-    files = np.bincount(index.shard, minlength=s)
-    frames = np.bincount(index.shard, weights=index.frames, minlength=s)
+    files, frames = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
+    for lo in range(0, n, BLOCK):
+        shard, block_frames = index.shard[lo : lo + BLOCK], index.frames[lo : lo + BLOCK]
+        previous = index.shard[lo - 1 : lo] if lo else shard[:0]
+        if shard.min() < 0 or shard.max() >= s or (np.diff(np.concatenate((previous, shard))) < 0).any():
+            return f"shard numbers outside 0..{s - 1} or not in shard order"
+        if block_frames.min() < 1 or block_frames.max() > MAX_FRAMES:
+            return f"a file with frames outside 1..{MAX_FRAMES}"
+        files += np.bincount(shard, minlength=s)
+        frames += np.bincount(shard, weights=block_frames, minlength=s).astype(np.int64)
     for k, shard in enumerate(shards):
         if files[k] != shard["files"] or frames[k] != shard["frames"]:
             return (f"{files[k]} files, {int(frames[k])} frames in {shard['name']}; the manifest says "

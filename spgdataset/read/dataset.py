@@ -19,8 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from ..format.index import MAX_VOCABULARY
-from ..rules.plan import Piece, batches, epoch_rng, shard_order, slot_pieces, slot_range
+from ..errors import ShardError
+from ..format.index import MAX_VOCABULARY, BadIndex
+from ..rules.plan import (
+    Pieces,
+    batches,
+    epoch_rng,
+    shard_order,
+    slot_pieces,
+    slot_range,
+)
 from ..rules.splits import normalize_split
 from ..rules.windows import kept_starts, window_frames
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
@@ -108,8 +116,11 @@ class SpectrogramDataset(IterableDataset):
         self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
         self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
                                self.window_content_ratio, pad_short)
-        self.selection: Selection = select(self.shards.index, len(self.shards.manifest["shards"]),
-                                           self.shards.selected, self.split_bounds, subset, split_key, self.rule)
+        try:
+            self.selection: Selection = select(self.shards.index, len(self.shards.manifest["shards"]),
+                                               self.shards.selected, self.split_bounds, subset, split_key, self.rule)
+        except BadIndex as exc:
+            raise ShardError(f"{self.shards.index_path}: {exc}") from None
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
                                   verify, on_error, self.error_log, self.max_memory_cache)
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
@@ -270,10 +281,9 @@ class SpectrogramDataset(IterableDataset):
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         return self.stream()
 
-    def _read(self, j: int, pieces: List[Piece]) -> Optional[List[FileRecord]]:
+    def _read(self, j: int, pieces: Pieces) -> Optional[List[FileRecord]]:
         """The planned files of selected shard j (None: skipped)."""
-        lo = int(self.selection.bounds[j])
-        positions = [int(self.selection.files[lo + i]) for i, _, _ in pieces]
+        positions = self.selection.files[self.selection.bounds[j] + pieces[:, 0]].tolist()
         return self.reader.read(self.selection.shards[j], positions)
 
     def _chunk_memory(self) -> ChunkMemory:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..format.index import Index
 from ..rules.splits import subsets, unit64
-from ..rules.windows import count_kept_spans
+from ..rules.windows import Spans, count_kept_spans
 
 
 @dataclasses.dataclass
@@ -48,6 +48,9 @@ def select(index: Index, num_shards: int, shards: Sequence[int], split_bounds: n
            split_key: Optional[str], rule: WindowRule) -> Selection:
     """The Selection of `shards` (manifest positions, of `num_shards`) for subset `subset` of `split_bounds`."""
     shard_bounds = index.shard_bounds(num_shards)
+    if list(shards) == list(range(num_shards)) and len(split_bounds) == 1:  # everything, in index order
+        files = np.arange(index.files, dtype=np.int64)
+        return Selection(list(shards), shard_bounds, files, window_counts(index, None, rule))
     lengths = np.array([shard_bounds[k + 1] - shard_bounds[k] for k in shards], dtype=np.int64)
     files = np.concatenate([np.arange(shard_bounds[k], shard_bounds[k + 1]) for k in shards] or
                            [np.zeros(0, np.int64)]).astype(np.int64)
@@ -70,21 +73,16 @@ def split_units(index: Index, split_key: Optional[str]) -> np.ndarray:
     return np.where(labels.ids >= 0, vocabulary_units[labels.ids], index.path_unit)
 
 
-def window_counts(index: Index, files: np.ndarray, rule: WindowRule) -> np.ndarray:
-    """Kept windows of each of `files` (index positions) under the window rule."""
-    position = np.full(index.files, -1, dtype=np.int64)
-    position[files] = np.arange(len(files))
-    span_file, starts, stops = [], [], []
-    for name in rule.content_names:
-        spans = index.intervals.get(name)
-        if spans is None:
-            continue
-        mine = position[spans.file_of_span()]
-        inside = mine >= 0
-        span_file.append(mine[inside])
-        starts.append(spans.start[inside])
-        stops.append(spans.stop[inside])
-    join = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64))
+def window_counts(index: Index, files: Optional[np.ndarray], rule: WindowRule) -> np.ndarray:
+    """Kept windows of each of `files` (index positions; None: every file, columns read in place)."""
+    if files is None:
+        frames, annotated = index.frames, index.annotated
+        ends = (lambda offsets: (offsets[:-1], offsets[1:]))
+    else:
+        frames, annotated = index.frames[files], index.annotated[files]
+        ends = (lambda offsets: (offsets[files], offsets[files + 1]))
+    content = [Spans(*ends(spans.offsets), spans.start, spans.stop)
+               for spans in (index.checked_spans(name) for name in rule.content_names if name in index.intervals)]
     ratio = rule.content_ratio if rule.content_names else 0.0
-    return count_kept_spans(index.frames[files], index.annotated[files] != 0, join(span_file), join(starts),
-                            join(stops), rule.window, rule.step, rule.hop_length, ratio, rule.pad_short)
+    return count_kept_spans(frames, annotated, content, rule.window, rule.step, rule.hop_length, ratio,
+                            rule.pad_short)

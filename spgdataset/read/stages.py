@@ -27,18 +27,18 @@ from typing import (
 )
 
 from ..errors import ShardError
-from ..rules.plan import Piece
+from ..rules.plan import Pieces
 from .batching import FileRecord
 from .prefetch import read_ahead
 from .ring import BatchRing
 
-ShardPlan = List[Tuple[int, List[Piece]]]
-ReadShard = Callable[[int, List[Piece]], Optional[List[FileRecord]]]  # None: the shard was skipped
+ShardPlan = List[Tuple[int, Pieces]]
+ReadShard = Callable[[int, Pieces], Optional[List[FileRecord]]]  # None: the shard was skipped
 
 
-def restrict(records: Sequence[FileRecord], pieces: Sequence[Piece]) -> Iterator[FileRecord]:
+def restrict(records: Sequence[FileRecord], pieces: Pieces) -> Iterator[FileRecord]:
     """Each file cut to its planned window range (pieces and records in the same order)."""
-    for record, (_, a, b) in zip(records, pieces):
+    for record, (a, b) in zip(records, pieces[:, 1:].tolist()):
         yield dataclasses.replace(record, starts=record.starts[a:b])
 
 
@@ -53,7 +53,7 @@ def planned_files(plan: ShardPlan, read: ReadShard, filled: Callable[[int], None
     lost, done = 0, []
     for (k, pieces), records in read_ahead(((k, pieces), read(k, pieces)) for k, pieces in plan):
         if records is None:
-            lost += sum(b - a for _, a, b in pieces)
+            lost += int((pieces[:, 2] - pieces[:, 1]).sum())
             continue
         done.append((k, pieces))
         yield from restrict(records, pieces)
@@ -64,15 +64,16 @@ def planned_files(plan: ShardPlan, read: ReadShard, filled: Callable[[int], None
 def fill_in(done: ShardPlan, lost: int, read: ReadShard, filled: Callable[[int], None],
             where: str) -> Iterator[FileRecord]:
     """`lost` windows repeated from the shards of `done` (read again, in plan order, as often as needed)."""
-    done = list(done)
+    readable = list(range(len(done)))
     while lost > 0:
-        if not done:
+        if not readable:
             raise ShardError(f"{where}: every shard of this worker's share was skipped; {lost} windows cannot be "
                              "made up from other files, so this rank would yield fewer batches than len()")
-        for k, pieces in list(done):
+        for j in list(readable):
+            k, pieces = done[j]
             records = read(k, pieces)
             if records is None:  # it failed this time
-                done.remove((k, pieces))
+                readable.remove(j)
                 continue
             for record in restrict(records, pieces):
                 take = min(lost, len(record.starts))

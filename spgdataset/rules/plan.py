@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-Piece = Tuple[int, int, int]  # (file position in its shard's list, first window, end window)
+Pieces = np.ndarray  # (m, 3) int64 per shard: file position in the shard's list, first window, end window
 
 
 def epoch_rng(seed: int, epoch: int, *streams: int) -> np.random.Generator:
@@ -45,27 +45,28 @@ def slot_range(total: int, rank: int, world_size: int, worker: int, num_workers:
 
 
 def slot_pieces(order: Sequence[int], bounds: np.ndarray, counts: np.ndarray, lo: int,
-                hi: int) -> List[Tuple[int, List[Piece]]]:
+                hi: int) -> List[Tuple[int, Pieces]]:
     """The shards (in `order`) and file window ranges that make up global windows [lo, hi).
 
     `counts` are the window counts of every file, shard by shard; shard k's are counts[bounds[k]:bounds[k + 1]].
-    Only the shards that overlap [lo, hi) are looked at file by file.
+    Only the shards that overlap [lo, hi) are looked at file by file; their pieces are arrays (24 bytes a file,
+    not a Python tuple each: a worker's plan of a million-file epoch stays small).
     """
     order = np.asarray(order, dtype=np.int64)
     cumulative = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
     totals = (cumulative[bounds[1:]] - cumulative[bounds[:-1]])[order]
     ends = np.cumsum(totals)
     first, last = int(np.searchsorted(ends, lo, side="right")), int(np.searchsorted(ends - totals, hi, side="left"))
-    out: List[Tuple[int, List[Piece]]] = []
+    out: List[Tuple[int, Pieces]] = []
     for j in range(first, last):
         k = int(order[j])
         shard_counts = counts[bounds[k] : bounds[k + 1]]
         file_ends = (ends[j] - totals[j]) + np.cumsum(shard_counts)
         a = np.maximum(lo - (file_ends - shard_counts), 0)
         b = np.minimum(hi - (file_ends - shard_counts), shard_counts)
-        pieces = [(int(i), int(a[i]), int(b[i])) for i in np.flatnonzero(a < b)]
-        if pieces:
-            out.append((k, pieces))
+        files = np.flatnonzero(a < b)
+        if len(files):
+            out.append((k, np.stack([files, a[files], b[files]], axis=1).astype(np.int64)))
     return out
 
 

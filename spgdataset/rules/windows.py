@@ -8,7 +8,7 @@ a window is kept only if at least `content_ratio` of its W frames lie in the con
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,93 +74,127 @@ def count_kept(
 ) -> np.ndarray:
     """len(kept_starts(...)) for many files at once, given as per-file interval dicts (see count_kept_spans)."""
     annotated = np.array([bool(iv) for iv in intervals], dtype=bool)
-    spans = [(i, s) for i, iv in enumerate(intervals) if iv for name in content_names for s in iv.get(name, ())]
-    span_file = np.array([i for i, _ in spans], dtype=np.int64)
-    edges = np.array([s for _, s in spans], dtype=np.int64).reshape(-1, 2)
-    return count_kept_spans(frames, annotated, span_file, edges[:, 0], edges[:, 1], window, step, hop_length,
+    content = []
+    for name in content_names:
+        per_file = [list((iv or {}).get(name, ())) for iv in intervals]
+        sizes = np.array([len(spans) for spans in per_file], dtype=np.int64)
+        edges = np.array([s for spans in per_file for s in spans], dtype=np.int64).reshape(-1, 2)
+        first = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        content.append(Spans(first, first + sizes, edges[:, 0], edges[:, 1]))
+    return count_kept_spans(frames, annotated, content, window, step, hop_length,
                             content_ratio if content_names else 0.0, pad_short)
+
+
+class Spans(NamedTuple):
+    """The spans (samples, half-open) of one interval name: file i's are start[lo[i]:hi[i]], stop[lo[i]:hi[i]]."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
 
 
 def count_kept_spans(
     frames: np.ndarray,
     annotated: np.ndarray,
-    span_file: np.ndarray,
-    span_start: np.ndarray,
-    span_stop: np.ndarray,
+    content: Sequence[Spans],
     window: int,
     step: int,
     hop_length: int,
     content_ratio: float,
     pad_short: bool = False,
-    block_windows: int = 1 << 22,
+    block_files: int = 1 << 20,
+    block_windows: int = 1 << 17,
 ) -> np.ndarray:
     """len(kept_starts(...)) for every file, from columns: no Python loop per file, window or frame.
 
-    `annotated[i]`: file i has interval names; the content spans (samples, half-open, any names chosen as
-    content) are given flat, span j belonging to file `span_file[j]`. Files are laid end to end in blocks of
-    about `block_windows` windows (bounded memory at any corpus size); content comes from one cumulative sum
-    over merged span edges per block. kept_starts stays the rule; this is its count, and tests hold the two
-    equal.
+    `annotated[i]`: file i has interval names; `content`: the spans of each name chosen as content. Files
+    go in blocks of `block_files`, and their windows, laid end to end, in blocks of about `block_windows`,
+    so that memory stays bounded at any corpus size; in a block, content comes from one cumulative sum over
+    merged span edges. kept_starts stays the rule; this is its count, and tests hold the two equal.
     """
-    frames = np.asarray(frames, dtype=np.int64)
-    counts = np.where(frames >= window, (frames - window) // step + 1, 0)
-    if pad_short:
-        counts = np.where((frames > 0) & (frames < window), 1, counts)
-    if content_ratio <= 0:
-        return counts
-    files = np.flatnonzero(np.asarray(annotated, dtype=bool) & (counts > 0))
-    order = np.argsort(span_file, kind="stable")
-    span_file, span_start, span_stop = span_file[order], span_start[order], span_stop[order]
-    cumulative = np.cumsum(counts[files])
-    lo = 0
-    while lo < len(files):
-        hi = int(np.searchsorted(cumulative, (cumulative[lo - 1] if lo else 0) + block_windows, side="right"))
-        hi = max(hi, lo + 1)
-        block = files[lo:hi]
-        a, b = np.searchsorted(span_file, [block[0], block[-1] + 1])
-        counts[block] = _kept_in_block(frames, counts, block, span_file[a:b], span_start[a:b], span_stop[a:b],
-                                       window, step, hop_length, content_ratio)
-        lo = hi
+    counts = np.empty(len(frames), dtype=np.int64)
+    for lo in range(0, len(frames), block_files):
+        block = np.asarray(frames[lo : lo + block_files], dtype=np.int64)
+        found = np.where(block >= window, (block - window) // step + 1, 0)
+        if pad_short:
+            found[(block > 0) & (block < window)] = 1
+        if content_ratio > 0:
+            files = lo + np.flatnonzero((np.asarray(annotated[lo : lo + block_files]) != 0) & (found > 0))
+            cumulative = np.cumsum(found[files - lo])
+            a = 0
+            while a < len(files):
+                b = max(int(np.searchsorted(cumulative, (cumulative[a - 1] if a else 0) + block_windows, "right")),
+                        a + 1)
+                part = files[a:b]
+                found[part - lo] = _kept_in_block(block[part - lo], found[part - lo],
+                                                  [_spans_of(s, part) for s in content], window, step, hop_length,
+                                                  content_ratio)
+                a = b
+        counts[lo : lo + block_files] = found
     return counts
 
 
-def _kept_in_block(frames: np.ndarray, counts: np.ndarray, block: np.ndarray, span_file: np.ndarray,
-                   span_start: np.ndarray, span_stop: np.ndarray, window: int, step: int, hop_length: int,
-                   content_ratio: float) -> np.ndarray:
-    """Kept window counts of the files `block` (sorted positions), given their spans."""
-    lengths = np.maximum(frames[block], window)
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    where = np.searchsorted(block, span_file)  # each span's file as a position in the block
-    inside = (where < len(block)) & (block[np.minimum(where, len(block) - 1)] == span_file)
-    where, span_start, span_stop = where[inside], span_start[inside], span_stop[inside]
-    first = np.maximum(-(-span_start // hop_length), 0)
-    last = np.minimum(-(-span_stop // hop_length), frames[block][where])
+def _spans_of(spans: Spans, block: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in the block, start, stop) of the spans of the files `block`."""
+    sizes = spans.hi[block] - spans.lo[block]
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    where = np.repeat(spans.lo[block], sizes) + within
+    return np.repeat(np.arange(len(block)), sizes), spans.start[where], spans.stop[where]
+
+
+def _kept_in_block(frames: np.ndarray, counts: np.ndarray, spans: List[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   window: int, step: int, hop_length: int, content_ratio: float) -> np.ndarray:
+    """Kept window counts of one block of files (their frames, window counts > 0 and content spans).
+
+    The files are laid end to end, each padded to whole steps, so that every window starts on the grid of
+    step-sized cells. The content of a window [s, s + W) is C(s + W) - C(s), with C(x) the content frames
+    before x; C is needed only on two grids, the cell starts and the cell starts + W % S, and on a grid it
+    is a few cumulative sums over the cells, built from the merged spans' edges (no search per window).
+    """
+    lengths = -(-np.maximum(frames, window) // step) * step
+    cell_offsets = np.concatenate(([0], np.cumsum(lengths // step)))
+    where = np.concatenate([w for w, _, _ in spans]) if spans else np.zeros(0, np.int64)
+    start = np.concatenate([a for _, a, _ in spans]) if spans else np.zeros(0, np.int64)
+    stop = np.concatenate([b for _, _, b in spans]) if spans else np.zeros(0, np.int64)
+    first = np.maximum(-(-start // hop_length), 0)
+    last = np.minimum(-(-stop // hop_length), frames[where])
     keep = first < last
-    content = _content_before(offsets[where][keep] + first[keep], offsets[where][keep] + last[keep])
-    per_file = counts[block]
-    file_of = np.repeat(np.arange(len(block)), per_file)
-    local = (np.arange(int(per_file.sum())) - np.repeat(np.cumsum(per_file) - per_file, per_file)) * step
-    starts = offsets[file_of] + local
-    kept = content(starts + window) - content(starts) >= content_ratio * window
-    return np.bincount(file_of, weights=kept, minlength=len(block)).astype(np.int64)
+    base = cell_offsets[where][keep] * step
+    merged_first, merged_last = _merged(base + first[keep], base + last[keep])
+    cells = int(cell_offsets[-1])
+    at_cell = _content_on_grid(merged_first, merged_last, step, 0, cells + 1)
+    at_end = _content_on_grid(merged_first, merged_last, step, window % step, cells + 1)
+    begins = np.cumsum(counts) - counts  # first window of each file, in the block's window order
+    cell = np.repeat(cell_offsets[:-1] - begins, counts) + np.arange(int(counts.sum()))
+    kept = at_end[cell + window // step] - at_cell[cell] >= content_ratio * window
+    return np.add.reduceat(kept, begins).astype(np.int64)
 
 
-def _content_before(firsts: np.ndarray, lasts: np.ndarray):
-    """C(x): how many frames before x lie in the union of the spans [firsts, lasts) (frames, any order)."""
+def _merged(firsts: np.ndarray, lasts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The union of the spans [firsts, lasts) as disjoint sorted spans."""
     if len(firsts) == 0:
-        return lambda x: np.zeros_like(x)
+        return firsts, lasts
     order = np.argsort(firsts, kind="stable")
     firsts, lasts = firsts[order], lasts[order]
     reach = np.maximum.accumulate(lasts)
     new = np.ones(len(firsts), dtype=bool)
     new[1:] = firsts[1:] > reach[:-1]  # a span starting past everything before it opens a new merged span
-    starts = firsts[new]
-    stops = np.maximum.reduceat(lasts, np.nonzero(new)[0])
-    before = np.concatenate(([0], np.cumsum(stops - starts)))
+    return firsts[new], np.maximum.reduceat(lasts, np.nonzero(new)[0])
 
-    def content(x: np.ndarray) -> np.ndarray:
-        j = np.searchsorted(stops, x, side="right")  # merged spans ending at or before x
-        inside = np.where(j < len(starts), np.clip(x - starts[np.minimum(j, len(starts) - 1)], 0, None), 0)
-        return before[j] + inside
 
-    return content
+def _content_on_grid(firsts: np.ndarray, lasts: np.ndarray, step: int, shift: int, size: int) -> np.ndarray:
+    """C(m * step + shift) for m in 0..size-1, C(x) = frames before x inside the disjoint spans.
+
+    Each span adds (x - first)+ - (x - last)+. On the grid, (x - p)+ is 0 before the first point at or past p,
+    then grows by `step` per point: a jump there (what it has reached) plus a slope after it, so
+    C = cumsum(jumps + step * cumsum(slopes)), one event per span edge (integer sums: floats add slowly).
+    """
+    m_first, m_last = -(-(firsts - shift) // step), -(-(lasts - shift) // step)
+    points, m = np.concatenate((firsts, lasts)), np.concatenate((m_first, m_last))
+    reached = (m * step + shift - points) * np.concatenate((np.ones(len(firsts)), -np.ones(len(lasts))))
+    out = np.bincount(m_first + 1, minlength=size + 2)[:size] - np.bincount(m_last + 1, minlength=size + 2)[:size]
+    np.cumsum(out, out=out)
+    out *= step
+    out += np.bincount(m, weights=reached, minlength=size + 1)[:size].astype(np.int64)
+    return np.cumsum(out, out=out)

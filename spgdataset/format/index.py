@@ -294,13 +294,13 @@ def _checked_labels(columns: Dict[str, np.ndarray], name: str, vocabulary: List[
     return Labels(vocabulary, ids)
 
 
-def check_values(index: Index, shards: Sequence[Mapping[str, Any]]) -> Optional[str]:
+def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, Any]]) -> Optional[str]:
     """What is wrong with the columns every plan relies on, against the manifest's shards, or None.
 
     Shard numbers must be in range and in order and every shard's file and frame counts must be the
-    manifest's; frames at least 1. Checked in blocks (bounded temporaries) and only these columns, so that a
-    large index is not paged in whole: the rest (samples, paths, intervals) is checked file by file against
-    each shard as it is read (read/decode.py), where the plan's numbers are confirmed or refused.
+    manifest's; frames must follow from samples (1 + samples // hop). Checked in blocks (bounded
+    temporaries) and only these columns, so that a large index is not paged in whole: the rest (paths,
+    intervals) is checked file by file against each shard as it is read (read/decode.py).
     """
     n, s = index.files, len(shards)
     files, frames = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
@@ -311,6 +311,8 @@ def check_values(index: Index, shards: Sequence[Mapping[str, Any]]) -> Optional[
             return f"shard numbers outside 0..{s - 1} or not in shard order"
         if block_frames.min() < 1 or block_frames.max() > MAX_FRAMES:
             return f"a file with frames outside 1..{MAX_FRAMES}"
+        if (block_frames != 1 + index.samples[lo : lo + BLOCK] // hop_length).any():
+            return f"frames do not follow from samples at hop {hop_length}"
         files += np.bincount(shard, minlength=s)
         frames += np.bincount(shard, weights=block_frames, minlength=s).astype(np.int64)
     for k, shard in enumerate(shards):

@@ -148,7 +148,7 @@ def _columns_index(path: str, manifest: Dict[str, Any]) -> Tuple[columns.Index, 
         index = columns.decode(backing)
     except columns.BadIndex as exc:
         raise ShardError(f"{path}: {exc}") from None
-    problem = columns.check_values(index, manifest["shards"])
+    problem = columns.check_values(index, manifest["features"]["hop_length"], manifest["shards"])
     if problem:
         raise ShardError(f"{path}: {problem} (edited or mismatched index)")
     return index, backing, identity

@@ -92,20 +92,15 @@ class SpectrogramDataset(IterableDataset):
         self._take_features(sample_rate=sample_rate, hop_length=hop_length, n_mels=n_mels, n_fft=n_fft)
         self.window = window_frames(window_size_sec, self.sample_rate, self.hop_length)
         self.step = window_frames(window_offset_sec, self.sample_rate, self.hop_length)
-        self.window_content_ratio = float(window_content_ratio)
+        self.window_content_ratio, self.pad_short = float(window_content_ratio), pad_short
         self._take_outputs(output_configuration, content_intervals)
+        self._take_split(split, subset, split_key)
         if normalize not in (True, False, None, "global", "window"):
             raise ValueError(f"normalize must be True/'global', 'window' or False, got {normalize!r}")
         self.normalize, self.dtype = "global" if normalize is True else (normalize or None), dtype
-        self.split_bounds = normalize_split(split)
-        if not 0 <= subset < len(self.split_bounds):
-            raise ValueError(f"subset={subset} but split {tuple(split)} has {len(self.split_bounds)} subsets")
-        self.split, self.subset, self.split_key = tuple(split), subset, split_key
-        self._check_key(split_key, "split_key")
         self.max_memory_cache = int(max_memory_cache)
         self.num_workers, self.batch_size, self.drop_last = num_workers, batch_size, drop_last
-        self.shuffle, self.seed = shuffle, seed
-        self.shuffle_buffer, self.file_buffer, self.pad_short = shuffle_buffer, file_buffer, pad_short
+        self.shuffle, self.seed, self.shuffle_buffer, self.file_buffer = shuffle, seed, shuffle_buffer, file_buffer
         self._rank, self._world_size = rank, world_size
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
@@ -114,17 +109,28 @@ class SpectrogramDataset(IterableDataset):
         self.on_error, self.verify, self.batch_threads = on_error, verify, max(1, int(batch_threads))
         self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
         self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
-        self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
-                               self.window_content_ratio, pad_short)
-        try:
-            self.selection: Selection = select(self.shards.index, len(self.shards.manifest["shards"]),
-                                               self.shards.selected, self.split_bounds, subset, split_key, self.rule)
-        except BadIndex as exc:
-            raise ShardError(f"{self.shards.index_path}: {exc}") from None
+        self.selection = self._select()
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
                                   verify, on_error, self.error_log, self.max_memory_cache)
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._windows_digest: Optional[str] = None
+
+    def _take_split(self, split: Sequence[float], subset: int, split_key: Optional[str]) -> None:
+        self.split_bounds = normalize_split(split)
+        if not 0 <= subset < len(self.split_bounds):
+            raise ValueError(f"subset={subset} but split {tuple(split)} has {len(self.split_bounds)} subsets")
+        self.split, self.subset, self.split_key = tuple(split), subset, split_key
+        self._check_key(split_key, "split_key")
+
+    def _select(self) -> Selection:
+        """The subset's files and window counts, from the index columns (selection.py)."""
+        self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
+                               self.window_content_ratio, self.pad_short)
+        try:
+            return select(self.shards.index, len(self.shards.manifest["shards"]), self.shards.selected,
+                          self.split_bounds, self.subset, self.split_key, self.rule)
+        except BadIndex as exc:
+            raise ShardError(f"{self.shards.index_path}: {exc}") from None
 
     def _take_features(self, **given: Optional[int]) -> None:
         """The shards fix the feature parameters; given ones are only checked against them."""

@@ -214,6 +214,7 @@ def test_plain_iteration_yields_every_window_once(shards):
         assert item["masks"]["speech"].shape == (W,) and item["masks"]["speech"].dtype == torch.bool
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1, 2])
 def test_loader_epoch_matches_index(shards, num_workers):
     ds = SpectrogramDataset(shards, seed=4)
@@ -269,6 +270,7 @@ def test_contents_equal_stored_slices(shards, stored, shuffle_buffer):
     assert padded_audio > 0 and mixed_masks > 0  # the zero padding and the mask edges were exercised
 
 
+@pytest.mark.slow
 def test_contents_in_worker_batches(shards, stored):
     ds = SpectrogramDataset(shards, window_content_ratio=0, normalize=False, shuffle_buffer=50,
                             output_configuration={"audio": True, "masks": ["speech"]})
@@ -461,6 +463,7 @@ def test_epochs_reshuffle_and_seed_reproduces(shards):
     assert epoch_order(make(8), 0) != e0
 
 
+@pytest.mark.slow
 def test_epochs_with_two_persistent_workers(shards):
     def run(seed: int) -> List[List[Tuple[str, int]]]:
         ds = light(shards, seed=seed)
@@ -739,6 +742,7 @@ def test_verify_always_catches_a_change_that_kept_size_and_mtime(shards, tmp_pat
 # ---------------------------------------------------------------- batches and short files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_batch_counts(shards, stored, num_workers):
     """Whatever the plan gives each worker: each worker's last batch may be short (drop_last=False) or is

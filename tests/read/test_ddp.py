@@ -11,6 +11,9 @@ import pytest
 from spgdataset import SpectrogramDataset, write_shards
 from spgdataset.demo import make_corpus
 
+pytestmark = pytest.mark.slow  # starts servers or processes
+
+
 JOB = os.path.join(os.path.dirname(__file__), "ddp_job.py")
 WORLD = 4
 

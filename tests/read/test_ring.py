@@ -31,6 +31,7 @@ def reference(shards):
     return out
 
 
+@pytest.mark.slow
 def test_a_consumer_keeping_every_batch_never_sees_them_overwritten(shards):
     expected = reference(shards)
     dataset = SpectrogramDataset(shards, window_content_ratio=0, output_configuration=OUTPUTS, batch_size=16)
@@ -47,6 +48,7 @@ def test_a_consumer_keeping_every_batch_never_sees_them_overwritten(shards):
     assert seen == len(expected)
 
 
+@pytest.mark.slow
 def test_slots_are_reused_when_released_and_kept_while_a_view_lives(shards):
     expected = reference(shards)
     dataset = SpectrogramDataset(shards, window_content_ratio=0, output_configuration=OUTPUTS, batch_size=16)

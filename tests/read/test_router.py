@@ -399,6 +399,7 @@ def run_epochs(shards, num_workers: int, stop: str, epochs=(1, 2), seed: int = 5
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["first_exhausted", "all_exhausted", "resample"])
 def test_same_seed_and_epoch_same_sequence_with_0_and_2_workers(shards, stop):
     by_workers = {}
@@ -411,6 +412,7 @@ def test_same_seed_and_epoch_same_sequence_with_0_and_2_workers(shards, stop):
         assert collections.Counter(by_workers[0][0]) == collections.Counter(by_workers[2][0])
 
 
+@pytest.mark.slow
 def test_single_windows_through_a_dataloader_with_workers(shards):
     def run() -> List[Triple]:
         dss = [SpectrogramDataset(shards[n], window_content_ratio=0, output_configuration=LIGHT, num_workers=2)
@@ -433,6 +435,7 @@ def test_set_epoch_reaches_every_dataset(shards):
 # ---------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["first_exhausted", "resample"])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_mid_epoch(shards, stop, num_workers):

@@ -273,6 +273,7 @@ def corrupt(shards: Shards, name: str) -> None:
     (shards.folder / name).write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_warn_mode_yields_len_batches_on_every_rank_and_reports_the_skip(many_shards, tmp_path, num_workers,
                                                                          caplog):

@@ -215,7 +215,7 @@ def test_window_starts_and_content_random():
 
 
 def brute_kept(frames, intervals, window, step, hop, names, ratio, pad_short=False):
-    """Definition from DESIGN.md: files without intervals (or ratio 0) keep every window; others keep a
+    """Definition from docs/design.md: files without intervals (or ratio 0) keep every window; others keep a
     window when at least ratio * W of its frames are in the union of `names` (padding is not content)."""
     if pad_short and 0 < frames < window:
         starts = [0]
@@ -304,3 +304,31 @@ def test_count_kept_equals_the_per_file_rule(pad_short, ratio, names):
     got = count_kept(frames, intervals, window, step, hop, names, ratio, pad_short)
     expected = [len(kept_starts(n, iv, window, step, hop, names, ratio, pad_short)) for n, iv in zip(frames, intervals)]
     assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_columnar_counts_in_small_blocks_equal_the_per_file_rule(seed):
+    """count_kept_spans, the columnar count behind len() at any scale, against kept_starts file by file, with
+    blocks of a few files and windows (every block edge is crossed) and steps longer, shorter and dividing
+    the window."""
+    from spgdataset.rules.windows import Spans, count_kept_spans
+
+    rng = np.random.default_rng(seed)
+    hop = int(rng.choice([80, 160, 441]))
+    window, step = [(40, 7), (40, 10), (12, 30), (25, 25), (9, 1)][seed % 5]
+    ratio, pad_short = float(rng.choice([0.0, 0.2, 0.5, 1.0])), bool(seed % 2)
+    frames = rng.integers(1, 160, size=120)
+    annotated = rng.random(120) < 0.8
+    per_file = [sorted(map(tuple, rng.integers(0, int(f) * hop + 2 * hop, size=(int(rng.integers(0, 5)), 2))))
+                for f in frames]
+    per_file = [[(min(a, b), max(a, b)) for a, b in spans] if ann else [] for spans, ann in zip(per_file, annotated)]
+    sizes = np.array([len(s) for s in per_file])
+    lo = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    edges = np.array([s for spans in per_file for s in spans], dtype=np.int64).reshape(-1, 2)
+    content = [Spans(lo, lo + sizes, edges[:, 0], edges[:, 1])]
+    got = count_kept_spans(frames, annotated, content, window, step, hop, ratio, pad_short,
+                           block_files=int(rng.integers(1, 9)), block_windows=int(rng.integers(1, 30)))
+    for i, f in enumerate(frames.tolist()):
+        intervals = {"speech": [list(s) for s in per_file[i]]} if annotated[i] else {}
+        want = len(kept_starts(f, intervals, window, step, hop, ["speech"], ratio, pad_short))
+        assert got[i] == want, (i, f, intervals, window, step, hop, ratio, pad_short)

@@ -39,6 +39,9 @@ from spgdataset.demo import make_corpus  # noqa: E402
 from spgdataset.storage import open_shard  # noqa: E402
 from tests.helpers import index_rows  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts servers or processes
+
+
 BUCKET = "spg-test"
 REGION = "us-east-1"
 S3_POLICY = json.dumps({"Version": "2012-10-17",

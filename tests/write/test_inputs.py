@@ -61,6 +61,7 @@ def test_unusable_names_are_bad_input_not_a_crash(tmp_path):
     assert rows[""]["kind"] == "bad"
 
 
+@pytest.mark.slow
 def test_a_file_list_with_paths_outside_the_root_is_refused_too(tmp_path):
     root = tmp_path / "audio"
     wav(root / "a.wav")
@@ -76,6 +77,7 @@ def test_a_file_list_with_paths_outside_the_root_is_refused_too(tmp_path):
 # ---------------------------------------------------------------- 4, 5. FIFOs and symlink loops
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("listed", [True, False])
 def test_a_fifo_named_like_audio_is_reported_not_waited_on(tmp_path, listed):
@@ -207,6 +209,7 @@ def test_every_present_label_value_gets_an_id_and_the_manifest_is_strict_json(tm
 # ---------------------------------------------------------------- 12. an edited index
 
 
+@pytest.mark.slow
 def test_deeply_nested_metadata_is_a_one_line_error(tmp_path):
     wav(tmp_path / "a.wav")
     meta = tmp_path / "metadata.json"
@@ -217,6 +220,7 @@ def test_deeply_nested_metadata_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and str(meta) in lines[0] and "deep" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_newline_in_a_bad_file_name_stays_on_one_line(tmp_path):
     root = tmp_path / "audio"
     wav(root / "a.wav")
@@ -256,6 +260,7 @@ def test_disk_full_names_the_file_being_written(tmp_path, monkeypatch):
         write_shards(root, None, tmp_path / "out", workers=1, progress=False)
 
 
+@pytest.mark.slow
 def test_progress_keeps_bad_and_filtered_apart(tmp_path):
     root = tmp_path / "audio"
     wav(root / "a.wav")

@@ -1,4 +1,4 @@
-"""The shard writer (spgdataset.writer, spg-shard) against DESIGN.md: contents, bad input, manifest,
+"""The shard writer (spgdataset.write, spg-shard) against docs/design.md: contents, bad input, manifest,
 determinism, resume after SIGKILL, --with-audio, --part and refusing a different job.
 
 Corpora come from spgdataset.demo.make_corpus (see conftest.py). Expected values are computed here
@@ -45,7 +45,7 @@ _MEL = torchaudio.transforms.MelSpectrogram(SR, n_fft=N_FFT, hop_length=HOP, n_m
 
 
 def ref_logmel(audio: np.ndarray) -> np.ndarray:
-    """The DESIGN.md definition: torchaudio MelSpectrogram -> log(x + 1e-6), float32 (n_mels, T)."""
+    """The docs/design.md definition: torchaudio MelSpectrogram -> log(x + 1e-6), float32 (n_mels, T)."""
     with torch.inference_mode():
         return torch.log(_MEL(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))) + 1e-6).numpy()
 
@@ -276,6 +276,7 @@ def bad_run(tmp_path_factory, helpers):
     return dict(root=root, out=out, result=result, good=good, manifest=helpers.manifest(out) if (out / "manifest.json").exists() else None)
 
 
+@pytest.mark.slow
 def test_bad_inputs_do_not_stop_the_run(bad_run, helpers):
     result = bad_run["result"]
     assert result.returncode == 0, result.stderr
@@ -292,6 +293,7 @@ def test_bad_inputs_do_not_stop_the_run(bad_run, helpers):
         sorted(s["name"] for s in manifest["shards"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(BAD_CASES))
 def test_bad_input_reported_by_name_with_its_problem(bad_run, path):
     manifest = bad_run["manifest"]
@@ -305,6 +307,7 @@ def test_bad_input_reported_by_name_with_its_problem(bad_run, path):
     assert any(path in line and row["problem"] in line for line in bad_run["result"].stderr.splitlines())
 
 
+@pytest.mark.slow
 def test_report_names_files_as_in_metadata(bad_run):
     """Report paths are the metadata keys (relative), not where this machine keeps the audio."""
     manifest = bad_run["manifest"]
@@ -313,6 +316,7 @@ def test_report_names_files_as_in_metadata(bad_run):
     assert str(bad_run["root"]) not in json.dumps(manifest["report"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", ["not_utf8", "invalid_json"])
 def test_unreadable_metadata_fails_the_run_in_one_line(case, tmp_path, helpers):
@@ -330,6 +334,7 @@ def test_unreadable_metadata_fails_the_run_in_one_line(case, tmp_path, helpers):
     assert not (tmp_path / "out" / "manifest.json").exists(), line
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stage", ["header", "decode"])
 def test_nothing_usable_fails_with_a_clear_message(stage, tmp_path, helpers):
@@ -375,6 +380,7 @@ def test_labelset_filters_are_counted_as_filtered(run16k, corpus16k, tmp_path, h
 # --------------------------------------------------------------------------- which files
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_files_list_instead_of_metadata_keys(corpus16k, tmp_path, helpers):
     root, meta = corpus16k
@@ -492,6 +498,7 @@ def test_index_rows_match_the_shards(run16k, corpus16k, helpers):
 # --------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_one_and_two_workers_write_identical_bytes(mixed_run, mixed_corpus, tmp_path, helpers):
     root, meta = mixed_corpus
@@ -524,6 +531,7 @@ def test_parts_make_the_same_output_as_one_run(run16k, corpus16k, tmp_path, help
 # --------------------------------------------------------------------------- resume and refusal
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_then_rerun_finishes_the_same_job(tmp_path, helpers):
     root = tmp_path / "audio"
@@ -587,6 +595,7 @@ def test_sigkill_then_rerun_finishes_the_same_job(tmp_path, helpers):
     assert no_temporaries(out) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failed_shard_write_stops_the_run_and_a_rerun_finishes(workers, tmp_path, helpers, monkeypatch):
     """Shards are written in a background thread: its failure (here a full disk on the third shard) must
@@ -646,6 +655,7 @@ def test_rerun_removes_temporaries_of_a_killed_run(killed_while, tmp_path, helpe
     assert no_temporaries(out) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_different_job_in_the_same_folder_is_refused_unless_overwrite(tmp_path, helpers):
     root = tmp_path / "audio"

@@ -10,6 +10,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc.args[0]) if exc.args else ""
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
 class SpgError(Exception):
     """Base class: an error the CLI prints as one line instead of a traceback."""
 

@@ -86,7 +86,7 @@ class Chunk:
         self.global_start = torch.from_numpy(self.local_start + offsets[self.file_of])
         self.count = int(counts.sum())
         self.data = self._spectrograms(offsets, lengths) if spec.spectrogram else None
-        self.masks = {name: self._mask(offsets, lengths, name) for name in spec.masks}
+        self.masks = {name: self._mask(offsets, name) for name in spec.masks}
         if spec.valid_mask:
             valid = np.zeros(self.total, dtype=bool)
             for f, off in zip(files, offsets):
@@ -115,7 +115,7 @@ class Chunk:
             data.sub_(spec.mean[:, None]).div_(spec.std[:, None])
         return data
 
-    def _mask(self, offsets: np.ndarray, lengths: np.ndarray, name: str) -> torch.Tensor:
+    def _mask(self, offsets: np.ndarray, name: str) -> torch.Tensor:
         mask = np.zeros(self.total, dtype=bool)
         for f, off in zip(self.files, offsets):
             spans = f.intervals.get(name)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 from webdataset.tariterators import group_by_keys
 
-from ..errors import ShardError
+from ..errors import ShardError, first_line
 from ..format.codec import decode_flac, npy_view, unpack
 from ..format.names import AUDIO, INFO, SPEC
 from ..format.tar import tar_members
@@ -83,7 +83,7 @@ class ShardReader:
                                  "(truncated or replaced shard)")
         except Exception as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(
-                f"{url}: truncated or corrupt shard after {len(seen)} files: {_first_line(exc)}")
+                f"{url}: truncated or corrupt shard after {len(seen)} files: {first_line(exc)}")
             if self.on_error == "raise":
                 raise error from None
             self.error_log.skipped(str(error))
@@ -170,8 +170,3 @@ def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, .
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__

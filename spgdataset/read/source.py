@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 import braceexpand
 
 from .. import storage
-from ..errors import ShardError, SpgError
+from ..errors import ShardError, SpgError, first_line
 from ..format import index as columns
 from ..format.codec import unpack
 from ..format.manifest import check_manifest, check_rows
@@ -125,7 +125,7 @@ def _read_manifest(root: str, manifest_path: str) -> Dict[str, Any]:
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
-        raise SpgError(f"{manifest_path}: not a manifest ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise SpgError(f"{manifest_path}: not a manifest ({type(exc).__name__}: {first_line(exc)})") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version not in READABLE_VERSIONS:
         raise SpgError(f"{manifest_path}: format version {version!r}, this spgdataset reads "
@@ -165,7 +165,7 @@ def _rows_index(path: str, manifest: Dict[str, Any]) -> columns.Index:
     try:
         rows = unpack(data)
     except Exception as exc:  # msgpack raises several types for garbage
-        raise ShardError(f"{path}: not a file index ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ShardError(f"{path}: not a file index ({type(exc).__name__}: {first_line(exc)})") from None
     rows = check_rows(rows, manifest, path)
     return columns.from_rows(rows, [s["name"] for s in manifest["shards"]])
 
@@ -207,8 +207,3 @@ def _map(path: str, identity: Tuple[int, int, int, int]) -> mmap.mmap:
         if _identity(os.fstat(f.fileno())) != identity:
             raise ShardError(f"{path}: the file index changed since it was checked")
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ import random
 import re
 from typing import Any, Dict, Optional, Tuple, Type
 
+from ... import errors
 from ...errors import SpgError
 from .settings import S3Settings, settings
 from .urls import is_s3_url, split_url
@@ -149,10 +150,10 @@ def _message(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    if type(exc).__name__ == "ReadTimeoutError":  # botocore's text names no URL ("endpoint URL: None")
+    """errors.first_line, saying what a read timeout means (botocore's text names no URL)."""
+    if type(exc).__name__ == "ReadTimeoutError":
         return f"no data for {settings().read_timeout:g} s (read timeout)"
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
+    return errors.first_line(exc)
 
 
 class EarlyEnd(Exception):

@@ -2,16 +2,32 @@
 
 Both sides spend most of their time outside the GIL (file reads and hashlib on one side, torch copies
 on the other), so on two cores reading the next shard is almost free while batches are being built.
+
+At interpreter exit, threads still reading ahead (a loop left early) are told to stop and waited for: a
+daemon thread still inside torch's C++ code when the interpreter tears down aborts the whole process
+("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from typing import Iterator, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+_RUNNING: "weakref.WeakKeyDictionary[threading.Thread, threading.Event]" = weakref.WeakKeyDictionary()
+
+
+@atexit.register
+def _stop_all(timeout: float = 5.0) -> None:
+    threads = list(_RUNNING.items())
+    for _, stop in threads:
+        stop.set()
+    for thread, _ in threads:
+        thread.join(timeout)
 
 
 def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
@@ -38,6 +54,7 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             put((_DONE, exc))
 
     thread = threading.Thread(target=produce, name="spgdataset-read-ahead", daemon=True)
+    _RUNNING[thread] = stop
     thread.start()
     try:
         while True:

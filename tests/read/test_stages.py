@@ -130,3 +130,18 @@ def test_a_spawned_worker_maps_the_index_again_instead_of_copying_it(run16k):
     expected = collections.Counter(keys_starts(ds))
     spawned = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
     assert collections.Counter(keys_starts(spawned)) == expected
+
+
+@pytest.mark.slow
+def test_leaving_a_loop_early_and_exiting_is_a_clean_exit(run16k):
+    """Read-ahead threads still inside torch when the interpreter exits used to abort the process
+    ("terminate called without an active exception"): they are stopped and waited for at exit."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spgdataset import SpectrogramDataset; "
+            "ds = SpectrogramDataset(sys.argv[1], window_content_ratio=0, batch_size=4, shuffle_buffer=64); "
+            "items = iter(ds); next(items); print('ok')")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code, run16k[0]], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -173,7 +174,10 @@ def job_workers(args: argparse.Namespace) -> Dict[str, Any]:
         def __iter__(self):
             info = get_worker_info()
             before = private_kb()
-            plan = ds.plan_epoch(0, info.id, info.num_workers)
+            if hasattr(ds, "plan_epoch"):
+                plan = ds.plan_epoch(0, info.id, info.num_workers)
+            else:  # spgdataset 0.1 (the "before" row: run with PYTHONPATH at a checkout of it)
+                plan = ds._plan(info.id, info.num_workers, 0)
             after = private_kb()
             yield {"worker": info.id, "shards": len(plan), "added_kb": after - before, "private_kb": after}
 
@@ -186,11 +190,13 @@ def job_first_batch(args: argparse.Namespace) -> Dict[str, Any]:
     started = time.perf_counter()
     from spgdataset import SpectrogramDataset
 
+    imported = time.perf_counter() - started
     ds = SpectrogramDataset(args.source, output_configuration=OUTPUTS, batch_size=64)
-    constructed = time.perf_counter() - started
+    constructed = time.perf_counter() - started - imported
     items = iter(ds.loader(num_workers=args.workers)) if args.workers else iter(ds)
     next(items)
-    return {"construct_s": constructed, "first_batch_s": time.perf_counter() - started, "workers": args.workers,
+    return {"import_s": imported, "construct_s": constructed, "first_batch_s": time.perf_counter() - started,
+            "workers": args.workers,
             "files": int(ds.shards.index.files), "peak_rss_mb": vm_hwm_kb() / 1024}
 
 
@@ -227,10 +233,11 @@ def real_corpus(out: str, files: int) -> Dict[str, Any]:
                               "metadata": {"speaker": f"s{i % 100:03d}"}}
         with open(meta_path, "w") as f:
             json.dump(metadata, f)
+    shutil.rmtree(shards, ignore_errors=True)  # a fresh write, not a resume
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "spgdataset.write.cli", audio, meta_path, shards, "--workers", "2",
-                           "--sample-rate", "8000", "--n-fft", "200", "--hop-length", "80", "--quiet",
-                           "--overwrite"], capture_output=True, text=True)
+                           "--sample-rate", "8000", "--n-fft", "200", "--hop-length", "80", "--quiet"],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     seconds = time.perf_counter() - started
@@ -291,8 +298,9 @@ def print_tables(results: Dict[str, Any]) -> None:
         print(f"\nreal corpus: {real['files']:,} files of 2.5 s at 8 kHz, written by spg-shard --workers 2 in "
               f"{real['write_s']:.0f} s ({real['files_per_s']:.0f} files/s)")
         for fb in real["first_batch"]:
-            print(f"  first batch of 64, {fb['workers']} workers: {fb['first_batch_s']:.2f} s "
-                  f"(construct {fb['construct_s']:.2f} s), peak RSS {fb['peak_rss_mb']:.0f} MB")
+            print(f"  first batch of 64, {fb['workers']} workers: {fb['first_batch_s']:.2f} s from `import spgdataset` "
+                  f"(import {fb['import_s']:.2f} s, construct + len {fb['construct_s']:.2f} s), peak RSS "
+                  f"{fb['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

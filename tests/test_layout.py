@@ -109,8 +109,8 @@ def test_nothing_points_outside_the_repository():
         if ".git" in path.parts or "node_modules" in path.parts:
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        for needle in ("../shared", "DESIGN.md"):
-            if needle in text and path.name != "test_layout.py":
+        for needle in ("../" + "shared", "DESIGN" + ".md"):  # spelled apart: this file names them too
+            if needle in text:
                 found.append(f"{path.relative_to(root)}: {needle}")
     assert found == []
 

@@ -13,17 +13,7 @@ have yielded, in the same order.
 
 from __future__ import annotations
 
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterator,
-    List,
-    Mapping,
-    Sequence,
-    Tuple,
-    TypeVar,
-)
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
 
 import torch
 from torch.utils.data import get_worker_info

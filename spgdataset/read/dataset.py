@@ -21,14 +21,7 @@ from torch.utils.data import IterableDataset
 
 from ..errors import ShardError
 from ..format.index import MAX_VOCABULARY, BadIndex
-from ..rules.plan import (
-    Pieces,
-    batches,
-    epoch_rng,
-    shard_order,
-    slot_pieces,
-    slot_range,
-)
+from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
 from ..rules.splits import normalize_split
 from ..rules.windows import kept_starts, window_frames
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread

@@ -39,17 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import (
-    Any,
-    Dict,
-    Generator,
-    Iterable,
-    Iterator,
-    List,
-    NamedTuple,
-    Optional,
-    Sequence,
-)
+from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,15 +53,7 @@ from .cursor import EpochCursor, current_worker
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
 from .loader import SpectrogramLoader, make_loader
-from .schedule import (
-    STOP_POLICIES,
-    normalize_weights,
-    rechunk,
-    schedule,
-    schedule_phases,
-    skip_schedule,
-    stop_limits,
-)
+from .schedule import STOP_POLICIES, normalize_weights, rechunk, schedule, schedule_phases, skip_schedule, stop_limits
 
 log = logging.getLogger("spgdataset")
 

@@ -14,17 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ShardError
 from ..rules.plan import Pieces

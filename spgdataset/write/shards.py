@@ -21,14 +21,7 @@ from ..format.codec import pack, unpack
 from ..format.features import FeatureConfig
 from ..format.index import MAX_VOCABULARY
 from ..format.index import encode as encode_index
-from ..format.names import (
-    FORMAT_VERSION,
-    INDEX_NAME,
-    MANIFEST_NAME,
-    ROWS_INDEX_NAME,
-    STATE_DIR,
-    shard_name,
-)
+from ..format.names import FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, STATE_DIR, shard_name
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
 from ..storage import output_for

@@ -19,20 +19,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from spgdataset import (
-    FeatureConfig,
-    SpectrogramDataset,
-    SpectrogramDatasetRouter,
-    write_shards,
-)
+from spgdataset import FeatureConfig, SpectrogramDataset, SpectrogramDatasetRouter, write_shards
 from spgdataset.demo import make_corpus
-from spgdataset.read.schedule import (
-    count_before,
-    normalize_weights,
-    schedule,
-    stop_limits,
-    window_time,
-)
+from spgdataset.read.schedule import count_before, normalize_weights, schedule, stop_limits, window_time
 
 # speaker renames per corpus: A keeps the demo names, B shares spk01/spk02 with A, C shares spk06
 RENAMES = {

@@ -24,12 +24,7 @@ from spgdataset.rules.frames import (
     rescale_sample,
     union_mask,
 )
-from spgdataset.rules.windows import (
-    kept_starts,
-    window_content,
-    window_frames,
-    window_starts,
-)
+from spgdataset.rules.windows import kept_starts, window_content, window_frames, window_starts
 
 HOP = 160
 

@@ -16,17 +16,7 @@ import soundfile as sf
 
 from spgdataset import SpectrogramDataset, SpgError, write_shards
 from spgdataset.write.inputs import collect_inputs, walk_audio
-from tests.helpers import (
-    SR,
-    index_rows,
-    noise,
-    report,
-    run_cli,
-    stored_paths,
-    strict_json,
-    wav,
-    write_json,
-)
+from tests.helpers import SR, index_rows, noise, report, run_cli, stored_paths, strict_json, wav, write_json
 
 
 def test_metadata_paths_outside_the_root_are_refused_per_file(tmp_path):

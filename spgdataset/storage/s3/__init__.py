@@ -13,15 +13,7 @@ from __future__ import annotations
 from .cache import ShardCache, open_shard
 from .client import backoff, client, error, forget_clients, is_transient, stats
 from .output import S3Output
-from .settings import (
-    S3Settings,
-    adopt,
-    clear,
-    configure,
-    overrides,
-    parse_size,
-    settings,
-)
+from .settings import S3Settings, adopt, clear, configure, overrides, parse_size, settings
 from .stream import S3Stream, prefix_exists, read_bytes
 from .urls import SCHEME, is_s3_url, split_url
 from .webdataset import register_with_webdataset

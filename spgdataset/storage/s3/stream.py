@@ -21,16 +21,7 @@ import time
 from typing import Any, Dict, Optional, Type
 
 from ...errors import ShardError, SpgError
-from .client import (
-    MISSING_CODES,
-    EarlyEnd,
-    backoff,
-    client,
-    error,
-    first_line,
-    is_transient,
-    stats,
-)
+from .client import MISSING_CODES, EarlyEnd, backoff, client, error, first_line, is_transient, stats
 from .settings import MiB, settings
 from .urls import split_url
 

@@ -95,18 +95,24 @@ class SpectrogramDataset(IterableDataset):
         self.num_workers, self.batch_size, self.drop_last = num_workers, batch_size, drop_last
         self.shuffle, self.seed, self.shuffle_buffer, self.file_buffer = shuffle, seed, shuffle_buffer, file_buffer
         self._rank, self._world_size = rank, world_size
-        if on_error not in ("raise", "warn"):
-            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        if verify not in (True, False, "always"):
-            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
-        self.on_error, self.verify, self.batch_threads = on_error, verify, max(1, int(batch_threads))
+        self._take_checks(on_error, verify)
+        self.batch_threads = max(1, int(batch_threads))
         self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
         self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
+        self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
+                               self.window_content_ratio, pad_short)
         self.selection = self._select()
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
                                   verify, on_error, self.error_log, self.max_memory_cache)
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._windows_digest: Optional[str] = None
+
+    def _take_checks(self, on_error: str, verify: Any) -> None:
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if verify not in (True, False, "always"):
+            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
+        self.on_error, self.verify = on_error, verify
 
     def _take_split(self, split: Sequence[float], subset: int, split_key: Optional[str]) -> None:
         self.split_bounds = normalize_split(split)
@@ -117,8 +123,6 @@ class SpectrogramDataset(IterableDataset):
 
     def _select(self) -> Selection:
         """The subset's files and window counts, from the index columns (selection.py)."""
-        self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
-                               self.window_content_ratio, self.pad_short)
         try:
             return select(self.shards.index, len(self.shards.manifest["shards"]), self.shards.selected,
                           self.split_bounds, self.subset, self.split_key, self.rule)

@@ -64,10 +64,10 @@ class ShardReader:
     def _read(self, shard: Dict[str, Any], k: int, wanted: Set[int]) -> Optional[List[FileRecord]]:
         url = self.shards.url(shard)
         lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
-        positions = {key: lo + i for i, key in enumerate(self.shards.index.keys.slice(lo, hi))}
         records: List[FileRecord] = []
         seen: Set[str] = set()
         try:
+            positions = {key: lo + i for i, key in enumerate(self.shards.index.keys.slice(lo, hi))}
             if len(positions) != hi - lo:
                 raise ShardError(f"{url}: the file index lists one of its keys twice")
             data = self._bytes(url, shard)

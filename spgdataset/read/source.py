@@ -82,6 +82,8 @@ def open_source(source: Source) -> ShardSet:
         missing = [name for name in names if name not in position]
         if missing:
             raise SpgError(f"{manifest_path}: does not list {', '.join(missing[:5])}")
+        if len(set(names)) != len(names):  # a shard twice would yield its windows twice an epoch
+            raise SpgError(f"{source}: names a shard more than once")
         selected = [position[name] for name in names]
     if manifest["format_version"] == 1:
         index_path = os.path.join(root, manifest.get("index", ROWS_INDEX_NAME))

@@ -338,3 +338,9 @@ def test_resume_refuses_another_world_size_or_shard_set(many_shards):
 
 
 # ---------------------------------------------------------------- smaller ones
+
+
+def test_a_shard_list_naming_a_shard_twice_is_refused(run16k):
+    """Its windows would be yielded twice an epoch."""
+    with pytest.raises(SpgError, match="more than once"):
+        SpectrogramDataset(os.path.join(run16k[0], "shard-00000{0,1,0}.tar"))

@@ -6,6 +6,7 @@ Where things are (docs/architecture.md has the whole map):
   storage/  where shards live: local folders and s3:// behind one small surface
   write/    spg-shard: audio + metadata.json -> shards
   read/     SpectrogramDataset, SpectrogramDatasetRouter and their DataLoader
+  show/     spg-inspect: a shard set as numbers and pictures
 """
 
 from .errors import BadInput, ShardError, SpgError

@@ -10,6 +10,9 @@ ring.py       batch slots shared with DataLoader workers
 prefetch.py   reading ahead in a thread
 errorlog.py   skipped shards, counted where the training process sees them
 cursor.py     the epoch, the resume point and the items consumed
+config.py     a dataset's choices checked against its shard set (names with suggestions)
+reference.py  the reference call: an audio folder's shards built once, then streamed
+summary.py    repr() and summary(): what a dataset holds, from the index
 dataset.py    SpectrogramDataset: the parts above, wired
 schedule.py   the router's schedule as pure functions
 compat.py     what datasets must share to be mixed

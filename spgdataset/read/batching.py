@@ -134,15 +134,16 @@ class Chunk:
     def arrange(self, order: np.ndarray) -> None:
         """Put the windows in `order` (a permutation of 0..count-1); take() then slices it.
 
-        Everything per-window that is not a gather (starts, file ids, keys, labels, meta) is permuted
+        Everything per-window that is not a gather (starts, file ids, keys, paths, labels, meta) is permuted
         here once per chunk, so a batch costs a few slices plus one index_select per tensor output.
         """
         files = self.file_of[order]
         self._starts = self.global_start[torch.from_numpy(order)]
         self._local = torch.from_numpy(self.local_start[order])
         self._labels = self.labels[torch.from_numpy(files)]
-        keys = [f.key for f in self.files]
-        self._keys = [keys[i] for i in files.tolist()]
+        picked = files.tolist()
+        self._keys = [self.files[i].key for i in picked]
+        self._paths = [self.files[i].path for i in picked]
         self._meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
 
     def take(self, lo: int, hi: int, outputs: OutputTensors) -> Dict[str, Any]:
@@ -173,6 +174,7 @@ class Chunk:
         if spec.meta:
             batch["meta"] = {k: values[lo:hi] for k, values in self._meta.items()}
         batch["key"] = self._keys[lo:hi]
+        batch["path"] = self._paths[lo:hi]
         batch["start"] = self._local[lo:hi].clone()
         return batch
 

@@ -33,6 +33,8 @@ def _features(ds: SpectrogramDataset) -> Dict[str, Any]:
 
 def check_compatible(datasets: Sequence[SpectrogramDataset]) -> None:
     """Windows of all datasets must fit in one batch and mean the same thing: same features, window, keys."""
+    if not datasets:
+        return
     first, ref = datasets[0], _features(datasets[0])
     for i, ds in enumerate(datasets[1:], 1):
         feats = _features(ds)
@@ -55,7 +57,10 @@ def check_compatible(datasets: Sequence[SpectrogramDataset]) -> None:
 
 
 def agreed(datasets: Sequence[SpectrogramDataset], name: str) -> Any:
+    """The value of `name` all datasets share (None when there are none)."""
     values = [getattr(ds, name) for ds in datasets]
+    if not values:
+        return None
     for i, value in enumerate(values):
         if value != values[0]:
             raise ValueError(f"dataset {i} has {name}={value!r}, dataset 0 has {name}={values[0]!r}: the router "

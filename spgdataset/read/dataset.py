@@ -10,35 +10,37 @@ is, which role it plays after a restart, and the count of items consumed (cursor
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from ..errors import ShardError
-from ..format.index import MAX_VOCABULARY, BadIndex
+from ..format.index import BadIndex
 from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
-from ..rules.splits import normalize_split
 from ..rules.windows import kept_starts, window_frames
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
+from .config import check_features, check_names, choice, outputs_of, split_of
 from .cursor import EpochCursor, current_worker
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
 from .loader import SpectrogramLoader, make_loader
 from .memory import ChunkMemory
 from .prefetch import read_ahead
+from .reference import build, is_reference_call, take_positions
 from .ring import BatchRing
 from .selection import Selection, WindowRule, select
 from .source import ShardSet, Source, open_source
 from .stages import ShardPlan, hand_off, planned_files, shuffle_files
+from .summary import Summary, one_line, summarize
 
 log = logging.getLogger("spgdataset")
 
-DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
 
 
 class SpectrogramDataset(IterableDataset):
@@ -50,7 +52,8 @@ class SpectrogramDataset(IterableDataset):
 
     def __init__(
         self,
-        source: Source,
+        source: Optional[Source] = None,
+        *reference_args: Any,
         window_size_sec: float = 1.92,
         window_offset_sec: float = 0.1,
         window_content_ratio: float = 0.5,
@@ -62,7 +65,7 @@ class SpectrogramDataset(IterableDataset):
         normalize: Any = True,
         dtype: torch.dtype = torch.float32,
         split: Sequence[float] = (1,),
-        subset: int = 0,
+        subset: Optional[int] = None,
         split_key: Optional[str] = None,
         output_configuration: Optional[Mapping[str, Any]] = None,
         max_memory_cache: int = 0,
@@ -79,47 +82,64 @@ class SpectrogramDataset(IterableDataset):
         on_error: str = "raise",
         verify: Any = True,
         batch_threads: int = 2,
+        check_names: bool = True,
+        audio_root: Optional[Union[str, os.PathLike]] = None,
+        spectrograms_root: Optional[Union[str, os.PathLike]] = None,
+        index_root: Optional[Union[str, os.PathLike]] = None,
+        metadata_json_path: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
+        """`SpectrogramDataset(source, ...)` streams shards written by spg-shard (a folder, a manifest path or a
+        shard list, local or s3://). The reference call, `SpectrogramDataset(audio_root, spectrograms_root,
+        index_root, metadata_json_path=None, sample_rate=16000, ...)` with the reference's positions, writes the
+        shards of an audio folder first, once (reference.py). README: every parameter."""
         super().__init__()
+        options = {k: v for k, v in locals().items() if k not in ("self", "source", "reference_args", "__class__")}
+        if is_reference_call(reference_args, options):
+            take_positions(source, reference_args, options, PARAMETER_DEFAULTS)
+            source = build(options)
+        elif source is None:
+            raise TypeError("SpectrogramDataset() needs a source: a shard folder, a manifest.json path or a list "
+                            "of shards (or the reference call: audio_root, spectrograms_root, index_root, ...)")
         self.shards: ShardSet = open_source(source)
-        self._take_features(sample_rate=sample_rate, hop_length=hop_length, n_mels=n_mels, n_fft=n_fft)
-        self.window = window_frames(window_size_sec, self.sample_rate, self.hop_length)
-        self.step = window_frames(window_offset_sec, self.sample_rate, self.hop_length)
-        self.window_content_ratio, self.pad_short = float(window_content_ratio), pad_short
-        self._take_outputs(output_configuration, content_intervals)
-        self._take_split(split, subset, split_key)
-        if normalize not in (True, False, None, "global", "window"):
-            raise ValueError(f"normalize must be True/'global', 'window' or False, got {normalize!r}")
-        self.normalize, self.dtype = "global" if normalize is True else (normalize or None), dtype
-        self.max_memory_cache = int(max_memory_cache)
-        self.num_workers, self.batch_size, self.drop_last = num_workers, batch_size, drop_last
-        self.shuffle, self.seed, self.shuffle_buffer, self.file_buffer = shuffle, seed, shuffle_buffer, file_buffer
-        self._rank, self._world_size = rank, world_size
-        self._take_checks(on_error, verify)
-        self.batch_threads = max(1, int(batch_threads))
+        self._configure(options)
+
+    def _configure(self, o: Dict[str, Any]) -> None:
+        """Every choice, checked against the shard set (config.py), then what reading needs."""
+        self.features = check_features(self.shards, o)
+        self.sample_rate, self.hop_length = self.features["sample_rate"], self.features["hop_length"]
+        self.n_mels = self.features["n_mels"]
+        self.window = window_frames(o["window_size_sec"], self.sample_rate, self.hop_length)
+        self.step = window_frames(o["window_offset_sec"], self.sample_rate, self.hop_length)
+        self.window_content_ratio, self.pad_short = float(o["window_content_ratio"]), o["pad_short"]
+        check_names(self.shards, o["output_configuration"], o["content_intervals"], o["split_key"], o["check_names"])
+        self.outputs = outputs_of(self.shards, o["output_configuration"])
+        given_content = o["content_intervals"]
+        self.content_intervals = list(given_content if given_content is not None else self.outputs["masks"])
+        self.label_key = self.outputs["label"]
+        labels = self.shards.index.metadata.get(self.label_key) if self.label_key is not None else None
+        self.label_vocabulary: List[Any] = list(labels.vocabulary) if labels is not None else []
+        self._label_ids = labels.ids if labels is not None else None
+        self.split, self.split_bounds, self.subset = split_of(o["split"], o["subset"])
+        self.split_key = o["split_key"]
+        normalize = choice("normalize", o["normalize"], (True, False, None, "global", "window"))
+        self.normalize, self.dtype = "global" if normalize is True else (normalize or None), o["dtype"]
+        self.max_memory_cache = int(o["max_memory_cache"])
+        self.num_workers, self.batch_size, self.drop_last = o["num_workers"], o["batch_size"], o["drop_last"]
+        self.shuffle, self.seed = o["shuffle"], o["seed"]
+        self.shuffle_buffer, self.file_buffer = o["shuffle_buffer"], o["file_buffer"]
+        self._rank, self._world_size = o["rank"], o["world_size"]
+        self.on_error = choice("on_error", o["on_error"], ("raise", "warn"))
+        self.verify = choice("verify", o["verify"], (True, False, "always"))
+        self.batch_threads = max(1, int(o["batch_threads"]))
         self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
-        self.error_log = SharedErrorLog(max(num_workers, 64))  # skipped shards, seen from every worker
+        self.error_log = SharedErrorLog(max(self.num_workers, 64))  # skipped shards, seen from every worker
         self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
-                               self.window_content_ratio, pad_short)
+                               self.window_content_ratio, self.pad_short)
         self.selection = self._select()
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
-                                  verify, on_error, self.error_log, self.max_memory_cache)
+                                  self.verify, self.on_error, self.error_log, self.max_memory_cache)
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._windows_digest: Optional[str] = None
-
-    def _take_checks(self, on_error: str, verify: Any) -> None:
-        if on_error not in ("raise", "warn"):
-            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        if verify not in (True, False, "always"):
-            raise ValueError(f"verify must be True, False or 'always', got {verify!r}")
-        self.on_error, self.verify = on_error, verify
-
-    def _take_split(self, split: Sequence[float], subset: int, split_key: Optional[str]) -> None:
-        self.split_bounds = normalize_split(split)
-        if not 0 <= subset < len(self.split_bounds):
-            raise ValueError(f"subset={subset} but split {tuple(split)} has {len(self.split_bounds)} subsets")
-        self.split, self.subset, self.split_key = tuple(split), subset, split_key
-        self._check_key(split_key, "split_key")
 
     def _select(self) -> Selection:
         """The subset's files and window counts, from the index columns (selection.py)."""
@@ -128,39 +148,6 @@ class SpectrogramDataset(IterableDataset):
                           self.split_bounds, self.subset, self.split_key, self.rule)
         except BadIndex as exc:
             raise ShardError(f"{self.shards.index_path}: {exc}") from None
-
-    def _take_features(self, **given: Optional[int]) -> None:
-        """The shards fix the feature parameters; given ones are only checked against them."""
-        features = self.shards.manifest["features"]
-        for name, value in given.items():
-            if value is not None and value != features[name]:
-                raise ValueError(f"{name}={value} disagrees with the shards' {name}={features[name]} "
-                                 f"({self.shards.root}); leave it None to take the shards' value")
-        self.features = features
-        self.sample_rate, self.hop_length, self.n_mels = features["sample_rate"], features["hop_length"], features["n_mels"]
-
-    def _take_outputs(self, output_configuration: Optional[Mapping[str, Any]],
-                      content_intervals: Optional[Sequence[str]]) -> None:
-        outputs = dict(DEFAULT_OUTPUTS)
-        outputs.update(output_configuration or {})
-        unknown = sorted(set(outputs) - set(DEFAULT_OUTPUTS))
-        if unknown:
-            raise ValueError(f"unknown output_configuration keys: {unknown} (known: {sorted(DEFAULT_OUTPUTS)})")
-        if outputs["audio"] and not self.shards.manifest.get("with_audio"):
-            raise ValueError(f"output_configuration asks for audio, but the shards in {self.shards.root} were "
-                             "written without it (rerun spg-shard with --with-audio)")
-        self.outputs = outputs
-        self.content_intervals = list(content_intervals if content_intervals is not None else outputs["masks"])
-        self.label_key = outputs["label"]
-        self._check_key(self.label_key, "label")
-        labels = self.shards.index.metadata.get(self.label_key) if self.label_key is not None else None
-        self.label_vocabulary: List[Any] = list(labels.vocabulary) if labels is not None else []
-        self._label_ids = labels.ids if labels is not None else None
-
-    def _check_key(self, key: Optional[str], what: str) -> None:
-        if key is not None and key in self.shards.index.free_form:
-            raise ValueError(f"{what}={key!r}: metadata[{key!r}] has more than {MAX_VOCABULARY} distinct values "
-                             f"in {self.shards.root} (free-form, like a transcript), so it is not a label")
 
     def _label_id(self, position: int) -> int:
         return int(self._label_ids[position]) if self._label_ids is not None else -1
@@ -337,6 +324,14 @@ class SpectrogramDataset(IterableDataset):
         be the one the state was saved under (seed, workers, batch size, world size, shards, windows)."""
         self.cursor.load_state_dict(state, self.plan_inputs(), ("seed", "num_workers", "batch_size"), "dataset")
 
+    def summary(self) -> Summary:
+        """Files, hours and windows of every subset of the split, the label balance of this one, and its files
+        that yield no window and why (summary.py); print it to read it."""
+        return summarize(self)
+
+    def __repr__(self) -> str:
+        return one_line(self)
+
     # ------------------------------------------------------------ errors and counters
 
     @property
@@ -377,3 +372,7 @@ class SpectrogramDataset(IterableDataset):
             self.num_workers = num_workers
         return make_loader(self, self.num_workers, (self.batch_size, self.n_mels, self.window), self.dtype,
                            pin_memory, persistent_workers, **kwargs)
+
+
+PARAMETER_DEFAULTS = {name: p.default for name, p in inspect.signature(SpectrogramDataset.__init__).parameters.items()
+                      if p.default is not inspect.Parameter.empty}

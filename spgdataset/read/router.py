@@ -78,30 +78,31 @@ class SpectrogramDatasetRouter(IterableDataset):
     `label_vocabulary`, the sorted union of the datasets' vocabularies.
     """
 
-    def __init__(self, datasets: Sequence[SpectrogramDataset], weights: Optional[Sequence[float]] = None,
+    def __init__(self, datasets: Sequence[SpectrogramDataset] = (), weights: Optional[Sequence[float]] = None,
                  seed: int = 0, stop: str = "first_exhausted", epoch_length: Optional[int] = None) -> None:
+        """`SpectrogramDatasetRouter()` (the reference's default, no datasets) is an empty router: len() 0."""
         super().__init__()
         self.datasets = list(datasets)
-        if not self.datasets:
-            raise ValueError("SpectrogramDatasetRouter needs at least one dataset")
         self.stop, self.epoch_length = stop, _checked_epoch_length(stop, epoch_length)
         check_compatible(self.datasets)
         agreed(self.datasets, "batch_size")
         agreed(self.datasets, "drop_last")
-        if weights is None:
+        if not self.datasets:
+            weights = []
+        elif weights is None:
             weights = [ds.num_windows() for ds in self.datasets]
             if sum(weights) == 0:
                 raise ValueError("the datasets have no windows at all (weights default to the window counts)")
         elif len(weights) != len(self.datasets):
             raise ValueError(f"{len(weights)} weights for {len(self.datasets)} datasets")
-        self.weights = normalize_weights(weights)
+        self.weights = normalize_weights(weights) if self.datasets else np.zeros(0)
         if stop == "resample":
             for i, (ds, w) in enumerate(zip(self.datasets, self.weights)):
                 if w > 0 and ds.num_windows() == 0:
                     raise ValueError(f"dataset {i} ({where(ds)}) has no windows: it cannot be resampled "
                                      "(give it weight 0 or leave it out)")
         self.seed = int(seed)
-        self.num_workers = max(ds.num_workers for ds in self.datasets)
+        self.num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
         self.cursor = EpochCursor()
@@ -160,6 +161,8 @@ class SpectrogramDatasetRouter(IterableDataset):
         return passes
 
     def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
+        if not self.datasets:
+            return [0] * num_workers
         epoch = self.epoch if epoch is None else epoch
         size = self.batch_size or 1
         return [batches(self.worker_plan(w, num_workers, epoch).total, size, self.drop_last)
@@ -179,7 +182,7 @@ class SpectrogramDatasetRouter(IterableDataset):
         return {"seed": self.seed, "num_workers": self.num_workers, "batch_size": self.batch_size,
                 "stop": self.stop, "epoch_length": self.epoch_length, "weights": self.weights.tolist(),
                 "windows": [ds.num_windows() for ds in self.datasets],
-                "world_size": self.datasets[0].rank_world[1],
+                "world_size": self.datasets[0].rank_world[1] if self.datasets else 1,
                 "shards": [ds.shard_digest() for ds in self.datasets],
                 "plans": [ds.windows_digest() for ds in self.datasets]}
 
@@ -211,6 +214,8 @@ class SpectrogramDatasetRouter(IterableDataset):
     def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1,
                    skip_items: int = 0) -> Iterator[Dict[str, Any]]:
         """Epoch `epoch` as worker `worker` of `num_workers` yields it, after its first `skip_items` items."""
+        if not self.datasets:
+            return
         plan = self.worker_plan(worker, num_workers, epoch)
         size = self.batch_size or 1
         taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_items * size,

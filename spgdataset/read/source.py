@@ -118,6 +118,10 @@ def _locate(source: Source) -> Tuple[str, str, Optional[List[str]]]:
 def _read_manifest(root: str, manifest_path: str) -> Dict[str, Any]:
     data = storage.read_bytes(manifest_path, MANIFEST_LIMIT, missing_ok=True)
     if data is None:
+        if _holds_audio(root):
+            raise SpgError(f"{root}: holds audio files, not shards. Write them with `spg-shard {root} SHARDS` and "
+                           "open SHARDS, or in one call: SpectrogramDataset(audio_root=..., spectrograms_root=..., "
+                           "index_root=..., metadata_json_path=...)")
         if storage.folder_exists(root):
             raise SpgError(f"{manifest_path}: not found; spg-shard writes it last, so the run that made {root} "
                            "did not finish (rerun it to complete) or this is not a shard folder")
@@ -133,6 +137,21 @@ def _read_manifest(root: str, manifest_path: str) -> Dict[str, Any]:
         raise SpgError(f"{manifest_path}: format version {version!r}, this spgdataset reads "
                        f"{' and '.join(map(str, READABLE_VERSIONS))}")
     return check_manifest(manifest, manifest_path)
+
+
+def _holds_audio(root: str) -> bool:
+    """Whether a local folder (or its first level of subfolders) holds audio files: the user gave an audio
+    folder where shards were expected."""
+    from ..write.inputs import AUDIO_EXTENSIONS
+
+    if s3.is_s3_url(root) or not os.path.isdir(root):
+        return False
+    for folder, dirs, files in os.walk(root):
+        if any(os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS for name in files):
+            return True
+        if os.path.relpath(folder, root).count(os.sep) >= 1:
+            dirs[:] = []
+    return False
 
 
 def _columns_index(path: str, manifest: Dict[str, Any]) -> Tuple[columns.Index, Any, Any]:

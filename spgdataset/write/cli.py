@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="take input paths that lead outside AUDIO_ROOT (../x.wav, absolute paths, symlinks out)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every file (decoded, as a run does) and print the report and the size the shards "
+                        "would take; write nothing")
     return p
 
 
@@ -88,13 +91,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         audio_root, metadata, output = args.paths
     else:
         parser.error("expected AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
+    try:  # malformed values are usage errors: argparse's message and exit code 2
+        labelset, part = parse_labelset(args.labelset), parse_part(args.part)
+    except SpgError as exc:
+        parser.error(str(exc))
     files = read_file_list(args.files, audio_root) if args.files else None
     result = write_shards(
         audio_root, metadata, output, files=files, features=features_from_args(args),
         with_audio=args.with_audio, max_shard_bytes=int(args.max_shard_mb * 2**20),
-        max_shard_files=args.max_shard_files, labelset=parse_labelset(args.labelset), workers=args.workers,
-        part=parse_part(args.part), overwrite=args.overwrite, progress=not args.quiet,
-        allow_outside_root=args.allow_outside_root,
+        max_shard_files=args.max_shard_files, labelset=labelset, workers=args.workers,
+        part=part, overwrite=args.overwrite, progress=not args.quiet,
+        allow_outside_root=args.allow_outside_root, dry_run=args.dry_run,
     )
     print(summary(result))
     return 0
@@ -102,6 +109,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 def summary(result) -> str:
     rate = result.audio_seconds_processed / result.wall_seconds if result.wall_seconds else 0.0
+    if result.dry_run:
+        hours = result.audio_seconds_processed / 3600
+        per_hour = result.expected_bytes / hours / 2**20 if hours else 0.0
+        kinds = {}
+        for row in result.rejected:
+            kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
+        return (f"spg-shard: dry run: {result.files_processed} files ({hours:.2f} h audio) checked in "
+                f"{format_duration(result.wall_seconds)}; shards would take {result.expected_bytes / 2**20:.1f} MiB "
+                f"({per_hour:.1f} MiB per audio hour); {kinds.get('bad', 0)} bad, {kinds.get('filtered', 0)} "
+                f"filtered; nothing was written to {result.output_dir}")
     lines = [f"spg-shard: {result.files_processed} files ({result.audio_seconds_processed / 3600:.2f} h audio) "
              f"processed in {format_duration(result.wall_seconds)}, {rate:.0f}x real time; "
              f"{result.shards_written} shards written, {result.shards_reused} already complete"]

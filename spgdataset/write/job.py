@@ -25,7 +25,7 @@ from .plan import PlannedFile, plan_shards, probe_all, run_fingerprint
 from .pool import featurize_all
 from .progress import Progress
 from .report import describe, nothing_usable, report_row
-from .shards import ShardWriter, claim_output, finalize, shard_done
+from .shards import MeasuringSink, ShardWriter, claim_output, finalize, shard_done
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
 
@@ -42,6 +42,8 @@ class WriteResult:
     audio_seconds_processed: float
     wall_seconds: float
     rejected: List[Dict[str, str]]
+    dry_run: bool = False
+    expected_bytes: int = 0  # what the shards take (a dry run: what they would take)
 
 
 def write_shards(
@@ -60,6 +62,7 @@ def write_shards(
     overwrite: bool = False,
     progress: bool = True,
     allow_outside_root: bool = False,
+    dry_run: bool = False,
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
@@ -68,6 +71,8 @@ def write_shards(
     set writes the manifest. `workers`: processes computing spectrograms (default: all cores).
     `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
     symlink out of it), which are otherwise refused and reported.
+    `dry_run`: check everything (every file decoded and featurised, as a run does, so the report is the one a
+    run would give) and add up the bytes the shards would take, but write nothing, not even the folder.
     """
     features = features or FeatureConfig()
     started = time.monotonic()
@@ -78,6 +83,33 @@ def write_shards(
     part_index, part_count = part or (0, 1)
     if not 0 <= part_index < part_count:
         raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
+    planned, reported = _checked_inputs(audio_root, metadata_path, files, labelset, allow_outside_root, features,
+                                        workers, progress)
+    plan = plan_shards(planned, features, with_audio, max_shard_bytes, max_shard_files)
+    mine = [k for k in range(len(plan)) if k % part_count == part_index]
+    if dry_run:
+        sink = MeasuringSink()
+        processed, seconds, bad = _write_pending(sink, plan, mine, features, with_audio, workers, reported, progress)
+        return WriteResult(output_dir, None, 0, 0, processed, seconds, time.monotonic() - started,
+                           sorted((report_row(b) for b in reported + bad), key=lambda row: row["path"]),
+                           dry_run=True, expected_bytes=sink.bytes)
+    claim_output(output_dir, run_fingerprint(plan, features, with_audio), overwrite, part_count == 1)
+    pending = [k for k in mine if not shard_done(output_dir, k)]
+    processed, seconds, _ = _write_pending(ShardWriter(output_dir), plan, pending, features, with_audio, workers,
+                                           reported, progress)
+    rejected_early = [report_row(bad) for bad in reported]
+    manifest = None
+    if all(k in mine or shard_done(output_dir, k) for k in range(len(plan))):  # mine are checked or just written
+        manifest = finalize(output_dir, len(plan), features, with_audio, rejected_early)
+    return WriteResult(output_dir, manifest, len(pending), len(mine) - len(pending), processed, seconds,
+                       time.monotonic() - started, manifest["report"]["files"] if manifest else rejected_early,
+                       expected_bytes=manifest["totals"]["bytes"] if manifest else 0)
+
+
+def _checked_inputs(audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]], labelset: Any,
+                    allow_outside_root: bool, features: FeatureConfig, workers: int,
+                    progress: bool) -> Tuple[List[PlannedFile], List[BadInput]]:
+    """Step 1 of the module docstring: the files whose headers read, and what was reported on the way."""
     reporter = Progress(0, 0.0, enabled=progress)
     entries, reported = collect_inputs(audio_root, metadata_path, files, labelset, allow_outside_root)
     if not entries:
@@ -89,30 +121,20 @@ def write_shards(
         reporter.message(describe(bad))
     if not planned:
         raise SpgError(nothing_usable(len(entries), reported, "no readable audio"))
-    plan = plan_shards(planned, features, with_audio, max_shard_bytes, max_shard_files)
-    claim_output(output_dir, run_fingerprint(plan, features, with_audio), overwrite, part_count == 1)
-
-    mine = [k for k in range(len(plan)) if k % part_count == part_index]
-    pending = [k for k in mine if not shard_done(output_dir, k)]
-    processed, seconds = _write_pending(output_dir, plan, pending, features, with_audio, workers, reported, progress)
-    rejected_early = [report_row(bad) for bad in reported]
-    manifest = None
-    if all(k in mine or shard_done(output_dir, k) for k in range(len(plan))):  # mine are checked or just written
-        manifest = finalize(output_dir, len(plan), features, with_audio, rejected_early)
-    return WriteResult(output_dir, manifest, len(pending), len(mine) - len(pending), processed, seconds,
-                       time.monotonic() - started, manifest["report"]["files"] if manifest else rejected_early)
+    return planned, reported
 
 
-def _write_pending(output_dir: str, plan: List[List[PlannedFile]], pending: List[int], features: FeatureConfig,
-                   with_audio: bool, workers: int, reported: List[BadInput], progress: bool) -> Tuple[int, float]:
-    """Featurise and write the shards `pending`, with a progress line; (files processed, audio seconds)."""
+def _write_pending(shard_writer: Any, plan: List[List[PlannedFile]], pending: List[int], features: FeatureConfig,
+                   with_audio: bool, workers: int, reported: List[BadInput],
+                   progress: bool) -> Tuple[int, float, List[BadInput]]:
+    """Featurise the shards `pending` and hand each to `shard_writer` (a ShardWriter, or a MeasuringSink in a
+    dry run), with a progress line; (files processed, audio seconds, the files found bad)."""
     work = [item for k in pending for item in plan[k]]
     reporter = Progress(len(work), sum(p.seconds for p in work), enabled=progress)
     reporter.bad = sum(bad.kind == "bad" for bad in reported)
     reporter.filtered = sum(bad.kind == "filtered" for bad in reported)
-    processed, seconds = 0, 0.0
+    processed, seconds, bad = 0, 0.0, []
     results = featurize_all(work, features, with_audio, workers)
-    shard_writer = ShardWriter(output_dir)
     try:
         for k in pending:
             shard_results = []
@@ -122,6 +144,7 @@ def _write_pending(output_dir: str, plan: List[List[PlannedFile]], pending: List
                 if isinstance(result, BadInput):
                     reporter.message(describe(result))
                     reporter.update(files=1, bad=1)
+                    bad.append(result)
                 else:
                     reporter.update(files=1, seconds=result.seconds)
                     seconds += result.seconds
@@ -132,4 +155,4 @@ def _write_pending(output_dir: str, plan: List[List[PlannedFile]], pending: List
         shard_writer.stop()
         results.close()
     reporter.close()
-    return processed, seconds
+    return processed, seconds, bad

@@ -179,6 +179,25 @@ class ShardWriter:
                 self.error = exc
 
 
+class MeasuringSink:
+    """In a dry run, stands where the ShardWriter would: adds up the bytes each shard would take."""
+
+    def __init__(self) -> None:
+        self.bytes = self.shards = 0
+
+    def submit(self, k: int, results: List[Union[FileResult, BadInput]]) -> None:
+        size = sum(len(m) for r in results if not isinstance(r, BadInput) for m in r.members)
+        if size:
+            self.bytes += size + len(tar_end(size))
+            self.shards += 1
+
+    def close(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_audio: bool,
              rejected_early: List[Dict[str, str]]) -> Dict[str, Any]:
     """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""

@@ -208,8 +208,10 @@ def test_plain_iteration_yields_every_window_once(shards):
     got = collect(items)
     assert collections.Counter(got) == windows_of(ds)
     assert len(got) == len(set(got)) == len(ds)
+    paths = {f.key: f.path for f in read_shard_dir(shards).values()}
     for item in items:
-        assert set(item) == {"spectrogram", "masks", "key", "start"}
+        assert set(item) == {"spectrogram", "masks", "key", "path", "start"}
+        assert item["path"] == paths[item["key"]]  # the file's path as metadata.json names it
         assert item["spectrogram"].shape == (N_MELS, W) and item["spectrogram"].dtype == torch.float32
         assert item["masks"]["speech"].shape == (W,) and item["masks"]["speech"].dtype == torch.bool
 

@@ -1,0 +1,101 @@
+"""A dataset's choices checked against its shard set, so that a mistake is an error at construction, not a
+silent empty mask, a label of -1 everywhere or a split that lets speakers leak between train and test.
+
+Every name a user passes (mask and content interval names, `label`, `meta` keys, `split_key`) must be in
+the shard set; otherwise a ValueError lists the names that are, with the closest one suggested. With
+`check_names=False` an absent name is accepted (a corpus that has no "noise" intervals yet: its mask is all
+False). The default masks (["speech"]) are not checked: they are not the user's choice.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..format.index import MAX_VOCABULARY
+from ..rules.splits import normalize_split
+from .source import ShardSet
+
+DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
+FEATURE_CHECKS = ("sample_rate", "hop_length", "n_mels", "n_fft")
+
+
+def check_features(shards: ShardSet, given: Mapping[str, Optional[int]]) -> Dict[str, Any]:
+    """The shards' feature parameters; the ones given (not None) must agree with them."""
+    features = shards.manifest["features"]
+    for name in FEATURE_CHECKS:
+        value = given.get(name)
+        if value is not None and value != features[name]:
+            raise ValueError(f"{name}={value} disagrees with the shards' {name}={features[name]} "
+                             f"({shards.root}); leave it None to take the shards' value")
+    return features
+
+
+def outputs_of(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    outputs = dict(DEFAULT_OUTPUTS)
+    outputs.update(output_configuration or {})
+    unknown = sorted(set(outputs) - set(DEFAULT_OUTPUTS))
+    if unknown:
+        raise ValueError(f"unknown output_configuration keys: {unknown} (known: {sorted(DEFAULT_OUTPUTS)})")
+    if outputs["audio"] and not shards.manifest.get("with_audio"):
+        raise ValueError(f"output_configuration asks for audio, but the shards in {shards.root} were "
+                         "written without it (rerun spg-shard with --with-audio)")
+    return outputs
+
+
+def check_names(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]],
+                content_intervals: Optional[Sequence[str]], split_key: Optional[str], check: bool) -> None:
+    """The names the user passed, against the shard set (see the module docstring)."""
+    index = shards.index
+    interval_names = sorted(index.intervals)
+    keys = sorted(set(index.metadata) | set(index.free_form))
+    given = dict(output_configuration or {})
+    wanted: List[Tuple[str, str, List[str]]] = []  # (what, name, candidates)
+    wanted += [("output_configuration['masks']", n, interval_names) for n in given.get("masks") or []]
+    wanted += [("content_intervals", n, interval_names) for n in content_intervals or []]
+    wanted += [("output_configuration['meta']", k, keys) for k in given.get("meta") or []]
+    for what, key in (("output_configuration['label']", given.get("label")), ("split_key", split_key)):
+        if key is not None:
+            wanted.append((what, key, sorted(index.metadata)))
+            if key in index.free_form:
+                raise ValueError(f"{what}={key!r}: metadata[{key!r}] has more than {MAX_VOCABULARY} distinct "
+                                 f"values in {shards.root} (free-form, like a transcript), so it is not a label")
+    for what, name, candidates in wanted:
+        if name not in candidates and check:
+            raise ValueError(f"{what}: {name!r} is not in {shards.root}: {_known(what, candidates)}"
+                             f"{_suggestion(name, candidates)}. Pass check_names=False to accept a name the data "
+                             "does not have (yet)")
+
+
+def _known(what: str, candidates: List[str]) -> str:
+    kind = "interval names" if "masks" in what or "content" in what else "metadata keys"
+    return f"its {kind} are {', '.join(map(repr, candidates))}" if candidates else f"it has no {kind}"
+
+
+def _suggestion(name: str, candidates: List[str]) -> str:
+    same_case = [c for c in candidates if c.lower() == str(name).lower()]
+    close = same_case or difflib.get_close_matches(str(name), candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def split_of(split: Sequence[float], subset: Optional[int]) -> Tuple[Tuple[float, ...], np.ndarray, int]:
+    """(split, its bounds, the subset): without `subset`, a split of several parts takes part 0 and says so."""
+    bounds = normalize_split(split)
+    if subset is None:
+        subset = 0
+        if len(bounds) > 1:
+            warnings.warn(f"split={tuple(split)} has {len(bounds)} parts and no subset was given: this dataset is "
+                          f"subset 0 ({bounds[0]:.0%} of the files); make the others with the same split and "
+                          f"subset=1{', ..., ' + str(len(bounds) - 1) if len(bounds) > 2 else ''}", stacklevel=4)
+    if not 0 <= subset < len(bounds):
+        raise ValueError(f"subset={subset} but split {tuple(split)} has {len(bounds)} subsets")
+    return tuple(split), bounds, subset
+
+
+def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value

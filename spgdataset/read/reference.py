@@ -1,0 +1,116 @@
+"""The reference call: `SpectrogramDataset(audio_root, spectrograms_root, index_root, metadata_json_path=None,
+sample_rate=16000, ...)` turns an audio folder into shards once, then streams them like any shard set.
+
+How the reference's folders map onto a shard set: the shards, `manifest.json` and `index.bin` go to
+`spectrograms_root` (a shard set is one folder, so that it can be copied or uploaded whole); `index_root`
+holds `build.json`, the fingerprint of the inputs that built them (None: `spectrograms_root`). A later call
+with the same audio, metadata.json and parameters finds the same fingerprint and opens the shards without
+writing anything; when they changed, the shards are written again (spg-shard's own resume then keeps what it
+can). The fingerprint is of content, not of times: metadata.json's bytes, the feature parameters, and per
+audio file its name, size and the sha256 of its first, middle and last 64 KiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from ..errors import SpgError
+from ..format.features import FeatureConfig
+from ..format.names import FORMAT_VERSION, MANIFEST_NAME
+from ..storage.local import open_regular, write_bytes_atomic
+from ..version import __version__
+
+# The reference's positions after audio_root, and its defaults for the feature parameters it names.
+POSITIONS = ("spectrograms_root", "index_root", "metadata_json_path", "sample_rate", "window_size_sec",
+             "window_offset_sec", "window_content_ratio", "hop_length", "n_mels", "n_fft", "normalize", "dtype",
+             "split", "output_configuration", "max_memory_cache", "num_workers")
+FEATURE_DEFAULTS = {"sample_rate": 16000, "hop_length": 160, "n_mels": 80, "n_fft": 400}
+BUILD_RECORD = "build.json"
+SAMPLE = 64 << 10
+
+
+def is_reference_call(positional: Sequence[Any], options: Dict[str, Any]) -> bool:
+    return bool(positional) or any(options.get(name) is not None for name in ("audio_root", "spectrograms_root",
+                                                                               "index_root", "metadata_json_path"))
+
+
+def take_positions(source: Any, positional: Sequence[Any], options: Dict[str, Any],
+                   defaults: Dict[str, Any]) -> None:
+    """Put the reference's positional arguments into `options` (in place), as Python would bind them."""
+    if len(positional) > len(POSITIONS):
+        raise TypeError(f"SpectrogramDataset() takes at most {len(POSITIONS) + 1} positional arguments "
+                        f"(the reference call), {len(positional) + 1} were given")
+    if source is not None:
+        if options.get("audio_root") is not None:
+            raise TypeError("SpectrogramDataset() got multiple values for argument 'audio_root'")
+        options["audio_root"] = source
+    for name, value in zip(POSITIONS, positional):
+        if options.get(name) is not None and options.get(name) != defaults.get(name):
+            raise TypeError(f"SpectrogramDataset() got multiple values for argument {name!r}")
+        options[name] = value
+
+
+def build(options: Dict[str, Any], progress: bool = True) -> str:
+    """Shards of `options["audio_root"]` in `spectrograms_root`, written unless the inputs' fingerprint says
+    the ones there are current; returns the shard folder. Fills in the feature parameters the shards fix."""
+    from ..write.job import write_shards  # the reader imports the writer only for this call
+
+    audio_root, shards = options["audio_root"], options.get("spectrograms_root")
+    if shards is None:
+        raise TypeError("the reference call needs spectrograms_root (where the shards go)")
+    index_root = options.get("index_root") or shards
+    metadata = options.get("metadata_json_path")
+    features = FeatureConfig(**{name: options.get(name) or default for name, default in FEATURE_DEFAULTS.items()})
+    fingerprint = inputs_fingerprint(str(audio_root), None if metadata is None else str(metadata), features)
+    record = os.path.join(str(index_root), BUILD_RECORD)
+    if _recorded(record) != fingerprint or not os.path.exists(os.path.join(str(shards), MANIFEST_NAME)):
+        write_shards(audio_root, metadata, shards, features=features, overwrite=True, progress=progress)
+        os.makedirs(str(index_root), exist_ok=True)
+        write_bytes_atomic(record, json.dumps({"fingerprint": fingerprint, "shards": os.path.abspath(str(shards)),
+                                               "spgdataset": __version__}, indent=1).encode())
+    for name in FEATURE_DEFAULTS:  # the shards fix these now; as given they are only checks
+        options[name] = getattr(features, name)
+    return str(shards)
+
+
+def _recorded(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def inputs_fingerprint(audio_root: str, metadata_path: Optional[str], features: FeatureConfig) -> str:
+    """What the shards are made of, without decoding any audio (see the module docstring)."""
+    from ..write.inputs import collect_inputs
+
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, features.to_dict()]).encode())
+    if metadata_path is not None:
+        try:
+            with open(metadata_path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+        except OSError as exc:
+            raise SpgError(f"{metadata_path}: cannot read metadata: {exc.strerror or exc}") from None
+    entries, rejected = collect_inputs(audio_root, metadata_path)
+    for entry in entries:
+        digest.update(f"{entry.path}\0{_sampled_digest(entry.abspath)}\0".encode())
+    digest.update(json.dumps(sorted(str(bad) for bad in rejected)).encode())
+    return digest.hexdigest()
+
+
+def _sampled_digest(path: str) -> str:
+    """Size and sha256 of the first, middle and last 64 KiB of a file ("missing" when it cannot be read)."""
+    try:
+        with open_regular(path) as f:  # a FIFO named like audio is not waited on
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha256(str(size).encode())
+            for offset in sorted({0, max(size // 2 - SAMPLE // 2, 0), max(size - SAMPLE, 0)}):
+                f.seek(offset)
+                digest.update(f.read(SAMPLE))
+        return digest.hexdigest()
+    except OSError:
+        return "missing"

@@ -1,0 +1,95 @@
+"""What a dataset holds, in numbers a person checks before training: `repr(ds)` in one line, `ds.summary()`
+in full (files, hours, windows of every subset of the split, the label balance, and the files that yield no
+window, with why). Everything comes from the index columns: no shard is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+
+from ..rules.splits import normalize_split, subsets
+from .selection import select, split_units
+
+if TYPE_CHECKING:
+    from .dataset import SpectrogramDataset
+
+
+@dataclasses.dataclass
+class Summary:
+    """A dataset in numbers; `str()` renders it, `dataclasses.asdict()` gives it as plain data."""
+
+    source: str
+    features: Dict[str, Any]
+    shards: int
+    window: int
+    step: int
+    content: List[str]
+    content_ratio: float
+    split: List[float]
+    split_key: Optional[str]
+    subset: int
+    subsets: List[Dict[str, Any]]  # per subset of the split: files, hours, windows
+    label: Optional[str]
+    labels: List[Dict[str, Any]]  # per label value of this subset: value, files, windows
+    no_windows: Dict[str, int]  # files of this subset that yield no window, by reason
+
+    def __str__(self) -> str:
+        f = self.features
+        lines = [f"source: {self.source} ({self.shards} shards)",
+                 f"features: {f['n_mels']} mels, {f['sample_rate']} Hz, n_fft {f['n_fft']}, hop {f['hop_length']}, "
+                 f"{f['storage_dtype']}",
+                 f"windows: {self.window} frames every {self.step}; content {self.content or 'none'} "
+                 f"(ratio {self.content_ratio:g})",
+                 f"split {tuple(self.split)} by {self.split_key or 'path'}:"]
+        for row in self.subsets:
+            mark = "  <- this dataset" if row["subset"] == self.subset else ""
+            lines.append(f"  subset {row['subset']}: {row['files']:,} files, {row['hours']:.2f} h, "
+                         f"{row['windows']:,} windows{mark}")
+        if self.label is not None:
+            lines.append(f"label {self.label!r} in this subset ({len(self.labels)} values):")
+            lines += [f"  {row['value']!r}: {row['files']:,} files, {row['windows']:,} windows" for row in self.labels]
+        lost = ", ".join(f"{n:,} {why}" for why, n in self.no_windows.items() if n) or "none"
+        lines.append(f"files of this subset yielding no window: {lost}")
+        return "\n".join(lines)
+
+
+def summarize(ds: "SpectrogramDataset") -> Summary:
+    index = ds.shards.index
+    everything = select(index, len(ds.shards.manifest["shards"]), ds.shards.selected, normalize_split((1,)), 0, None,
+                        ds.rule)
+    files, counts = everything.files, everything.counts
+    part = subsets(split_units(index, ds.split_key)[files], ds.split_bounds) if len(ds.split_bounds) > 1 else \
+        np.zeros(len(files), dtype=np.int64)
+    hours = index.samples[files] / ds.sample_rate / 3600
+    rows = [{"subset": s, "files": int((part == s).sum()), "hours": float(hours[part == s].sum()),
+             "windows": int(counts[part == s].sum())} for s in range(len(ds.split_bounds))]
+    mine = part == ds.subset
+    labels = []
+    if ds.label_key is not None and ds.label_key in index.metadata:
+        ids = index.metadata[ds.label_key].ids[files][mine]
+        per_file = np.bincount(ids[ids >= 0], minlength=len(ds.label_vocabulary))
+        per_window = np.bincount(ids[ids >= 0], weights=counts[mine][ids >= 0], minlength=len(ds.label_vocabulary))
+        labels = [{"value": v, "files": int(n), "windows": int(w)}
+                  for v, n, w in zip(ds.label_vocabulary, per_file, per_window)]
+        if (ids < 0).any():
+            labels.append({"value": None, "files": int((ids < 0).sum()), "windows": int(counts[mine][ids < 0].sum())})
+    short = (index.frames[files] < ds.window) & mine & (not ds.pad_short)
+    no_content = (counts == 0) & mine & ~short
+    return Summary(ds.shards.root, dict(ds.features), len(ds.shards.selected), ds.window, ds.step,
+                   list(ds.content_intervals), ds.window_content_ratio, [float(x) for x in ds.split], ds.split_key,
+                   ds.subset, rows, ds.label_key, labels,
+                   {"shorter than one window": int(short.sum()), "with no window passing the content rule":
+                    int(no_content.sum())})
+
+
+def one_line(ds: "SpectrogramDataset") -> str:
+    """repr(ds): what it streams, without counting anything again."""
+    hours = float(ds.shards.index.samples[ds.selection.files].sum()) / ds.sample_rate / 3600
+    subset = f", subset {ds.subset} of {tuple(ds.split)}" if len(ds.split_bounds) > 1 else ""
+    batches = f", {len(ds):,} batches of {ds.batch_size}" if ds.batch_size else ""
+    return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {len(ds.selection.files):,} files, {hours:.2f} h, "
+            f"{ds.num_windows():,} windows of {ds.window} frames{batches}; {ds.n_mels} mels at "
+            f"{ds.sample_rate} Hz, hop {ds.hop_length})")

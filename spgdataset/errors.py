@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable, Optional, Sequence
+
 
 def printable(text: str) -> str:
     """`text` with control characters escaped (a newline as \\n), so that one problem stays one line."""
@@ -37,3 +40,18 @@ class BadInput(SpgError):
 
 class ShardError(SpgError):
     """A shard is missing, truncated, corrupt, or disagrees with its manifest."""
+
+
+def command_line(prog: str, run: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,
+                 interrupted: str = "interrupted") -> None:
+    """Run a command's `run(argv)` and exit: an SpgError (or ValueError, OSError) is one line on stderr
+    (`prog: error: ...`) and exit code 1, never a traceback; Ctrl-C exits with 130."""
+    try:
+        code = run(argv)
+    except (SpgError, ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        code = 130
+    sys.exit(code)

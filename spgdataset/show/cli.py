@@ -8,12 +8,11 @@ given, and the bad-input report. With --plot it draws spectrograms with their ma
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import SpgError
+from ..errors import SpgError, command_line
 from ..read.dataset import SpectrogramDataset
 from .plot import plot_files
 
@@ -117,12 +116,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    try:
-        code = run(argv)
-    except (SpgError, ValueError, OSError) as exc:
-        print(f"spg-inspect: error: {exc}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
+    command_line("spg-inspect", run, argv)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import SpgError
+from ..errors import SpgError, command_line
 from ..format.features import FeatureConfig, load_config
 from .inputs import read_file_list
 from .job import DEFAULT_MAX_SHARD_BYTES, write_shards
@@ -137,15 +136,7 @@ def summary(result) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    try:
-        code = run(argv)
-    except (SpgError, ValueError, OSError) as exc:
-        print(f"spg-shard: error: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("spg-shard: interrupted; rerun the same command to resume", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+    command_line("spg-shard", run, argv, interrupted="interrupted; rerun the same command to resume")
 
 
 if __name__ == "__main__":

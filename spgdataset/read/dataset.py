@@ -364,14 +364,11 @@ class SpectrogramDataset(IterableDataset):
                **kwargs: Any) -> SpectrogramLoader:
         """A DataLoader for this dataset: batches built in the workers and handed over through shared slots,
         workers kept across epochs, pinned memory on CUDA, and state_dict()/load_state_dict() to resume."""
-        if batch_size is not None:
-            self.batch_size = batch_size
-        if self.batch_size is None:
-            raise ValueError("loader() needs a batch_size (here or in the constructor)")
-        if num_workers is not None:
-            self.num_workers = num_workers
-        return make_loader(self, self.num_workers, (self.batch_size, self.n_mels, self.window), self.dtype,
-                           pin_memory, persistent_workers, **kwargs)
+        return make_loader(self, batch_size, num_workers, pin_memory, persistent_workers, **kwargs)
+
+    def ring_shape(self) -> Tuple[Tuple[int, ...], torch.dtype]:
+        """(shape, dtype) of a batch's spectrogram: the slots the loader shares with its workers."""
+        return (self.batch_size, self.n_mels, self.window), self.dtype
 
 
 PARAMETER_DEFAULTS = {name: p.default for name, p in inspect.signature(SpectrogramDataset.__init__).parameters.items()

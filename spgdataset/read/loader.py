@@ -39,18 +39,24 @@ class RingFeed(IterableDataset):
         return len(self.dataset)
 
 
-def make_loader(dataset: Any, num_workers: int, batch_shape: Optional[Tuple[int, ...]], dtype: torch.dtype,
-                pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
-                **kwargs: Any) -> "SpectrogramLoader":
-    """A SpectrogramLoader; with workers and `batch_shape` (the spectrogram batch), a batch ring sized for the
+def make_loader(source: Any, batch_size: Optional[int], num_workers: Optional[int], pin_memory: Optional[bool],
+                persistent_workers: Optional[bool], **kwargs: Any) -> "SpectrogramLoader":
+    """`loader()` of a dataset or a router: sets their batch size and worker count (given ones), then a
+    SpectrogramLoader; with workers and a `ring_shape()` (the spectrogram batch), a batch ring sized for the
     prefetched batches and a few held ones, within RING_BYTES of shared memory."""
-    ring = None
-    if num_workers > 0 and batch_shape is not None:
-        nbytes = tensor_nbytes(batch_shape, dtype)
+    if batch_size is not None:
+        source.batch_size = batch_size
+    if source.batch_size is None:
+        raise ValueError("loader() needs a batch_size (here or where the dataset was made)")
+    if num_workers is not None:
+        source.num_workers = num_workers
+    ring, slot = None, source.ring_shape()  # (shape, dtype) of a batch's spectrogram, or None
+    if source.num_workers > 0 and slot is not None:
+        nbytes = tensor_nbytes(*slot)
         prefetch = kwargs.get("prefetch_factor", 4)
-        slots = max(2 * num_workers, min(num_workers * (prefetch + 4), RING_BYTES // nbytes))
-        ring = BatchRing(slots, nbytes, num_workers)
-    return SpectrogramLoader(dataset, num_workers, pin_memory, persistent_workers, ring=ring, **kwargs)
+        slots = max(2 * source.num_workers, min(source.num_workers * (prefetch + 4), RING_BYTES // nbytes))
+        ring = BatchRing(slots, nbytes, source.num_workers)
+    return SpectrogramLoader(source, source.num_workers, pin_memory, persistent_workers, ring=ring, **kwargs)
 
 
 class SpectrogramLoader:

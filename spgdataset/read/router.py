@@ -102,7 +102,7 @@ class SpectrogramDatasetRouter(IterableDataset):
                     raise ValueError(f"dataset {i} ({where(ds)}) has no windows: it cannot be resampled "
                                      "(give it weight 0 or leave it out)")
         self.seed = int(seed)
-        self.num_workers = max([ds.num_workers for ds in self.datasets], default=0)
+        self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
         self.cursor = EpochCursor()
@@ -301,15 +301,22 @@ class SpectrogramDatasetRouter(IterableDataset):
         """A DataLoader over the router, as `SpectrogramDataset.loader`: batches are built (and mixed) in
         the workers, workers persist across epochs, and state_dict()/load_state_dict() resume mid-epoch.
         Sets batch_size and num_workers on the router and every dataset."""
-        if batch_size is not None:
-            self.batch_size = batch_size
-        if self.batch_size is None:
-            raise ValueError("loader() needs a batch_size (here or in the datasets)")
-        if num_workers is not None:
-            self.num_workers = num_workers
-            for ds in self.datasets:
-                ds.num_workers = num_workers
-        return make_loader(self, self.num_workers, None, torch.float32, pin_memory, persistent_workers, **kwargs)
+        return make_loader(self, batch_size, num_workers, pin_memory, persistent_workers, **kwargs)
+
+    def ring_shape(self) -> None:
+        """None: the router's batches are concatenated from its datasets' own, not gathered into slots."""
+        return None
+
+    @property
+    def num_workers(self) -> int:
+        """DataLoader workers, the same for the router and every dataset (setting it sets theirs)."""
+        return self._num_workers
+
+    @num_workers.setter
+    def num_workers(self, value: int) -> None:
+        self._num_workers = value
+        for ds in self.datasets:
+            ds.num_workers = value
 
 
 # ---------------------------------------------------------------- helpers

@@ -122,3 +122,24 @@ def mixed_run(mixed_corpus, tmp_path_factory):
     result = write_shards(root, meta, out, workers=1, max_shard_files=4, with_audio=True, progress=False)
     assert result.manifest is not None
     return str(out), result
+
+
+# --------------------------------------------------------------------------- an S3 server (tests/s3server.py)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's standalone server on 127.0.0.1, one per test module, with bucket `spg-test`."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto")
+    from tests.s3server import moto_fixture
+
+    yield from moto_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def aws(moto, monkeypatch):
+    """This process pointed at the moto server as user `spg`; `aws(user=..., endpoint=...)` switches."""
+    from tests.s3server import aws_fixture
+
+    yield from aws_fixture(moto, monkeypatch)

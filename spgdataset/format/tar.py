@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import re
 import tarfile
-from typing import Any, Dict, Iterator, Union
+from typing import Any, Dict, Iterator, List, Union
 
 _OCTAL = re.compile(rb"[0-7]+")
 
 
-def tar_member(name: str, *parts: Any) -> bytes:
-    """One tar member (USTAR header + data + padding) whose bytes depend only on name and data: fixed
-    mtime, owner and mode. `parts` (bytes-like, joined) spare a copy of a large payload, e.g. an npy header
-    and the array's own memory. Built in the writer's workers, so the main process only writes them."""
+def tar_member(name: str, *parts: Any) -> List[Any]:
+    """One tar member as pieces (USTAR header, data, padding) whose bytes depend only on name and data: fixed
+    mtime, owner and mode. The pieces are written one after the other, so a large payload (an npy header and
+    the array's own memory) is never copied into one buffer."""
     size = sum(memoryview(p).nbytes for p in parts)
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    return b"".join([header, *parts, bytes(-size % tarfile.BLOCKSIZE)])
+    return [_header(name, size), *parts, bytes(-size % tarfile.BLOCKSIZE)]
+
+
+def _header(name: str, size: int) -> bytes:
+    """The 512 bytes `tarfile` writes for this member (USTAR, mode 0644, owner 0, mtime 0), built directly:
+    tarfile took 30 µs a member, a tenth of a short clip's whole cost (tools/bench_write.py)."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > 100 or not encoded.isascii() or size >= 8**11:  # tarfile splits or encodes these
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    head = encoded.ljust(100, b"\0") + _FIXED_MODE + b"%011o\0" % size + _FIXED_TIME
+    checksum = sum(head) + _TAIL_SUM + 8 * 32
+    return head + b"%06o\0 " % checksum + _TAIL
+
+
+_FIXED_MODE = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
+_FIXED_TIME = b"00000000000\0"  # mtime
+_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 * 2 + 8 * 2 + 155 + 12)  # type, link, magic, owner names, dev, prefix
+_TAIL_SUM = sum(_TAIL)
 
 
 def tar_end(size: int) -> bytes:

@@ -1,13 +1,13 @@
 """Where shards live: a local folder or an `s3://bucket/prefix`, behind one small surface.
 
 Reading: `read_bytes` (manifest, index), `open_shard` (a shard as a stream), `folder_exists`.
-Writing: `output_for(url)` gives an `Output` (LocalOutput or S3Output) with the same six methods.
+Writing: `output_for(url)` gives an `Output` (LocalOutput or S3Output) with the same methods.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO, List, Optional, Protocol
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Protocol
 
 from ..errors import ShardError, SpgError
 from . import s3
@@ -15,14 +15,29 @@ from .local import LocalOutput, open_regular, read_at_most
 from .s3 import is_s3_url
 
 
-class Output(Protocol):
-    """An output folder where every name is either absent or whole."""
+class Writing(Protocol):
+    """One name being written: nobody sees it until `commit`, which returns its stamp."""
 
-    def prepare(self, clean_temporaries: bool) -> None: ...
+    def write(self, data: Any) -> None: ...
+    def commit(self, sha256: Optional[str] = None) -> str: ...
+    def discard(self) -> None: ...
+
+
+class Output(Protocol):
+    """An output folder where every name is either absent or whole.
+
+    A stamp ("size:mtime" of a file, "size:ETag" of an object) identifies one version of a name; `listing`
+    gives the stamps of a whole folder at once, so a rerun checks its shards without reading them.
+    """
+
+    def prepare(self) -> None: ...
+    def clean(self, owned: Callable[[str], bool]) -> None: ...
     def read(self, name: str) -> Optional[bytes]: ...
-    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> None: ...
+    def read_many(self, names: Iterable[str]) -> Dict[str, Optional[bytes]]: ...
+    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> str: ...
+    def create(self, name: str) -> Writing: ...
+    def listing(self, folder: str = "") -> Dict[str, str]: ...
     def matches(self, name: str, size: int, sha256: str) -> bool: ...
-    def names(self, folder: str = "") -> List[str]: ...
     def remove(self, name: str) -> None: ...
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
+import re
 import stat
-from typing import Any, BinaryIO, List, Optional
+import uuid
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional
 
 from ..errors import SpgError
 
@@ -63,20 +66,59 @@ def read_at_most(stream: BinaryIO, limit: int) -> bytes:
 def write_bytes_atomic(path: str, *parts: Any) -> None:
     """Write `parts` (bytes-like, in order) to a temporary name in the same folder, then rename: readers
     see all or nothing. A failure (a full disk) is an SpgError naming `path`; the temporary file is removed."""
-    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp{os.getpid()}"
+    writer = AtomicFile(path)
     try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
+        for part in parts:
+            writer.write(part)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.commit()
+
+
+def temporary_name(path: str) -> str:
+    """Unique to this write: two writers of one name (a task Dask runs twice, on two hosts with one pid) must
+    not share a temporary file."""
+    return f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.tmp[0-9]+(-[0-9a-f]+)?")
+
+
+class AtomicFile:
+    """A file written piece by piece under a temporary name and renamed when complete (`commit`): readers see
+    all or nothing, and a large output is never held in memory. A failure is an SpgError naming `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.tmp = path, temporary_name(path)
+        self.file = self._call(open, self.tmp, "wb", 1 << 20)  # few large writes, not one per piece
+
+    def write(self, data: Any) -> None:
+        self._call(self.file.write, data)
+
+    def commit(self, sha256: Optional[str] = None) -> str:
+        """Flush to disk and rename into place; the file's stamp (size and mtime). `sha256` is for the S3 twin,
+        which stores it with the object."""
+        self._call(self.file.flush)
+        self._call(os.fsync, self.file.fileno())
+        self.file.close()
+        self._call(os.replace, self.tmp, self.path)
+        return stamp_of(os.stat(self.path))
+
+    def discard(self) -> None:
+        for undo in (self.file.close, lambda: os.remove(self.tmp)):
+            try:
+                undo()
+            except OSError:  # closing flushes what the full disk refused; the file may be gone already
+                pass
+
+    def _call(self, fn: Any, *args: Any) -> Any:
         try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise SpgError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            return fn(*args)
+        except OSError as exc:
+            if getattr(self, "file", None) is not None:
+                self.discard()
+            raise SpgError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
 
 def sha256_file(path: str) -> str:
@@ -87,23 +129,33 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def stamp_of(stat: os.stat_result) -> str:
+    """What identifies one version of a file without reading it: its size and modification time (ns)."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 class LocalOutput:
-    """An output folder on a local file system: a name is either absent or whole (write_bytes_atomic)."""
+    """An output folder on a local file system: a name is either absent or whole (AtomicFile).
+
+    Every written name has a stamp (size and mtime) that a listing gives back, so a rerun can tell that a
+    shard is the one its state record describes without hashing it again (terabytes at 10,000 hours).
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
 
-    def prepare(self, clean_temporaries: bool) -> None:
-        """Make the folder; with `clean_temporaries`, remove what a killed run left half-written in it and in
-        its subfolders (not when other parts of a split run may be writing theirs)."""
+    def prepare(self) -> None:
         os.makedirs(self.root, exist_ok=True)
-        if not clean_temporaries:
-            return
-        folders = [self.root] + [e.path for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+
+    def clean(self, owned: Callable[[str], bool]) -> None:
+        """Remove what a killed run left half-written (temporary files) here and in the subfolders, for the
+        names `owned` says are this run's (not another part's of a split run, which may be writing)."""
+        folders = [""] + [e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
         for folder in folders:
-            for name in os.listdir(folder):
-                if name.startswith(".") and ".tmp" in name:
-                    os.remove(os.path.join(folder, name))
+            for name in os.listdir(os.path.join(self.root, folder)):
+                match = _TEMPORARY.fullmatch(name)
+                if match and owned(posixpath.join(folder, match.group(1))):
+                    os.remove(os.path.join(self.root, folder, name))
 
     def read(self, name: str) -> Optional[bytes]:
         try:
@@ -112,20 +164,33 @@ class LocalOutput:
         except FileNotFoundError:
             return None
 
-    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> None:
+    def read_many(self, names: Iterable[str]) -> Dict[str, Optional[bytes]]:
+        return {name: self.read(name) for name in names}
+
+    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> str:
+        writer = self.create(name)
+        for part in parts:
+            writer.write(part)
+        return writer.commit(sha256)
+
+    def create(self, name: str) -> AtomicFile:
         path = os.path.join(self.root, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_bytes_atomic(path, *parts)
+        return AtomicFile(path)
+
+    def listing(self, folder: str = "") -> Dict[str, str]:
+        """{name: stamp} of the files directly in the folder (or its `folder`)."""
+        try:
+            entries = list(os.scandir(os.path.join(self.root, folder)))
+        except FileNotFoundError:
+            return {}
+        return {e.name: stamp_of(e.stat(follow_symlinks=False)) for e in entries if e.is_file(follow_symlinks=False)}
 
     def matches(self, name: str, size: int, sha256: str) -> bool:
+        """For state records written before stamps: the file is there with this size and sha256."""
         path = os.path.join(self.root, name)
         return os.path.exists(path) and os.path.getsize(path) == size and sha256_file(path) == sha256
 
-    def names(self, folder: str = "") -> List[str]:
-        try:
-            return os.listdir(os.path.join(self.root, folder))
-        except FileNotFoundError:
-            return []
-
     def remove(self, name: str) -> None:
         os.remove(os.path.join(self.root, name))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SpgError, command_line
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelset", action="append", default=[], metavar="KEY=V1,V2",
                    help="keep only files whose metadata KEY is one of the values (repeatable)")
     p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on Dask instead: tcp://HOST:8786 (a running scheduler whose workers see AUDIO_ROOT and "
+                        "OUTPUT_DIR) or local:N (N worker processes here); pip install \"spgdataset[dask]\"")
     p.add_argument("--part", metavar="I/N", help="write only part I of N (0-based), for job arrays")
     p.add_argument("--overwrite", action="store_true", help="replace shards of a different job in OUTPUT_DIR")
     p.add_argument("--allow-outside-root", action="store_true",
@@ -94,14 +98,22 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         labelset, part = parse_labelset(args.labelset), parse_part(args.part)
     except SpgError as exc:
         parser.error(str(exc))
+    if args.scheduler and args.workers:
+        parser.error("--workers sets local processes; with --scheduler the Dask cluster's workers do the work")
     files = read_file_list(args.files, audio_root) if args.files else None
-    result = write_shards(
-        audio_root, metadata, output, files=files, features=features_from_args(args),
-        with_audio=args.with_audio, max_shard_bytes=int(args.max_shard_mb * 2**20),
-        max_shard_files=args.max_shard_files, labelset=labelset, workers=args.workers,
-        part=part, overwrite=args.overwrite, progress=not args.quiet,
-        allow_outside_root=args.allow_outside_root, dry_run=args.dry_run,
-    )
+    options = dict(files=files, features=features_from_args(args), with_audio=args.with_audio,
+                   max_shard_bytes=int(args.max_shard_mb * 2**20), max_shard_files=args.max_shard_files,
+                   labelset=labelset, part=part, overwrite=args.overwrite, progress=not args.quiet,
+                   allow_outside_root=args.allow_outside_root, dry_run=args.dry_run)
+    if args.scheduler:
+        from .cluster import dask_client, describe_client
+
+        with dask_client(args.scheduler) as client:
+            if not args.quiet:
+                print(describe_client(client), file=sys.stderr)
+            result = write_shards(audio_root, metadata, output, client=client, **options)
+    else:
+        result = write_shards(audio_root, metadata, output, workers=args.workers, **options)
     print(summary(result))
     return 0
 

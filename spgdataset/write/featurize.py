@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Union
+import threading
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import torch
@@ -23,22 +24,23 @@ from .plan import PlannedFile
 class FileResult:
     """A featurised file: its tar members (bytes), its index row, and what the manifest sums up."""
 
-    members: List[bytes]
+    members: List[Any]  # bytes-like pieces, written one after the other
     index: Dict[str, Any]  # key, path, frames, samples, intervals (samples at the feature rate), metadata
     seconds: float  # of the original audio
     sum: np.ndarray  # (n_mels,) float64: sum over the file's frames of each mel bin
     sumsq: np.ndarray  # (n_mels,) float64: sum of squares
 
 
-_LOGMEL: Optional[LogMel] = None
+_PER_THREAD = threading.local()
 
 
 def _logmel(features: FeatureConfig) -> LogMel:
-    """One LogMel per process (its STFT window and mel filters are worth keeping across files)."""
-    global _LOGMEL
-    if _LOGMEL is None or _LOGMEL.config != features:
-        _LOGMEL = LogMel(features)
-    return _LOGMEL
+    """One LogMel per thread (its window, mel filters and buffer are worth keeping across files; a Dask
+    worker may run several tasks at once in threads)."""
+    logmel = getattr(_PER_THREAD, "logmel", None)
+    if logmel is None or logmel.config != features:
+        logmel = _PER_THREAD.logmel = LogMel(features)
+    return logmel
 
 
 def _check_audio(item: PlannedFile, audio: np.ndarray, orig_length: int, features: FeatureConfig) -> None:
@@ -72,10 +74,10 @@ def featurize(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> F
     info = {"path": entry.path, "frames": frames, "samples": len(audio), "sample_rate": features.sample_rate,
             "orig_sample_rate": orig_rate, "orig_length": orig_length, "intervals": intervals,
             "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio}
-    members = [tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B")),
-               tar_member(f"{key}.{INFO}", pack(info))]
+    members = tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B"))
+    members += tar_member(f"{key}.{INFO}", pack(info))
     if with_audio:
-        members.append(tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit)))
+        members += tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit))
     index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio), "intervals": intervals,
                  "metadata": entry.metadata}
     return FileResult(members, index_row, orig_length / orig_rate, total, total_sq)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import stat
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -84,7 +85,7 @@ def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
             raise BadInput(path, f"intervals[{name!r}] must be a list of [start, stop] pairs")
         checked = []
         for span in spans:
-            if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(_is_int(v) for v in span)):
+            if not (isinstance(span, (list, tuple)) and len(span) == 2 and _is_int(span[0]) and _is_int(span[1])):
                 raise BadInput(path, f"intervals[{name!r}] has {span!r}; expected [start, stop] in whole samples")
             start, stop = int(span[0]), int(span[1])
             if start < 0:
@@ -108,6 +109,8 @@ def parse_entry(path: str, abspath: str, raw: Any) -> FileEntry:
 
 
 def _is_int(value: Any) -> bool:
+    if type(value) is int:
+        return True
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -158,22 +161,52 @@ def resolve_path(name: str, root: str, allow_outside_root: bool = False,
     with `allow_outside_root`, a name outside it stays as given (normalised). The real path (symlinks
     resolved) tells where the audio is: it must lie inside the root too, and it identifies duplicates.
     """
-    try:
-        given = name.replace(os.sep, "/")
-        absolute = os.path.normpath(given if os.path.isabs(given) else os.path.join(root, given))
-        real, real_root = os.path.realpath(absolute), real_root or os.path.realpath(root)
-    except (ValueError, OSError) as exc:  # a NUL byte, an over-long name
-        raise BadInput(name, f"not a usable file name ({exc})") from None
-    lexical = os.path.relpath(absolute, os.path.abspath(root)).replace(os.sep, "/")
-    if lexical == ".":
-        raise BadInput(name, "names the audio root itself, not a file")
-    inside = not (lexical == ".." or lexical.startswith("../"))
-    if not allow_outside_root and not (inside and _inside(real, real_root)):
-        what = "is outside the audio root" if not inside else "is a link to a file outside the audio root"
-        raise BadInput(name, f"{what}; pass --allow-outside-root (allow_outside_root=True) to take it")
-    if inside:
-        return lexical, absolute, real
-    return (absolute if os.path.isabs(given) else posixpath.normpath(given)), absolute, real
+    return PathResolver(root, allow_outside_root, real_root).resolve(name)
+
+
+class PathResolver:
+    """resolve_path() for many names under one root: a folder's real and relative paths are worked out once,
+    so a name costs one lstat instead of one per path component (40 µs a file at a million files)."""
+
+    def __init__(self, root: str, allow_outside_root: bool = False, real_root: Optional[str] = None) -> None:
+        self.root, self.allow_outside_root = root, allow_outside_root
+        self.real_root = real_root or os.path.realpath(root)
+        self.abs_root = os.path.abspath(root)
+        self.folders: Dict[str, Tuple[str, str]] = {}  # folder -> (real path, path relative to the root)
+
+    def resolve(self, name: str) -> Tuple[str, str, str]:
+        try:
+            given = name.replace(os.sep, "/")
+            absolute = os.path.normpath(given if os.path.isabs(given) else os.path.join(self.root, given))
+            lexical, real = self._locate(absolute)
+        except (ValueError, OSError) as exc:  # a NUL byte, an over-long name
+            raise BadInput(name, f"not a usable file name ({exc})") from None
+        if lexical == ".":
+            raise BadInput(name, "names the audio root itself, not a file")
+        inside = not (lexical == ".." or lexical.startswith("../"))
+        if not self.allow_outside_root and not (inside and _inside(real, self.real_root)):
+            what = "is outside the audio root" if not inside else "is a link to a file outside the audio root"
+            raise BadInput(name, f"{what}; pass --allow-outside-root (allow_outside_root=True) to take it")
+        if inside:
+            return lexical, absolute, real
+        return (absolute if os.path.isabs(given) else posixpath.normpath(given)), absolute, real
+
+    def _locate(self, absolute: str) -> Tuple[str, str]:
+        """(path relative to the root, real path) of a normalised path."""
+        folder, base = os.path.split(absolute)
+        if base in ("", ".", ".."):  # the file system's root, or a path made only of ".."
+            return os.path.relpath(absolute, self.abs_root).replace(os.sep, "/"), os.path.realpath(absolute)
+        known = self.folders.get(folder)
+        if known is None:
+            known = self.folders[folder] = (os.path.realpath(folder),
+                                            os.path.relpath(folder, self.abs_root).replace(os.sep, "/"))
+        real_folder, relative_folder = known
+        try:
+            linked = stat.S_ISLNK(os.lstat(absolute).st_mode)
+        except FileNotFoundError:  # reported when the file is read
+            linked = False
+        real = os.path.realpath(absolute) if linked else os.path.join(real_folder, base)
+        return (base if relative_folder == "." else f"{relative_folder}/{base}"), real
 
 
 def collect_inputs(
@@ -204,10 +237,10 @@ def collect_inputs(
     allowed: Dict[str, Set[str]] = {k: {str(v) for v in values} for k, values in (labelset or {}).items()}
     by_file: Dict[str, List[Tuple[str, FileEntry]]] = {}
     rejected: List[BadInput] = []
-    real_root = os.path.realpath(root)
+    resolver = PathResolver(root, allow_outside_root)
     for name in sorted(names):
         try:
-            path, absolute, real = resolve_path(name, root, allow_outside_root, real_root)
+            path, absolute, real = resolver.resolve(name)
             entry = parse_entry(path, absolute, metadata[name] if name in metadata else metadata.get(path))
             by_file.setdefault(real, []).append((name, entry))
         except BadInput as bad:  # reported under the name it was given

@@ -1,31 +1,38 @@
 """spg-shard's job: audio files -> log-mel WebDataset shards + manifest.json + file index.
 
 How a run goes, and why:
-1. Collect and check the inputs (inputs.py); probe each file's header for its length (plan.py).
+1. Collect and check the inputs (inputs.py); read each file's header for its length (headers.py: in the
+   workers, and only for files that are new or changed since the last run into the same OUTPUT_DIR).
 2. Plan the shards from those lengths alone (bytes and file limits), before any audio is decoded.
-   The plan fixes which file goes into which shard, so the output is the same whatever the worker
-   count, a killed run knows which shards are finished, and `--part i/N` jobs agree without talking.
-3. Workers compute spectrograms in tasks of about a minute of audio (pool.py, featurize.py); in plan order,
-   a writer thread of the main process hashes and writes each finished shard and records it (shards.py).
+   The plan fixes which file goes into which shard, so the output is the same whatever the worker count or
+   the cluster, a killed run knows which shards are finished, and `--part i/N` jobs agree without talking.
+3. One task per shard (tasks.py), run by local worker processes (executors.py) or a Dask cluster
+   (cluster.py): it computes its files' spectrograms and writes the shard and its state record itself.
 4. When every shard of the plan is recorded, write the index and then manifest.json (last).
 OUTPUT_DIR is a local folder or `s3://bucket/prefix` (storage/): the same steps, with objects for files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import BadInput, SpgError
 from ..format.features import FeatureConfig
+from ..storage import Output, output_for, s3
+from ..storage.s3 import is_s3_url
+from .executors import local_executor
+from .headers import HeaderCache, read_headers
 from .inputs import collect_inputs
-from .plan import PlannedFile, plan_shards, probe_all, run_fingerprint
-from .pool import featurize_all
+from .plan import PlannedFile, plan_files, plan_shards, run_fingerprint
 from .progress import Progress
 from .report import describe, nothing_usable, report_row
-from .shards import MeasuringSink, ShardWriter, claim_output, finalize, shard_done
+from .shards import ShardRecord, claim_output, finalize, finished_shards
+from .tasks import shard_task
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
 
@@ -44,6 +51,23 @@ class WriteResult:
     rejected: List[Dict[str, str]]
     dry_run: bool = False
     expected_bytes: int = 0  # what the shards take (a dry run: what they would take)
+    headers_read: int = 0  # headers read from the audio files (the others were known from an earlier run)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One call's settings, as the stages need them."""
+
+    output_dir: str
+    features: FeatureConfig
+    with_audio: bool
+    progress: bool
+    executor: Any
+    part: Tuple[int, int]  # (i, N): this run writes shards i, i + N, ...
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def mine(self, plan: List[List[PlannedFile]]) -> List[int]:
+        return [k for k in range(len(plan)) if k % self.part[1] == self.part[0]]
 
 
 def write_shards(
@@ -63,96 +87,175 @@ def write_shards(
     progress: bool = True,
     allow_outside_root: bool = False,
     dry_run: bool = False,
+    client: Any = None,
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
     `files`: paths (relative to `audio_root`) to take instead of the metadata keys or a folder walk.
     `part=(i, n)`: write only shards i, i+n, i+2n, ... (for job arrays); the part that completes the
-    set writes the manifest. `workers`: processes computing spectrograms (default: all cores).
+    set writes the manifest. `workers`: local processes computing spectrograms (default: all cores).
+    `client`: a `dask.distributed.Client`; its cluster's workers then read the headers and write the shards
+    (they must see `audio_root` and `output_dir`: a shared file system, or s3://). The output is the same.
     `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
     symlink out of it), which are otherwise refused and reported.
     `dry_run`: check everything (every file decoded and featurised, as a run does, so the report is the one a
     run would give) and add up the bytes the shards would take, but write nothing, not even the folder.
     """
-    features = features or FeatureConfig()
-    started = time.monotonic()
-    output_dir = os.fspath(output_dir)
     if max_shard_bytes is None and max_shard_files is None:
         raise ValueError("give max_shard_bytes and/or max_shard_files")
-    workers = max(1, workers or os.cpu_count() or 1)
     part_index, part_count = part or (0, 1)
     if not 0 <= part_index < part_count:
         raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
-    planned, reported = _checked_inputs(audio_root, metadata_path, files, labelset, allow_outside_root, features,
-                                        workers, progress)
-    plan = plan_shards(planned, features, with_audio, max_shard_bytes, max_shard_files)
-    mine = [k for k in range(len(plan)) if k % part_count == part_index]
-    if dry_run:
-        sink = MeasuringSink()
-        processed, seconds, bad = _write_pending(sink, plan, mine, features, with_audio, workers, reported, progress)
-        return WriteResult(output_dir, None, 0, 0, processed, seconds, time.monotonic() - started,
-                           sorted((report_row(b) for b in reported + bad), key=lambda row: row["path"]),
-                           dry_run=True, expected_bytes=sink.bytes)
-    claim_output(output_dir, run_fingerprint(plan, features, with_audio), overwrite, part_count == 1)
-    pending = [k for k in mine if not shard_done(output_dir, k)]
-    processed, seconds, _ = _write_pending(ShardWriter(output_dir), plan, pending, features, with_audio, workers,
-                                           reported, progress)
-    rejected_early = [report_row(bad) for bad in reported]
-    manifest = None
-    if all(k in mine or shard_done(output_dir, k) for k in range(len(plan))):  # mine are checked or just written
-        manifest = finalize(output_dir, len(plan), features, with_audio, rejected_early)
-    return WriteResult(output_dir, manifest, len(pending), len(mine) - len(pending), processed, seconds,
-                       time.monotonic() - started, manifest["report"]["files"] if manifest else rejected_early,
-                       expected_bytes=manifest["totals"]["bytes"] if manifest else 0)
+    audio_root, output_dir = os.fspath(audio_root), os.fspath(output_dir)
+    if client is not None:  # a worker's working directory is not this one's
+        audio_root = os.path.abspath(audio_root)
+        output_dir = output_dir if is_s3_url(output_dir) else os.path.abspath(output_dir)
+    executor = _executor(workers, client, [audio_root] + ([] if dry_run else [output_dir]))
+    run = _Run(output_dir, features or FeatureConfig(), with_audio, progress, executor, (part_index, part_count))
+    try:
+        if not dry_run:  # a missing bucket is said before any header is read
+            output_for(run.output_dir).prepare()
+        with _paused_gc():
+            planned, reported, headers = _checked_inputs(run, audio_root, metadata_path, files, labelset,
+                                                         allow_outside_root)
+            plan = plan_shards(planned, run.features, with_audio, max_shard_bytes, max_shard_files)
+        if dry_run:
+            return _dry_run(run, plan, reported, headers.count)
+        return _write(run, plan, reported, headers, overwrite)
+    finally:
+        executor.close()
+        gc.unfreeze()
 
 
-def _checked_inputs(audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]], labelset: Any,
-                    allow_outside_root: bool, features: FeatureConfig, workers: int,
-                    progress: bool) -> Tuple[List[PlannedFile], List[BadInput]]:
+def _write(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput], headers: "_Headers",
+           overwrite: bool) -> WriteResult:
+    """Steps 3 and 4 of the module docstring, after claiming the folder; resumes what is finished."""
+    out, mine = output_for(run.output_dir), run.mine(plan)
+    claim_output(out, run.output_dir, run_fingerprint(plan, run.features, run.with_audio), overwrite,
+                 _owned_by(*run.part))
+    headers.save(out)
+    records = finished_shards(out, mine)
+    pending = [k for k in mine if k not in records]
+    records.update(_write_pending(run, plan, pending, reported, dry_run=False))
+    records.update(finished_shards(out, [k for k in range(len(plan)) if k not in records]))  # other parts'
+    return _finish(run, out, plan, records, pending, reported, headers.count)
+
+
+def _executor(workers: Optional[int], client: Any, paths: List[str]) -> Any:
+    if client is None:
+        return local_executor(max(1, workers or os.cpu_count() or 1))
+    from .cluster import DaskExecutor  # dask is an extra
+
+    return DaskExecutor(client, paths)
+
+
+@contextlib.contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Inputs and plan are millions of small objects that live to the end of the run. Collections triggered
+    by their allocation took half of the input checks' time, and later ones, walking them again and again,
+    a tenth of the spectrograms' (they free nothing): collection is off while they are made, and they are
+    frozen out of it (gc.freeze, also what keeps forked workers from copying their pages) until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _owned_by(part_index: int, part_count: int) -> Callable[[str], bool]:
+    """Which names' leftovers (temporary files, unfinished uploads) a run may clean: all of them in a single
+    run; in a split run only its own shards' and their records' (another part may be writing the others)."""
+    if part_count == 1:
+        return lambda name: True
+
+    def owned(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        if not base.startswith("shard-"):
+            return False
+        return base[6:12].isdigit() and int(base[6:12]) % part_count == part_index
+
+    return owned
+
+
+@dataclasses.dataclass
+class _Headers:
+    """The headers of a run's inputs, to save with its state once it has claimed the folder."""
+
+    cache: HeaderCache
+    entries: List[Any]
+    stats: List[Any]
+    found: List[Any]
+    count: int  # read from the files in this run
+
+    def save(self, out: Output) -> None:
+        if self.count:
+            self.cache.save(out, self.entries, self.stats, self.found)
+
+
+def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]], labelset: Any,
+                    allow_outside_root: bool) -> Tuple[List[PlannedFile], List[BadInput], _Headers]:
     """Step 1 of the module docstring: the files whose headers read, and what was reported on the way."""
-    reporter = Progress(0, 0.0, enabled=progress)
+    reporter = Progress(0, 0.0, enabled=run.progress)
     entries, reported = collect_inputs(audio_root, metadata_path, files, labelset, allow_outside_root)
     if not entries:
         raise SpgError(nothing_usable(len(reported), reported, "no audio files to shard"))
     reported += [BadInput(e.path, warning, kind="warning") for e in entries for warning in e.warnings]
-    planned, unreadable = probe_all(entries, features, workers)
+    cache = HeaderCache.load(output_for(run.output_dir))
+    found, stats, count = read_headers(entries, run.executor, cache, run.progress)
+    planned, unreadable = plan_files(entries, found, run.features)
     reported += unreadable
     for bad in reported:
         reporter.message(describe(bad))
     if not planned:
         raise SpgError(nothing_usable(len(entries), reported, "no readable audio"))
-    return planned, reported
+    return planned, reported, _Headers(cache, entries, stats, found, count)
 
 
-def _write_pending(shard_writer: Any, plan: List[List[PlannedFile]], pending: List[int], features: FeatureConfig,
-                   with_audio: bool, workers: int, reported: List[BadInput],
-                   progress: bool) -> Tuple[int, float, List[BadInput]]:
-    """Featurise the shards `pending` and hand each to `shard_writer` (a ShardWriter, or a MeasuringSink in a
-    dry run), with a progress line; (files processed, audio seconds, the files found bad)."""
-    work = [item for k in pending for item in plan[k]]
-    reporter = Progress(len(work), sum(p.seconds for p in work), enabled=progress)
+def _write_pending(run: _Run, plan: List[List[PlannedFile]], pending: List[int], reported: List[BadInput],
+                   dry_run: bool) -> Dict[int, ShardRecord]:
+    """One task per shard of `pending`, with a progress line; their records."""
+    reporter = Progress(sum(len(plan[k]) for k in pending), sum(p.seconds for k in pending for p in plan[k]),
+                        enabled=run.progress)
     reporter.bad = sum(bad.kind == "bad" for bad in reported)
     reporter.filtered = sum(bad.kind == "filtered" for bad in reported)
-    processed, seconds, bad = 0, 0.0, []
-    results = featurize_all(work, features, with_audio, workers)
-    try:
-        for k in pending:
-            shard_results = []
-            for _ in plan[k]:
-                result = next(results)
-                shard_results.append(result)
-                if isinstance(result, BadInput):
-                    reporter.message(describe(result))
-                    reporter.update(files=1, bad=1)
-                    bad.append(result)
-                else:
-                    reporter.update(files=1, seconds=result.seconds)
-                    seconds += result.seconds
-                processed += 1
-            shard_writer.submit(k, shard_results)
-        shard_writer.close()
-    finally:  # stop the pool now: a reference cycle through write_shards' frame would keep it to exit
-        shard_writer.stop()
-        results.close()
+    settings = s3.overrides()
+    jobs = [(f"spg-shard-{k:06d}", (run.output_dir, k, plan[k], run.features, run.with_audio, dry_run, settings))
+            for k in pending]
+    records = {}
+    for number, record in run.executor.run(shard_task, jobs):
+        k = pending[number]
+        for row in record.report:
+            reporter.message(describe(BadInput(row["path"], row["problem"], row["kind"])))
+        reporter.update(files=len(plan[k]), seconds=record.seconds, bad=len(record.report))
+        records[k] = record
     reporter.close()
-    return processed, seconds, bad
+    return records
+
+
+def _dry_run(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput], headers_read: int) -> WriteResult:
+    mine = run.mine(plan)
+    records = _write_pending(run, plan, mine, reported, dry_run=True)
+    rows = [report_row(b) for b in reported] + [row for r in records.values() for row in r.report]
+    return WriteResult(run.output_dir, None, 0, 0, sum(len(plan[k]) for k in mine),
+                       sum(r.seconds for r in records.values()), time.monotonic() - run.started,
+                       sorted(rows, key=lambda row: row["path"]), dry_run=True,
+                       expected_bytes=sum(r.bytes for r in records.values()), headers_read=headers_read)
+
+
+def _finish(run: _Run, out: Output, plan: List[List[PlannedFile]], records: Dict[int, ShardRecord],
+            pending: List[int], reported: List[BadInput], headers_read: int) -> WriteResult:
+    """Step 4 when every shard is recorded (by this run or other parts); the result either way."""
+    rejected_early = [report_row(bad) for bad in reported]
+    manifest = None
+    if len(records) == len(plan):
+        manifest = finalize(out, [records[k] for k in range(len(plan))], run.features, run.with_audio,
+                            rejected_early)
+        out.clean(lambda name: True)  # what killed workers left (the set is complete: no one is writing)
+    processed = sum(len(plan[k]) for k in pending)
+    seconds = sum(records[k].seconds for k in pending)
+    return WriteResult(run.output_dir, manifest, len(pending), len(run.mine(plan)) - len(pending), processed, seconds,
+                       time.monotonic() - run.started, manifest["report"]["files"] if manifest else rejected_early,
+                       expected_bytes=manifest["totals"]["bytes"] if manifest else 0, headers_read=headers_read)

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple, Union
 
 from ..errors import BadInput
 from ..format.features import FeatureConfig
 from ..format.names import FORMAT_VERSION
 from ..rules.frames import num_frames, resampled_length
-from .audio import probe
 from .inputs import FileEntry
+
+Header = Union[Tuple[int, int], str]  # (samples per channel, sample rate), or what is wrong with the file
 
 
 @dataclasses.dataclass
@@ -30,50 +28,29 @@ class PlannedFile:
     seconds: float
 
 
-def probe_one(entry: FileEntry, features: FeatureConfig) -> Tuple[int, float]:
-    """Expected frames and seconds of one file from its header; checks the metadata length."""
-    length, rate = probe(entry.abspath, entry.path)
+def planned_file(number: int, entry: FileEntry, header: Header, features: FeatureConfig) -> PlannedFile:
+    """A file whose header read, with its expected frames; BadInput when the header says it cannot be used
+    (unreadable, empty, or another length than metadata.json claims)."""
+    if isinstance(header, str):
+        raise BadInput(entry.path, header)
+    length, rate = header
     if length == 0:
         raise BadInput(entry.path, "audio is empty (0 samples)")
     if entry.length is not None and entry.length != length:
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {length} samples")
     samples = resampled_length(length, rate, features.sample_rate)
-    return num_frames(samples, features.hop_length), length / rate
+    return PlannedFile(number, entry, num_frames(samples, features.hop_length), length / rate)
 
 
-def _probe_run(entries: List[FileEntry], features: FeatureConfig) -> List[Union[Tuple[int, float], BadInput]]:
-    outcomes: List[Union[Tuple[int, float], BadInput]] = []
-    for entry in entries:
-        try:
-            outcomes.append(probe_one(entry, features))
-        except BadInput as bad:
-            outcomes.append(bad)
-    return outcomes
-
-
-def probe_all(entries: List[FileEntry], features: FeatureConfig,
-              workers: int) -> Tuple[List[PlannedFile], List[BadInput]]:
-    """The files whose headers read, numbered in input order, and the ones that did not.
-
-    Header reads add up over a million files. Cached local headers take ~0.1 ms each and threads only
-    fight over the GIL (2-3x slower here); headers that wait on storage (over 1 ms each in the first run
-    of 64) are read by a thread pool.
-    """
-    runs = [entries[i : i + 64] for i in range(0, len(entries), 64)]
-    started = time.perf_counter()
-    probed = _probe_run(runs[0], features)
-    if time.perf_counter() - started > 1e-3 * len(runs[0]):
-        with ThreadPoolExecutor(max_workers=min(8, 2 * workers)) as pool:
-            outcomes = pool.map(_probe_run, runs[1:], itertools.repeat(features))
-            probed += [outcome for run in outcomes for outcome in run]
-    else:
-        probed += [outcome for run in runs[1:] for outcome in _probe_run(run, features)]
+def plan_files(entries: List[FileEntry], headers: List[Header],
+               features: FeatureConfig) -> Tuple[List[PlannedFile], List[BadInput]]:
+    """The files whose headers read, numbered in input order, and the ones that did not."""
     planned, rejected = [], []
-    for number, (entry, outcome) in enumerate(zip(entries, probed)):
-        if isinstance(outcome, BadInput):
-            rejected.append(outcome)
-        else:
-            planned.append(PlannedFile(number, entry, *outcome))
+    for number, (entry, header) in enumerate(zip(entries, headers)):
+        try:
+            planned.append(planned_file(number, entry, header, features))
+        except BadInput as bad:
+            rejected.append(bad)
     return planned, rejected
 
 

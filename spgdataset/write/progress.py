@@ -45,6 +45,11 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
+        if not self.total_seconds:  # a count of files only (headers being read)
+            rate = self.files / elapsed
+            eta = format_duration((self.total_files - self.files) / rate) if rate > 0 else "?"
+            return (f"[{self.label}] {self.files}/{self.total_files} files, {rate:.0f} files/s, "
+                    f"elapsed {format_duration(elapsed)}, ETA {eta}")
         speed = self.seconds / elapsed
         remaining = max(self.total_seconds - self.seconds, 0.0)
         eta = format_duration(remaining / speed) if speed > 0 else "?"

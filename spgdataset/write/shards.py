@@ -1,8 +1,11 @@
-"""The output side of a run: claiming the folder, writing shards and their state records, finishing.
+"""The output side of a run: claiming the folder, writing shards and their state records, telling which are
+finished, finishing.
 
-Each shard is written (hashed member by member, never joined in memory) under a temporary name and renamed
-when complete (storage/), then recorded in `.spg-state/`. When every shard of the plan is recorded, the
-index and then manifest.json (last) are written: a reader never sees a manifest naming a missing shard.
+Each shard is written piece by piece (hashed on the way, never joined in memory) under a temporary name and
+renamed when complete (storage/), then recorded in `.spg-state/` with the stamp (size and mtime, or size and
+ETag) the storage gave it. A rerun lists the folder once and compares stamps, instead of reading every shard
+again. When every shard of the plan is recorded, the index and then manifest.json (last) are written: a
+reader never sees a manifest naming a missing shard.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import queue
-import threading
-from typing import Any, Dict, List, Optional, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -24,10 +26,12 @@ from ..format.index import encode as encode_index
 from ..format.names import FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, STATE_DIR, shard_name
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
-from ..storage import output_for
+from ..storage import Output, output_for
 from ..version import __version__
 from .featurize import FileResult
 from .report import count_kinds, nothing_usable, report_row
+
+RUN_MARKER = f"{STATE_DIR}/run.json"
 
 
 @dataclasses.dataclass
@@ -35,19 +39,37 @@ class ShardRecord:
     """What `.spg-state/shard-NNNNNN.tar.msgpack` says of a finished shard (files == 0: all were bad)."""
 
     name: str
-    files: int
-    frames: int
-    seconds: float
-    bytes: int
-    sha256: Optional[str]
-    sum: Optional[List[float]]  # per mel bin, over the shard's frames
-    sumsq: Optional[List[float]]
-    index: List[Dict[str, Any]]  # index rows of its files
-    report: List[Dict[str, str]]  # report rows of its bad files
+    files: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+    sha256: Optional[str] = None
+    sum: Optional[List[float]] = None  # per mel bin, over the shard's frames
+    sumsq: Optional[List[float]] = None
+    index: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # index rows of its files
+    report: List[Dict[str, str]] = dataclasses.field(default_factory=list)  # report rows of its bad files
+    stamp: Optional[str] = None  # the storage's stamp of the tar when written (None: written before 0.3)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ShardRecord":
-        return cls(**unpack(data))
+    def from_bytes(cls, data: Optional[bytes]) -> Optional["ShardRecord"]:
+        """The record, or None when the bytes are not one (a damaged record means: write the shard again)."""
+        try:
+            record = cls(**unpack(data)) if data is not None else None
+        except Exception:  # not msgpack, not a map, other fields
+            return None
+        return record if record is not None and record.well_formed() else None
+
+    def to_bytes(self) -> bytes:
+        return pack({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})  # asdict deep-copies rows
+
+    def well_formed(self) -> bool:
+        numbers = (self.files, self.frames, self.bytes)
+        lists = (self.sum, self.sumsq) if self.files else ()
+        return (isinstance(self.name, str) and all(type(n) is int and n >= 0 for n in numbers)
+                and isinstance(self.seconds, (int, float)) and isinstance(self.index, list)
+                and isinstance(self.report, list) and len(self.index) == self.files
+                and all(isinstance(row, dict) for row in self.index + self.report)
+                and all(isinstance(v, list) for v in lists) and isinstance(self.stamp, (str, type(None))))
 
 
 def state_path(k: int) -> str:
@@ -60,154 +82,128 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
-def claim_output(output_dir: str, fingerprint: str, overwrite: bool, clean_temporaries: bool) -> None:
-    """Refuse to mix two different jobs in one folder unless asked to overwrite.
-
-    Creates the folder (local) or checks the bucket (S3); removes what a killed run left half-written
-    (temporary files; unfinished multipart uploads), unless other parts of a split run may be writing.
-    """
-    out = output_for(output_dir)
-    out.prepare(clean_temporaries)
-    marker = f"{STATE_DIR}/run.json"
-    previous = out.read(marker)
+def claim_output(out: Output, output_dir: str, fingerprint: str, overwrite: bool, owned: Callable[[str], bool]) -> None:
+    """Refuse to mix two different jobs in one folder (made or checked by `out.prepare()`) unless asked to
+    overwrite; remove what a killed run left half-written of the names `owned` says are this run's
+    (temporary files; unfinished multipart uploads)."""
+    out.clean(owned)
+    previous = out.read(RUN_MARKER)
     if previous is not None:
-        if json.loads(previous.decode("utf-8")).get("fingerprint") == fingerprint:
+        if _fingerprint_in(previous) == fingerprint:
             return
         if not overwrite:
             raise SpgError(f"{output_dir}: holds shards of a different job (other inputs or parameters); "
                            "use a new output folder or --overwrite")
-    elif any(name.startswith("shard-") for name in out.names()) and not overwrite:
+    elif any(name.startswith("shard-") for name in out.listing()) and not overwrite:
         raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
     if overwrite:
-        for name in out.names():
+        for name in out.listing():
             if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME, ROWS_INDEX_NAME):
                 out.remove(name)
-        for name in out.names(STATE_DIR):
+        for name in out.listing(STATE_DIR):
             out.remove(f"{STATE_DIR}/{name}")
-    out.write(marker, json_bytes({"fingerprint": fingerprint, "spgdataset": __version__}))
+    out.write(RUN_MARKER, json_bytes({"fingerprint": fingerprint, "spgdataset": __version__}))
 
 
-def shard_done(output_dir: str, k: int) -> bool:
-    """A shard is done when its record exists and its tar (if any) is there with the recorded size and
-    sha256 (local: hashed again; S3: the object's size and the sha256 stored with it at upload)."""
-    out = output_for(output_dir)
-    data = out.read(state_path(k))
-    if data is None:
-        return False
-    record = ShardRecord.from_bytes(data)
-    return record.files == 0 or out.matches(record.name, record.bytes, record.sha256)
+def _fingerprint_in(marker: bytes) -> Optional[str]:
+    try:
+        found = json.loads(marker.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return found.get("fingerprint") if isinstance(found, dict) else None
 
 
-def write_shard(output_dir: str, k: int, results: List[Union[FileResult, BadInput]]) -> None:
-    """Shard k of the plan from its files' results, then its state record."""
-    good = [r for r in results if not isinstance(r, BadInput)]
-    record = ShardRecord(
-        name=shard_name(k), files=len(good), frames=sum(r.index["frames"] for r in good),
-        seconds=sum(r.seconds for r in good), bytes=0, sha256=None,
-        sum=[float(v) for v in np.sum([r.sum for r in good], axis=0)] if good else None,
-        sumsq=[float(v) for v in np.sum([r.sumsq for r in good], axis=0)] if good else None,
-        index=[dict(r.index, shard=shard_name(k)) for r in good],
-        report=[report_row(r) for r in results if isinstance(r, BadInput)])
-    out = output_for(output_dir)
-    if good:
-        parts = [m for r in good for m in r.members]
-        size = sum(len(m) for m in parts)
-        parts.append(tar_end(size))
-        digest = hashlib.sha256()
-        for part in parts:  # hashed and written piece by piece: the shard is never joined in memory
-            digest.update(part)
-        record.bytes, record.sha256 = size + len(parts[-1]), digest.hexdigest()
-        out.write(record.name, *parts, sha256=record.sha256)
-    out.write(state_path(k), pack(dataclasses.asdict(record)))
+def finished_shards(out: Output, ks: Iterable[int]) -> Dict[int, ShardRecord]:
+    """The shards among `ks` that are complete, with their records.
 
-
-class ShardWriter:
-    """Writes finished shards in order in a background thread, with at most one more shard waiting.
-
-    Why: hashing, writing and fsync release the GIL, so here they overlap with computing the next files
-    (workers=1) or collecting the workers' results, instead of stalling them (tools/bench.py, write side).
-    Memory: at most two shards besides the one being collected. A failed write (disk full, S3) is raised
-    in the caller at its next submit() or at close(); nothing after it is written.
+    A shard is complete when its record is there and the storage's stamp of its tar is the one the record
+    holds: two listings (one request per 1,000 objects on S3) and the records read in parallel, instead of
+    two requests per shard. Records written before stamps are checked by size and sha256 (in parallel) and
+    rewritten with their stamp, so the next rerun lists them too.
     """
-
-    _STOP = None
-
-    def __init__(self, output_dir: str) -> None:
-        self.output_dir = output_dir
-        self.waiting: "queue.Queue" = queue.Queue(maxsize=1)
-        self.error: Optional[BaseException] = None
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, name="spg-shard-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, k: int, results: List[Union[FileResult, BadInput]]) -> None:
-        self._raise()
-        self.waiting.put((k, results))
-
-    def close(self) -> None:
-        """Wait until every submitted shard is written; raise the first failure."""
-        self.waiting.put(self._STOP)
-        self.thread.join()
-        self._raise()
-
-    def stop(self) -> None:
-        """After a failure elsewhere: write nothing more, wait for the write under way (no half files)."""
-        self.stopped = True
-        while self.thread.is_alive():
-            try:
-                self.waiting.put(self._STOP, timeout=0.1)
-            except queue.Full:
-                continue
-            self.thread.join()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            self.stopped = True
-            raise error
-
-    def _run(self) -> None:
-        while True:
-            item = self.waiting.get()
-            if item is self._STOP:
-                return
-            if self.stopped or self.error is not None:
-                continue
-            try:
-                write_shard(self.output_dir, *item)
-            except BaseException as exc:  # handed to the caller's thread
-                self.error = exc
+    ks = list(ks)
+    if not ks:
+        return {}
+    stamps, recorded = out.listing(), out.listing(STATE_DIR)
+    wanted = [k for k in ks if f"{shard_name(k)}.msgpack" in recorded]
+    found = out.read_many(state_path(k) for k in wanted)
+    done, unstamped = {}, []
+    for k in wanted:
+        record = ShardRecord.from_bytes(found[state_path(k)])
+        if record is None or record.name != shard_name(k):
+            continue
+        if record.files == 0 or (record.stamp is not None and stamps.get(record.name) == record.stamp):
+            done[k] = record
+        elif record.stamp is None and record.name in stamps:
+            unstamped.append((k, record))
+    with ThreadPoolExecutor(8) as pool:
+        matching = list(pool.map(lambda kr: out.matches(kr[1].name, kr[1].bytes, kr[1].sha256), unstamped))
+    for (k, record), ok in zip(unstamped, matching):
+        if ok:
+            record.stamp = stamps[record.name]
+            out.write(state_path(k), record.to_bytes())
+            done[k] = record
+    return done
 
 
-class MeasuringSink:
-    """In a dry run, stands where the ShardWriter would: adds up the bytes each shard would take."""
+class _Measuring:
+    """Stands where a storage writer would in a dry run: takes the pieces, writes nothing."""
 
-    def __init__(self) -> None:
-        self.bytes = self.shards = 0
-
-    def submit(self, k: int, results: List[Union[FileResult, BadInput]]) -> None:
-        size = sum(len(m) for r in results if not isinstance(r, BadInput) for m in r.members)
-        if size:
-            self.bytes += size + len(tar_end(size))
-            self.shards += 1
-
-    def close(self) -> None:
+    def write(self, data: Any) -> None:
         pass
 
-    def stop(self) -> None:
+    def commit(self, sha256: Optional[str] = None) -> str:
+        return ""
+
+    def discard(self) -> None:
         pass
 
 
-def finalize(output_dir: str, shard_count: int, features: FeatureConfig, with_audio: bool,
+def write_shard(output_dir: str, k: int, results: Iterable[Union[FileResult, BadInput]],
+                dry_run: bool = False) -> ShardRecord:
+    """Shard k of the plan from its files' results (consumed one by one: a file's pieces are written and
+    dropped before the next is computed), then its state record. `dry_run`: measure, write nothing."""
+    out = output_for(output_dir)
+    record = ShardRecord(name=shard_name(k))
+    digest, writing = hashlib.sha256(), None
+    total = total_sq = None
+    try:
+        for result in results:
+            if isinstance(result, BadInput):
+                record.report.append(report_row(result))
+                continue
+            if writing is None:
+                writing = _Measuring() if dry_run else out.create(record.name)
+            for piece in result.members:
+                digest.update(piece)
+                writing.write(piece)
+                record.bytes += memoryview(piece).nbytes
+            record.files, record.frames = record.files + 1, record.frames + result.index["frames"]
+            record.seconds += result.seconds
+            total = result.sum if total is None else total + result.sum
+            total_sq = result.sumsq if total_sq is None else total_sq + result.sumsq
+            record.index.append(dict(result.index, shard=record.name))
+        if writing is not None:
+            end = tar_end(record.bytes)
+            digest.update(end)
+            writing.write(end)
+            record.bytes += len(end)
+            record.sha256 = digest.hexdigest()
+            record.stamp = writing.commit(record.sha256)
+    except BaseException:
+        if writing is not None:
+            writing.discard()
+        raise
+    if total is not None:
+        record.sum, record.sumsq = [float(v) for v in total], [float(v) for v in total_sq]
+    if not dry_run:
+        out.write(state_path(k), record.to_bytes())
+    return record
+
+
+def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, with_audio: bool,
              rejected_early: List[Dict[str, str]]) -> Dict[str, Any]:
     """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
-    out = output_for(output_dir)
-    records = []
-    for k in range(shard_count):
-        data = out.read(state_path(k))
-        if data is None:
-            raise SpgError(f"{output_dir}: state record {state_path(k)} disappeared; rerun to rewrite that shard")
-        records.append(ShardRecord.from_bytes(data))
     report = sorted(rejected_early + [row for r in records for row in r.report], key=lambda row: row["path"])
     good = [r for r in records if r.files]
     if not good:

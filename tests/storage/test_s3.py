@@ -24,10 +24,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -38,153 +37,18 @@ from spgdataset import ShardError, SpectrogramDataset, SpgError, s3, write_shard
 from spgdataset.demo import make_corpus  # noqa: E402
 from spgdataset.storage import open_shard  # noqa: E402
 from tests.helpers import index_rows  # noqa: E402
+from tests.s3server import BUCKET, ENV_CLEARED, Moto  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts servers or processes
 
-
-BUCKET = "spg-test"
-REGION = "us-east-1"
-S3_POLICY = json.dumps({"Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
 SUMMARY_RE = re.compile(r"(\d+) shards written, (\d+) already complete")
 
 
-# ---------------------------------------------------------------- the server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _no_proxy_open(url: str, data: Optional[bytes] = None, timeout: float = 2.0) -> bytes:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP(S)_PROXY
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "text/plain"})  # not a form
-    with opener.open(request, timeout=timeout) as response:
-        return response.read()
-
-
-def _prctl() -> Any:
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()  # resolved here: the child of a fork should import nothing
-
-
-def _die_with_parent() -> None:
-    """In the server's process: get SIGTERM when the test process dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
-    _PRCTL(1, signal.SIGTERM)
-
-
-class Moto:
-    """moto's standalone server in a subprocess, with IAM users `spg` (s3:*) and `nobody` (no policy)."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent if _PRCTL else None)
-        try:
-            self._set_up(log_path)
-        except BaseException:
-            self.close()  # a failed setup must not leave the server running
-            raise
-
-    def _set_up(self, log_path: Path) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _no_proxy_open(f"{self.endpoint}/moto-api/")
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start; see {log_path}")
-                time.sleep(0.05)
-        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="setup",
-                           aws_secret_access_key="setup")
-        self.keys: Dict[str, Tuple[str, str]] = {}
-        for user in ("spg", "nobody"):
-            iam.create_user(UserName=user)
-            key = iam.create_access_key(UserName=user)["AccessKey"]
-            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-        iam.put_user_policy(UserName="spg", PolicyName="s3", PolicyDocument=S3_POLICY)
-        self.client().create_bucket(Bucket=BUCKET)
-
-    @contextlib.contextmanager
-    def authenticating(self) -> Iterator[None]:
-        """Every request checked against the IAM users (signature, access key, policy) while inside."""
-        _no_proxy_open(f"{self.endpoint}/moto-api/reset-auth", data=b"0")
-        try:
-            yield
-        finally:
-            _no_proxy_open(f"{self.endpoint}/moto-api/reset-auth", data=b"inf")
-
-    def env(self, endpoint: Optional[str] = None, user: str = "spg") -> Dict[str, str]:
-        """Environment for the package (in-process via monkeypatch, or for a subprocess)."""
-        key_id, secret = self.keys[user]
-        return {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": REGION,
-                "AWS_ENDPOINT_URL": endpoint or self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-    def client(self) -> Any:
-        key_id, secret = self.keys["spg"]
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=key_id,
-                            aws_secret_access_key=secret)
-
-    def objects(self, prefix: str) -> Dict[str, bytes]:
-        """{name relative to prefix: bytes} of every object under `prefix/`."""
-        c = self.client()
-        names = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-                 for o in page.get("Contents", [])]
-        return {n[len(prefix) + 1:]: c.get_object(Bucket=BUCKET, Key=n)["Body"].read() for n in names}
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[Moto]:
-    server = Moto(tmp_path_factory.mktemp("moto") / "server.log")
-    yield server
-    server.close()
-
-
-_ENV_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-                "SPG_S3_CACHE_DIR", "SPG_S3_CACHE_BYTES", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-
-
-@pytest.fixture
-def aws(moto, monkeypatch) -> Iterator[Any]:
-    """Point this process at the moto server as user `spg`; `aws(user=..., endpoint=...)` switches."""
-
-    def use(user: str = "spg", endpoint: Optional[str] = None) -> None:
-        for name in _ENV_CLEARED:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in moto.env(endpoint, user).items():
-            monkeypatch.setenv(name, value)
-        s3.reset()  # clients hold the credentials they were made with
-
-    use()
-    yield use
-    s3.reset()
+# ---------------------------------------------------------------- the server: tests/s3server.py, fixtures in conftest.py
 
 
 def run_cli(moto: Moto, args: List[Any], timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_CLEARED}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
     env.update(moto.env())
     return subprocess.run([sys.executable, "-m", "spgdataset.write.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, **popen)
@@ -227,7 +91,8 @@ def test_cli_writes_the_same_bytes_to_s3_as_to_disk(moto, s3_shards, run16k, hel
     published = {n: b for n, b in stored.items() if not n.startswith(".spg-state/")}
     assert published == local  # shards, index.bin, manifest.json: byte for byte
     records = [n for n in stored if n.startswith(".spg-state/")]
-    assert ".spg-state/run.json" in records and len(records) == len(helpers.manifest(run16k[0])["shards"]) + 1
+    assert {".spg-state/run.json", ".spg-state/headers.msgpack"} <= set(records)
+    assert len(records) == len(helpers.manifest(run16k[0])["shards"]) + 2
     head = moto.client().head_object(Bucket=BUCKET, Key="corpus/shard-000000.tar")
     assert head["Metadata"]["sha256"] == sha256(local["shard-000000.tar"]).hexdigest()
 
@@ -554,6 +419,62 @@ def test_multipart_upload_and_resume_by_size_and_digest(aws, moto, corpus16k, ru
     assert moto.objects("multipart")["shard-000001.tar"] == stored["shard-000001.tar"]
 
 
+@contextlib.contextmanager
+def counted_requests() -> Iterator[collections.Counter]:
+    """The S3 operations this process's client sends while inside (botocore's before-call events)."""
+    calls: collections.Counter = collections.Counter()
+
+    def count(model, **_):
+        calls[model.name] += 1
+
+    clients = [s3.client(), s3.client(attempts=1)]  # API calls; streams (GetObject) retry on their own
+    for c in clients:
+        c.meta.events.register("before-call.s3", count)
+    try:
+        yield calls
+    finally:
+        for c in clients:
+            c.meta.events.unregister("before-call.s3", count)
+
+
+def test_a_rerun_lists_the_shards_instead_of_asking_for_each(aws, moto, corpus16k):
+    """Resuming thousands of shards took two requests each (the record, a HEAD of the shard); now one listing
+    per 1,000 objects and the records (in parallel), and no HEAD at all."""
+    root, meta = corpus16k
+    url = f"s3://{BUCKET}/listed"
+    first = write_shards(root, meta, url, workers=1, max_shard_files=1, progress=False)
+    shards = len(first.manifest["shards"])
+    assert shards >= 8
+    with counted_requests() as calls:
+        again = write_shards(root, meta, url, workers=1, max_shard_files=1, progress=False)
+    assert (again.shards_written, again.shards_reused, again.headers_read) == (0, shards, 0)
+    assert calls["HeadObject"] == 0 and calls["ListObjectsV2"] == 2, calls
+    assert calls["GetObject"] == shards + 2, calls  # the records, run.json and the saved headers
+    assert again.manifest == first.manifest
+
+
+def test_a_part_aborts_only_its_own_unfinished_uploads(aws, moto, corpus16k, run16k, helpers):
+    root, meta = corpus16k
+    prefix = "parts"
+    c = moto.client()
+    left = {k: c.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}/shard-00000{k}.tar")["UploadId"]
+            for k in (0, 1)}
+
+    def unfinished():
+        uploads = c.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/").get("Uploads", [])
+        return sorted((u["Key"].rsplit("/", 1)[1], u["UploadId"]) for u in uploads)
+
+    first = write_shards(root, meta, f"s3://{BUCKET}/{prefix}", workers=1, max_shard_files=3, part=(0, 2),
+                         progress=False)
+    assert first.manifest is None
+    assert unfinished() == [("shard-000001.tar", left[1])]  # part 1's upload may still be under way
+    second = write_shards(root, meta, f"s3://{BUCKET}/{prefix}", workers=1, max_shard_files=3, part=(1, 2),
+                          progress=False)
+    assert second.manifest is not None and unfinished() == []
+    stored = {n: b for n, b in moto.objects(prefix).items() if not n.startswith(".spg-state/")}
+    assert stored == helpers.output_files(run16k[0])
+
+
 @pytest.mark.timeout(240)
 def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, helpers):
     root = tmp_path / "audio"
@@ -564,7 +485,7 @@ def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, hel
     reference = helpers.output_files(ref)
     plan_size = len(helpers.manifest(ref)["shards"])
     c = moto.client()
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_CLEARED}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
     env.update(moto.env())
 
     for attempt in range(3):  # a retry only if the run finished before the kill landed

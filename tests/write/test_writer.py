@@ -512,16 +512,16 @@ def test_one_and_two_workers_write_identical_bytes(mixed_run, mixed_corpus, tmp_
 
 
 def test_parts_make_the_same_output_as_one_run(run16k, corpus16k, tmp_path, helpers):
+    """--part 0/3, 1/3, 2/3 (as a job array runs them): only the last one to finish writes the manifest, and
+    the three give the single run's bytes."""
     out_full, _ = run16k
     root, meta = corpus16k
-    first = write_shards(root, meta, tmp_path, workers=1, max_shard_files=3, part=(0, 2), progress=False)
-    assert first.manifest is None
-    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "index.bin").exists()
+    results = [write_shards(root, meta, tmp_path, workers=1, max_shard_files=3, part=(i, 3), progress=False)
+               for i in range(3)]
+    assert results[0].manifest is None and results[1].manifest is None and results[2].manifest is not None
     shards = sorted(p.name for p in tmp_path.glob("shard-*.tar"))
-    assert shards and all(int(name[6:12]) % 2 == 0 for name in shards)
-    second = write_shards(root, meta, tmp_path, workers=1, max_shard_files=3, part=(1, 2), progress=False)
-    assert second.manifest is not None
-    assert first.shards_written + second.shards_written == len(second.manifest["shards"]) >= 3
+    assert sum(r.shards_written for r in results) == len(shards) == len(results[2].manifest["shards"]) >= 3
+    assert results[1].headers_read == results[2].headers_read == 0  # the first part's headers serve the others
     full, parts = helpers.output_files(out_full), helpers.output_files(tmp_path)
     assert sorted(full) == sorted(parts)
     for name in full:
@@ -598,34 +598,40 @@ def test_sigkill_then_rerun_finishes_the_same_job(tmp_path, helpers):
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failed_shard_write_stops_the_run_and_a_rerun_finishes(workers, tmp_path, helpers, monkeypatch):
-    """Shards are written in a background thread: its failure (here a full disk on the third shard) must
-    reach the caller, nothing after it may be written, and the rerun must give the uninterrupted output."""
-    from spgdataset.write import shards
+    """A shard task that fails (here a full disk on the third shard) fails the run with its error; no task
+    starts after it (one worker: exactly the two shards before it are there; two: the other worker's shard
+    in flight may finish too), and the rerun gives the uninterrupted output."""
+    from spgdataset.write import tasks
 
     root = tmp_path / "audio"
     meta = make_corpus(root, total_seconds=16, seed=3, min_seconds=1.5, max_seconds=2.5)
     ref = tmp_path / "reference"
     write_shards(root, meta, ref, workers=workers, max_shard_files=1, progress=False)
     reference = helpers.output_files(ref)
-    assert len([n for n in reference if SHARD_RE.match(n)]) >= 5
+    shard_count = len([n for n in reference if SHARD_RE.match(n)])
+    assert shard_count >= 5
 
-    real = shards.write_shard
+    real = tasks.write_shard
 
-    def full_disk_on_third(output_dir, k, records):
+    def full_disk_on_third(output_dir, k, results, dry_run=False):
         if k == 2:
             raise OSError(28, "No space left on device")
-        real(output_dir, k, records)
+        return real(output_dir, k, results, dry_run)
 
-    monkeypatch.setattr(shards, "write_shard", full_disk_on_third)
+    monkeypatch.setattr(tasks, "write_shard", full_disk_on_third)  # forked workers inherit the patch
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         write_shards(root, meta, out, workers=workers, max_shard_files=1, progress=False)
-    assert sorted(n for n in os.listdir(out) if SHARD_RE.match(n)) == ["shard-000000.tar", "shard-000001.tar"]
+    left = sorted(n for n in os.listdir(out) if SHARD_RE.match(n))
+    if workers == 1:
+        assert left == ["shard-000000.tar", "shard-000001.tar"]
+    else:
+        assert "shard-000002.tar" not in left and len(left) < shard_count - 1, left
     assert not (out / "manifest.json").exists()
 
-    monkeypatch.setattr(shards, "write_shard", real)
+    monkeypatch.setattr(tasks, "write_shard", real)
     rerun = write_shards(root, meta, out, workers=workers, max_shard_files=1, progress=False)
-    assert rerun.shards_reused == 2
+    assert rerun.shards_reused == len(left)
     assert helpers.output_files(out) == reference
 
 

@@ -1,12 +1,15 @@
 """spg-shard: audio (+ metadata.json) in, shards + manifest + index out, in stages.
 
 inputs.py     which files, checked: metadata.json, a folder walk or a list; paths kept inside the root
-audio.py      probing headers and decoding audio to mono at the target rate
+audio.py      reading headers and decoding audio to mono at the target rate
+headers.py    every input's header, read by the workers once and kept with the run's state
 plan.py       the plan from the headers alone: which file goes into which shard
 logmel.py     the log-mel computation
 featurize.py  one file in, its tar members and statistics out (FileResult)
-pool.py       featurising in parallel processes, results in plan order
-shards.py     claiming the output, writing shards and state records, the index and manifest last
+tasks.py      the two kinds of task: a run of headers, one whole shard (featurised and written by the worker)
+executors.py  where tasks run: this process or local worker processes
+cluster.py    where tasks run on Dask (write_shards(client=...), spg-shard --scheduler)
+shards.py     claiming the output, writing shards and state records, which are finished, the index and manifest
 report.py     the bad-input report
 progress.py   the progress line
 job.py        write_shards(): the stages in order

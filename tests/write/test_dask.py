@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,3 +133,34 @@ def test_an_unreachable_scheduler_is_one_line(corpus16k, tmp_path, helpers):
     done = helpers.run_cli([root, meta, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9"], timeout=120)
     assert done.returncode == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and time.monotonic() - started < 60
+
+
+SHARD_TASK_FAULTS = """
+import json, resource, sys
+from spgdataset.format.features import FeatureConfig
+from spgdataset.write.headers import HeaderCache, read_headers
+from spgdataset.write.executors import InProcess
+from spgdataset.write.inputs import collect_inputs
+from spgdataset.write.plan import plan_files
+from spgdataset.write.tasks import shard_task
+entries, _ = collect_inputs(sys.argv[1], sys.argv[2])
+headers, _, _ = read_headers(entries, InProcess(), HeaderCache(), progress=False)
+planned, _ = plan_files(entries, headers, FeatureConfig())
+shard_task(sys.argv[3], 0, planned[:2], FeatureConfig(), False, False, {})  # warm: imports, filters
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+shard_task(sys.argv[3], 1, planned, FeatureConfig(), False, False, {})
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / len(planned)))
+"""
+
+
+def test_shard_tasks_keep_their_memory_in_a_dask_worker_environment(tmp_path):
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which made glibc map and unmap every large buffer
+    (about 300 page faults a file, 2.3x the time); a shard task keeps freed memory for reuse meanwhile."""
+    root = tmp_path / "audio"
+    meta = make_corpus(root, total_seconds=40, seed=8, min_seconds=2, max_seconds=3)
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    done = subprocess.run([sys.executable, "-c", SHARD_TASK_FAULTS, str(root), meta, str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    faults_per_file = float(done.stdout.strip().splitlines()[-1])
+    assert faults_per_file < 100, faults_per_file  # ~290 without; ~40 with, the heap growing once per task

@@ -181,8 +181,9 @@ def run_job(name: str, src: Optional[str], env: Optional[Dict[str, str]] = None,
 def timed_cli(args: List[str], src: Optional[str]) -> float:
     env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
     started = time.perf_counter()
+    # `python -m` puts the working directory first on sys.path, before PYTHONPATH: run in the checkout wanted
     done = subprocess.run([sys.executable, "-m", "spgdataset.write.cli", *args, "--quiet"], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=env, cwd=src or os.path.dirname(HERE))
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"spg-shard {' '.join(args)} failed:\n{done.stderr[-3000:]}")

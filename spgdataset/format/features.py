@@ -1,4 +1,9 @@
-"""Feature parameters: how audio becomes a log-mel spectrogram (the writer computes it: write/logmel.py)."""
+"""Feature parameters: how audio becomes a spectrogram (the writer computes it: write/logmel.py, write/linear.py).
+
+Two kinds: "logmel" (the default: log of mel-filtered STFT power) and "linear" (STFT power density of the bins
+in [f_min, f_max), with vak's optional transform and threshold). Every kind has the same frames (centred,
+1 + samples // hop_length), so masks, windows and splits do not depend on it.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,21 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import numpy as np
+
 STORAGE_DTYPES = ("float16", "float32")
+KINDS = ("logmel", "linear")
+TRANSFORM_TYPES = (None, "log_spect", "log_spect_plus_one", "log")  # vak's, for kind="linear"
+LINEAR_ONLY = ("thresh", "transform_type")
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """How audio becomes a log-mel spectrogram. Units: Hz and samples at `sample_rate`."""
+    """How audio becomes a spectrogram. Units: Hz and samples at `sample_rate`.
+
+    n_mels is the spectrogram's height: mel bands for "logmel"; for "linear" it is set from the band (the STFT
+    bins with f_min <= f < f_max; f_max None keeps every bin up to sample_rate / 2).
+    """
 
     sample_rate: int = 16000
     n_fft: int = 400
@@ -24,10 +38,28 @@ class FeatureConfig:
     f_min: float = 0.0
     f_max: Optional[float] = None
     log_eps: float = 1e-6
-    storage_dtype: str = "float16"
+    storage_dtype: Optional[str] = None  # float16, or float32 for raw linear power (float16 would flush it)
+    kind: str = "logmel"
+    thresh: Optional[float] = None
+    transform_type: Optional[str] = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.storage_dtype is None:
+            raw_power = self.kind == "linear" and self.transform_type is None
+            object.__setattr__(self, "storage_dtype", "float32" if raw_power else "float16")  # frozen
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
+        elif self.kind == "logmel":
+            problems += [f"{name} applies to kind='linear' only" for name in LINEAR_ONLY if getattr(self, name) is not None]
+        else:
+            if self.transform_type not in TRANSFORM_TYPES:
+                problems.append(f"transform_type must be one of {TRANSFORM_TYPES}, got {self.transform_type!r}")
+            if self.thresh is not None and not _is_finite_number(self.thresh):
+                problems.append(f"thresh must be a finite number or None, got {self.thresh!r}")
+            if self.transform_type is None and self.storage_dtype == "float16":
+                problems.append("a linear spectrogram without transform_type is raw power: store it as "
+                                "storage_dtype='float32' (the default; float16 flushes values below 6e-8 to zero)")
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             if type(getattr(self, name)) is not int or getattr(self, name) <= 0:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -44,11 +76,46 @@ class FeatureConfig:
                 problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
             if self.log_eps <= 0:
                 problems.append(f"log_eps must be positive, got {self.log_eps}")
+        if not problems and self.kind == "linear":
+            bins = len(self.linear_bins())
+            if bins == 0:
+                problems.append(f"no frequency bin of n_fft={self.n_fft} at {self.sample_rate} Hz lies in "
+                                f"[{self.f_min}, {self.f_max}) Hz")
+            elif self.n_mels not in (bins, FeatureConfig.n_mels):
+                problems.append(f"n_mels is the number of bins in the band for kind='linear' ({bins}), got {self.n_mels}")
+            object.__setattr__(self, "n_mels", bins)  # frozen: the height follows from the band
         if problems:
             raise ValueError("bad feature configuration: " + "; ".join(problems))
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All parameters; a log-mel configuration leaves out the linear ones, so its fingerprint (and that of
+        shards written before there were kinds) stays what it was."""
+        values = dataclasses.asdict(self)
+        if self.kind == "logmel":
+            for name in ("kind", *LINEAR_ONLY):
+                del values[name]
+        return values
+
+    def linear_bins(self) -> np.ndarray:
+        """Indices of the STFT bins a linear spectrogram keeps: f_min <= bin frequency < f_max."""
+        freqs = np.arange(self.n_fft // 2 + 1) * (self.sample_rate / self.n_fft)
+        keep = freqs >= self.f_min
+        if self.f_max is not None:
+            keep &= freqs < self.f_max
+        return np.flatnonzero(keep)
+
+    def freq_bins(self) -> np.ndarray:
+        """Centre frequency (Hz) of each spectrogram row: the STFT bin's for "linear", the mel band's peak for
+        "logmel" (HTK mel scale, as the filters)."""
+        if self.kind == "linear":
+            return self.linear_bins() * (self.sample_rate / self.n_fft)
+        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
+        mels = np.linspace(_hz_to_mel(self.f_min), _hz_to_mel(f_max), self.n_mels + 2)[1:-1]
+        return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+
+    def time_bins(self, frames: int) -> np.ndarray:
+        """Centre time (s) of each of `frames` frames: frame t is centred on sample t * hop_length."""
+        return np.arange(frames) * (self.hop_length / self.sample_rate)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "FeatureConfig":
@@ -74,6 +141,10 @@ class FeatureConfig:
 def _fingerprint(config: FeatureConfig) -> str:  # once per config, not once per file (it showed in profiles)
     text = json.dumps(config.to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -6,7 +6,8 @@ from typing import Any, Dict, Sequence
 
 from .dataset import SpectrogramDataset
 
-FEATURE_PARAMETERS = ("sample_rate", "hop_length", "n_mels", "n_fft", "f_min", "f_max")
+FEATURE_PARAMETERS = ("kind", "sample_rate", "hop_length", "n_mels", "n_fft", "f_min", "f_max", "transform_type",
+                      "thresh")
 
 
 def where(ds: SpectrogramDataset) -> str:
@@ -28,6 +29,9 @@ def _features(ds: SpectrogramDataset) -> Dict[str, Any]:
     f = dict(ds.features)
     f["f_max"] = f.get("f_max") or f["sample_rate"] / 2  # None means sample_rate / 2
     f["f_min"] = f.get("f_min") or 0.0
+    f.setdefault("kind", "logmel")  # manifests of log-mel shards leave the linear parameters out
+    f.setdefault("transform_type", None)
+    f.setdefault("thresh", None)
     return f
 
 

@@ -39,7 +39,7 @@ class Summary:
     def __str__(self) -> str:
         f = self.features
         lines = [f"source: {self.source} ({self.shards} shards)",
-                 f"features: {f['n_mels']} mels, {f['sample_rate']} Hz, n_fft {f['n_fft']}, hop {f['hop_length']}, "
+                 f"features: {_height(f)}, {f['sample_rate']} Hz, n_fft {f['n_fft']}, hop {f['hop_length']}, "
                  f"{f['storage_dtype']}",
                  f"windows: {self.window} frames every {self.step}; content {self.content or 'none'} "
                  f"(ratio {self.content_ratio:g})",
@@ -93,3 +93,10 @@ def one_line(ds: "SpectrogramDataset") -> str:
     return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {len(ds.selection.files):,} files, {hours:.2f} h, "
             f"{ds.num_windows():,} windows of {ds.window} frames{batches}; {ds.n_mels} mels at "
             f"{ds.sample_rate} Hz, hop {ds.hop_length})")
+
+
+def _height(features: Dict[str, Any]) -> str:
+    if features.get("kind", "logmel") == "logmel":
+        return f"{features['n_mels']} mels"
+    band = f"{features.get('f_min') or 0:g}-{features['f_max'] or features['sample_rate'] / 2:g} Hz"
+    return f"{features['n_mels']} linear bins ({band}, transform {features.get('transform_type')})"

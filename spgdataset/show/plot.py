@@ -1,4 +1,4 @@
-"""Spectrograms as pictures: each file's log-mel with time in seconds and mel bins labelled in Hz, its masks
+"""Spectrograms as pictures: each file's spectrogram with time in seconds and bins labelled in Hz, its masks
 as coloured bands underneath, and optionally the windows the content rule keeps. matplotlib is imported
 only here (an optional extra)."""
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 import numpy as np
 
 from ..errors import SpgError
+from ..format.features import FeatureConfig
 
 if TYPE_CHECKING:
     from ..read.batching import FileRecord
@@ -27,13 +28,6 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def mel_centres(features: Dict[str, Any]) -> np.ndarray:
-    """The centre frequency (Hz) of each mel bin (HTK scale, as torchaudio's MelScale)."""
-    f_min, f_max = features.get("f_min") or 0.0, features.get("f_max") or features["sample_rate"] / 2
-    mel = np.linspace(2595 * np.log10(1 + f_min / 700), 2595 * np.log10(1 + f_max / 700), features["n_mels"] + 2)
-    return 700 * (10 ** (mel[1:-1] / 2595) - 1)
 
 
 def read_files(ds: "SpectrogramDataset", positions: Sequence[int]) -> List["FileRecord"]:
@@ -84,10 +78,11 @@ def _spectrogram(axis: Any, record: "FileRecord", features: Dict[str, Any], seco
     frames = record.spec.shape[1]
     axis.imshow(np.asarray(record.spec, dtype=np.float32), origin="lower", aspect="auto", cmap="magma",
                 extent=(0, frames * seconds_per_frame, 0, record.spec.shape[0]), interpolation="nearest")
-    centres = mel_centres(features)
+    config = FeatureConfig.from_dict(features)
+    centres = config.freq_bins()
     ticks = np.linspace(0, len(centres) - 1, 5).round().astype(int)
     axis.set_yticks(ticks + 0.5, [f"{centres[t]:.0f}" for t in ticks])
-    axis.set_ylabel("Hz (mel)")
+    axis.set_ylabel("Hz (mel)" if config.kind == "logmel" else "Hz")
     meta = ", ".join(f"{k}={v}" for k, v in sorted(record.metadata.items()))
     title = f"{record.path}  [{meta}]" if meta else record.path
     axis.set_title(title if len(title) < 110 else title[:107] + "...", fontsize=9, loc="left")

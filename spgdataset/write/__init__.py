@@ -1,10 +1,14 @@
 """spg-shard: audio (+ metadata.json) in, shards + manifest + index out, in stages.
 
 inputs.py     which files, checked: metadata.json, a folder walk or a list; paths kept inside the root
+annotations.py  annotation files parsed (simple-seq, Audacity, TextGrid) and vak's labelset
+annotated.py  inputs with their annotations: found, filtered by labelset, turned into intervals
 audio.py      reading headers and decoding audio to mono at the target rate
+wav.py        plain 16-bit PCM WAV without libsndfile (the common case); the rest goes to libsndfile
 headers.py    every input's header, read by the workers once and kept with the run's state
 plan.py       the plan from the headers alone: which file goes into which shard
 logmel.py     the log-mel computation
+linear.py     the linear spectrogram (vak's)
 featurize.py  one file in, its tar members and statistics out (FileResult)
 tasks.py      the two kinds of task: a run of headers, one whole shard (featurised and written by the worker)
 executors.py  where tasks run: this process or local worker processes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -13,12 +13,14 @@ import torchaudio
 
 from ..errors import BadInput
 from ..storage.local import check_regular
+from .wav import probe_wav, read_wav
 
 # Subtypes whose samples a 16-bit FLAC holds exactly.
 EXACT_16BIT = {"PCM_16", "PCM_S8", "PCM_U8"}
 # Below this a header is damaged rather than a recording: resampling 80 samples "at 1 Hz" to 16 kHz makes
 # a 600 MiB shard.
 MIN_SAMPLE_RATE = 1000
+_T = TypeVar("_T")
 
 
 def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
@@ -28,11 +30,15 @@ def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
     """
     name = name or path
     _check_file(path, name)
-    try:
-        with sf.SoundFile(path) as f:  # not sf.info, which formats strings nobody reads here (a third of its cost)
-            frames, rate = int(f.frames), int(f.samplerate)
-    except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
-        raise BadInput(name, f"unreadable audio: {_one_line(exc)}") from None
+    header = _plain_wav(probe_wav, path)
+    if header is not None:
+        frames, rate = header
+    else:
+        try:
+            with sf.SoundFile(path) as f:  # not sf.info, which formats strings nobody reads here (a third of its cost)
+                frames, rate = int(f.frames), int(f.samplerate)
+        except Exception as exc:  # libsndfile says RuntimeError / LibsndfileError, depending on version
+            raise BadInput(name, f"unreadable audio: {_one_line(exc)}") from None
     _check_rate(rate, name)
     return frames, rate
 
@@ -60,15 +66,12 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
     """
     path, name = str(path), name or str(path)
     _check_file(path, name)
-    try:
-        with sf.SoundFile(path) as f:
-            orig_rate, subtype = int(f.samplerate), str(f.subtype)
-            _check_rate(orig_rate, name)
-            data = f.read(dtype="int16" if subtype == "PCM_16" else "float32", always_2d=True)
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
+    wav = _plain_wav(read_wav, path)
+    if wav is not None:
+        (data, orig_rate), subtype = wav, "PCM_16"
+        _check_rate(orig_rate, name)
+    else:
+        data, orig_rate, subtype = _decode(path, name)
     length, channels = data.shape
     if length == 0:
         raise BadInput(name, "audio is empty (0 samples)")
@@ -82,6 +85,30 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
         mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     exact_16bit = subtype in EXACT_16BIT and channels == 1 and orig_rate == sample_rate
     return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, exact_16bit
+
+
+def _plain_wav(reader: Callable[[str], Optional[_T]], path: str) -> Optional[_T]:
+    """What the WAV fast path (wav.py) makes of a file named *.wav; None for other names, for files it leaves to
+    libsndfile, and when it cannot read the file (libsndfile then tries, and says what is wrong)."""
+    if not path.lower().endswith((".wav", ".wave")):
+        return None
+    try:
+        return reader(path)
+    except OSError:
+        return None
+
+
+def _decode(path: str, name: str) -> Tuple[np.ndarray, int, str]:
+    """(samples (frames, channels), rate, subtype) through libsndfile: 16-bit PCM as int16, the rest float32."""
+    try:
+        with sf.SoundFile(path) as f:
+            orig_rate, subtype = int(f.samplerate), str(f.subtype)
+            _check_rate(orig_rate, name)
+            return f.read(dtype="int16" if subtype == "PCM_16" else "float32", always_2d=True), orig_rate, subtype
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
 
 
 def _int16_to_mono(data: np.ndarray) -> np.ndarray:

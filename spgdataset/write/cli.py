@@ -14,14 +14,15 @@ from .progress import format_duration
 
 FEATURE_FLAGS = {  # flag -> FeatureConfig field
     "sample_rate": "sample_rate", "n_fft": "n_fft", "hop_length": "hop_length", "n_mels": "n_mels",
-    "f_min": "f_min", "f_max": "f_max", "dtype": "storage_dtype",
+    "f_min": "f_min", "f_max": "f_max", "dtype": "storage_dtype", "spectrogram": "kind", "thresh": "thresh",
+    "transform_type": "transform_type",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spg-shard",
-        description="Turn a folder of audio (+ optional metadata.json) into log-mel WebDataset shards "
+        description="Turn a folder of audio (+ optional metadata.json) into spectrogram WebDataset shards "
                     "with manifest.json. Rerunning the same command resumes a killed run.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
@@ -31,14 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-fft", type=int, help="FFT size in samples (default 400)")
     p.add_argument("--hop-length", type=int, help="hop in samples (default 160)")
     p.add_argument("--n-mels", type=int, help="mel bins (default 80)")
-    p.add_argument("--f-min", type=float, help="lowest mel frequency in Hz (default 0)")
-    p.add_argument("--f-max", type=float, help="highest mel frequency in Hz (default sample_rate/2)")
-    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16)")
+    p.add_argument("--f-min", type=float, help="lowest frequency in Hz (default 0)")
+    p.add_argument("--f-max", type=float, help="highest frequency in Hz (default sample_rate/2); a linear "
+                                               "spectrogram keeps the bins in [f-min, f-max)")
+    p.add_argument("--spectrogram", choices=["logmel", "linear"], help="kind (default logmel); linear is vak's "
+                                                                         "STFT power density")
+    p.add_argument("--transform-type", choices=["log_spect", "log_spect_plus_one", "log"],
+                   help="vak's transform of a linear spectrogram (default none)")
+    p.add_argument("--thresh", type=float, help="vak's threshold of a linear spectrogram (default none)")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16; float32 for a "
+                                                                   "linear spectrogram without transform)")
     p.add_argument("--with-audio", action="store_true", help="also store the resampled mono audio (FLAC, lossless)")
     p.add_argument("--max-shard-mb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
                    help="shard size limit in MiB (default %(default)s)")
     p.add_argument("--max-shard-files", type=int, help="shard size limit in files")
-    p.add_argument("--labelset", action="append", default=[], metavar="KEY=V1,V2",
+    p.add_argument("--audio-format", metavar="EXT", help="take only audio files of this extension (wav, flac, ...)")
+    p.add_argument("--annot-format", choices=["simple-seq", "aud-seq", "audacity", "textgrid"],
+                   help="read each audio file's annotation file beside it (a.wav.csv or a.csv, ...): every label "
+                        "becomes an interval name")
+    p.add_argument("--labelset", metavar="LABELS",
+                   help="vak's labelset: skip files whose annotations hold other labels (\"iabc\": one label a "
+                        "character; \"range: 1-9\")")
+    p.add_argument("--keep", action="append", default=[], metavar="KEY=V1,V2",
                    help="keep only files whose metadata KEY is one of the values (repeatable)")
     p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -55,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_labelset(values: Sequence[str]) -> Optional[Dict[str, List[str]]]:
-    labelset: Dict[str, List[str]] = {}
+def parse_keep(values: Sequence[str]) -> Optional[Dict[str, List[str]]]:
+    keep: Dict[str, List[str]] = {}
     for value in values:
         key, sep, allowed = value.partition("=")
         if not sep or not key or not allowed:
-            raise SpgError(f"--labelset {value!r}: expected KEY=VALUE1,VALUE2")
-        labelset.setdefault(key, []).extend(v for v in allowed.split(",") if v)
-    return labelset or None
+            raise SpgError(f"--keep {value!r}: expected KEY=VALUE1,VALUE2")
+        keep.setdefault(key, []).extend(v for v in allowed.split(",") if v)
+    return keep or None
 
 
 def parse_part(value: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -94,16 +109,25 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         audio_root, metadata, output = args.paths
     else:
         parser.error("expected AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
+    keep_values, labelset = list(args.keep), args.labelset
+    if labelset is not None and "=" in labelset and args.annot_format is None:  # --labelset KEY=V1,V2 before 0.3
+        print(f"spg-shard: --labelset {labelset} filters by metadata: that is --keep now (--labelset is vak's set "
+              "of annotation labels)", file=sys.stderr)
+        keep_values, labelset = keep_values + [labelset], None
     try:  # malformed values are usage errors: argparse's message and exit code 2
-        labelset, part = parse_labelset(args.labelset), parse_part(args.part)
+        keep, part = parse_keep(keep_values), parse_part(args.part)
     except SpgError as exc:
         parser.error(str(exc))
+    if labelset is not None and args.annot_format is None:
+        parser.error("--labelset filters files by their annotation labels: give --annot-format too "
+                     "(to keep files by metadata values: --keep KEY=V1,V2)")
     if args.scheduler and args.workers:
         parser.error("--workers sets local processes; with --scheduler the Dask cluster's workers do the work")
     files = read_file_list(args.files, audio_root) if args.files else None
     options = dict(files=files, features=features_from_args(args), with_audio=args.with_audio,
                    max_shard_bytes=int(args.max_shard_mb * 2**20), max_shard_files=args.max_shard_files,
-                   labelset=labelset, part=part, overwrite=args.overwrite, progress=not args.quiet,
+                   labelset=labelset, keep=keep, annot_format=args.annot_format, audio_format=args.audio_format,
+                   part=part, overwrite=args.overwrite, progress=not args.quiet,
                    allow_outside_root=args.allow_outside_root, dry_run=args.dry_run)
     if args.scheduler:
         from .cluster import dask_client, describe_client

@@ -16,6 +16,7 @@ from ..format.names import AUDIO, INFO, SPEC, sample_key
 from ..format.tar import tar_member
 from ..rules.frames import rescale_intervals
 from .audio import read_audio
+from .linear import LinearSpectrogram
 from .logmel import LogMel
 from .plan import PlannedFile
 
@@ -34,13 +35,21 @@ class FileResult:
 _PER_THREAD = threading.local()
 
 
-def _logmel(features: FeatureConfig) -> LogMel:
-    """One LogMel per thread (its window, mel filters and buffer are worth keeping across files; a Dask
+def _spectrogram(features: FeatureConfig) -> Union[LogMel, LinearSpectrogram]:
+    """One spectrogram maker per thread (its window, filters and buffer are worth keeping across files; a Dask
     worker may run several tasks at once in threads)."""
-    logmel = getattr(_PER_THREAD, "logmel", None)
-    if logmel is None or logmel.config != features:
-        logmel = _PER_THREAD.logmel = LogMel(features)
-    return logmel
+    maker = getattr(_PER_THREAD, "spectrogram", None)
+    if maker is None or maker.config != features:
+        maker = _PER_THREAD.spectrogram = (LogMel if features.kind == "logmel" else LinearSpectrogram)(features)
+    return maker
+
+
+def _not_finite(features: FeatureConfig, audio: np.ndarray) -> str:
+    if features.kind == "linear" and features.transform_type in ("log_spect", "log"):
+        return (f"spectrogram is not finite: transform_type={features.transform_type!r} takes the log of silent "
+                "(zero-power) bins; set thresh to floor them")
+    return (f"spectrogram is not finite (peak sample {float(np.abs(audio).max()):.3g}: far too loud for float32 "
+            "power; is it a float file of unscaled samples?)")
 
 
 def _check_audio(item: PlannedFile, audio: np.ndarray, orig_length: int, features: FeatureConfig) -> None:
@@ -61,14 +70,13 @@ def featurize(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> F
     entry = item.entry
     audio, orig_rate, orig_length, exact_16bit = read_audio(entry.abspath, features.sample_rate, entry.path)
     _check_audio(item, audio, orig_length, features)
-    spectrogram = _logmel(features)(audio, features.storage_dtype)
+    spectrogram = _spectrogram(features)(audio, features.storage_dtype)
     frames = spectrogram.shape[1]
     stored = torch.from_numpy(spectrogram)
     wide = stored.float() if stored.dtype == torch.float16 else stored.double()  # float16 squares are exact in float32
     total, total_sq = wide.sum(1, dtype=torch.float64).numpy(), wide.square().sum(1, dtype=torch.float64).numpy()
     if not (np.isfinite(total).all() and np.isfinite(total_sq).all()):  # finite sums: every value is finite
-        raise BadInput(entry.path, f"spectrogram is not finite (peak sample {float(np.abs(audio).max()):.3g}: far "
-                                   "too loud for float32 power; is it a float file of unscaled samples?)")
+        raise BadInput(entry.path, _not_finite(features, audio))
     key = sample_key(item.number, entry.path)
     intervals = rescale_intervals(entry.intervals, orig_rate, features.sample_rate)
     info = {"path": entry.path, "frames": frames, "samples": len(audio), "sample_rate": features.sample_rate,

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 from ..errors import BadInput, SpgError
 from ..storage.local import open_regular
+from .annotations import Annotation
 
 AUDIO_EXTENSIONS = {
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -35,6 +36,7 @@ class FileEntry:
     intervals: Dict[str, List[List[int]]] = dataclasses.field(default_factory=dict)
     metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: List[str] = dataclasses.field(default_factory=list)  # problems fixed on the way, for the report
+    annotation: Optional[Annotation] = None  # read from its annotation file (write/annotated.py)
 
 
 def load_metadata_json(path: Union[str, Path]) -> Dict[str, Any]:
@@ -120,8 +122,10 @@ def _inside(real: str, real_root: str) -> bool:
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
-def walk_audio(root: Union[str, Path], allow_outside_root: bool = False) -> List[str]:
-    """Audio files under `root` by extension, as sorted paths relative to it.
+def walk_audio(root: Union[str, Path], allow_outside_root: bool = False,
+               extensions: Optional[Set[str]] = None) -> List[str]:
+    """Audio files under `root` by extension (`extensions`, lower case with the dot; default: every audio
+    extension), as sorted paths relative to it.
 
     Linked folders are followed once each: a folder already walked (a symlink loop, or two links to one
     folder) is not walked again, and one outside the root only with `allow_outside_root`.
@@ -138,7 +142,7 @@ def walk_audio(root: Union[str, Path], allow_outside_root: bool = False) -> List
         walked.add(real)
         dirs.sort()
         for name in files:
-            if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() in (extensions or AUDIO_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
     return sorted(found)
 
@@ -213,17 +217,19 @@ def collect_inputs(
     audio_root: Union[str, Path],
     metadata_path: Optional[Union[str, Path]] = None,
     files: Optional[Sequence[str]] = None,
-    labelset: Optional[Mapping[str, Iterable[Any]]] = None,
+    keep: Optional[Mapping[str, Iterable[Any]]] = None,
     allow_outside_root: bool = False,
+    audio_format: Optional[str] = None,
 ) -> Tuple[List[FileEntry], List[BadInput]]:
     """The files to shard, sorted by stored path, and the inputs refused before any audio is read.
 
     Which files: `files` if given, else the keys of metadata.json, else every audio file under the root.
     Names that leave the root are refused (unless `allow_outside_root`); names of one file (`a.wav`,
     `./a.wav`, a link to it) keep one entry, the one spelled as stored if there is one, and the others are
-    reported as duplicates. `labelset` {key: allowed values} keeps only files whose metadata[key] is among
-    the values (as text).
+    reported as duplicates. `keep` {key: allowed values} keeps only files whose metadata[key] is among
+    the values (as text). `audio_format` ("wav", "flac", ...) takes only files of that extension.
     """
+    extensions = {audio_extension(audio_format)} if audio_format is not None else None
     root = str(audio_root)
     metadata = load_metadata_json(metadata_path) if metadata_path is not None else {}
     if files is not None:
@@ -233,8 +239,10 @@ def collect_inputs(
     else:
         if not os.path.isdir(root):
             raise SpgError(f"{root}: audio root is not a directory")
-        names = walk_audio(root, allow_outside_root)
-    allowed: Dict[str, Set[str]] = {k: {str(v) for v in values} for k, values in (labelset or {}).items()}
+        names = walk_audio(root, allow_outside_root, extensions)
+    if extensions is not None and (files is not None or metadata_path is not None):
+        names = [n for n in names if os.path.splitext(n)[1].lower() in extensions]
+    allowed: Dict[str, Set[str]] = {k: {str(v) for v in values} for k, values in (keep or {}).items()}
     by_file: Dict[str, List[Tuple[str, FileEntry]]] = {}
     rejected: List[BadInput] = []
     resolver = PathResolver(root, allow_outside_root)
@@ -251,7 +259,7 @@ def collect_inputs(
         rejected += [BadInput(other, f"same file as {entry.path}; stored once, under that name", kind="duplicate")
                      for other, _ in spellings if other != name]
         try:
-            _check_labelset(entry, allowed)
+            _check_keep(entry, allowed)
             entries.append(entry)
         except BadInput as bad:
             rejected.append(bad)
@@ -259,10 +267,21 @@ def collect_inputs(
     return entries, rejected
 
 
-def _check_labelset(entry: FileEntry, allowed: Mapping[str, Set[str]]) -> None:
+def _check_keep(entry: FileEntry, allowed: Mapping[str, Set[str]]) -> None:
     for key, values in allowed.items():
         if key not in entry.metadata:
-            raise BadInput(entry.path, f"labelset: no metadata[{key!r}]", kind="filtered")
+            raise BadInput(entry.path, f"keep: no metadata[{key!r}]", kind="filtered")
         if str(entry.metadata[key]) not in values:
-            raise BadInput(entry.path, f"labelset: metadata[{key!r}]={entry.metadata[key]!r} not in the labelset",
+            raise BadInput(entry.path, f"keep: metadata[{key!r}]={entry.metadata[key]!r} is not among the values kept",
                            kind="filtered")
+
+
+def audio_extension(audio_format: str) -> str:
+    """".wav" for "wav", "WAV" or ".wav"; SpgError for a format no audio extension has (vak's "cbin" among them)."""
+    extension = "." + str(audio_format).lower().lstrip(".")
+    if extension == ".cbin":
+        raise SpgError("audio format 'cbin' (Evtaf) is not read here: convert the files to WAV")
+    if extension not in AUDIO_EXTENSIONS:
+        raise SpgError(f"audio format {audio_format!r} is not one this library reads "
+                       f"({', '.join(sorted(e[1:] for e in AUDIO_EXTENSIONS))})")
+    return extension

@@ -1,4 +1,4 @@
-"""spg-shard's job: audio files -> log-mel WebDataset shards + manifest.json + file index.
+"""spg-shard's job: audio files -> spectrogram WebDataset shards + manifest.json + file index.
 
 How a run goes, and why:
 1. Collect and check the inputs (inputs.py); read each file's header for its length (headers.py: in the
@@ -19,12 +19,15 @@ import dataclasses
 import gc
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import BadInput, SpgError
 from ..format.features import FeatureConfig
 from ..storage import Output, output_for, s3
 from ..storage.s3 import is_s3_url
+from .annotated import attach_annotations
+from .annotations import labelset_to_set
 from .executors import local_executor
 from .headers import HeaderCache, read_headers
 from .inputs import collect_inputs
@@ -80,7 +83,11 @@ def write_shards(
     with_audio: bool = False,
     max_shard_bytes: Optional[int] = DEFAULT_MAX_SHARD_BYTES,
     max_shard_files: Optional[int] = None,
-    labelset: Optional[Mapping[str, Sequence[Any]]] = None,
+    labelset: Union[str, Sequence[Any], None] = None,
+    keep: Optional[Mapping[str, Sequence[Any]]] = None,
+    annot_format: Optional[str] = None,
+    annotations: Optional[Mapping[str, Union[str, os.PathLike]]] = None,
+    audio_format: Optional[str] = None,
     workers: Optional[int] = None,
     part: Optional[Tuple[int, int]] = None,
     overwrite: bool = False,
@@ -96,6 +103,9 @@ def write_shards(
     set writes the manifest. `workers`: local processes computing spectrograms (default: all cores).
     `client`: a `dask.distributed.Client`; its cluster's workers then read the headers and write the shards
     (they must see `audio_root` and `output_dir`: a shared file system, or s3://). The output is the same.
+    `annot_format` ("simple-seq", "aud-seq", "textgrid"): each file's annotation, beside it or from `annotations`
+    {stored path: file}, its labels as interval names. `labelset` (vak's: "abc", a list) skips files with other
+    labels; `keep={key: values}` keeps files whose metadata[key] is one of them; `audio_format`: "wav" files only.
     `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
     symlink out of it), which are otherwise refused and reported.
     `dry_run`: check everything (every file decoded and featurised, as a run does, so the report is the one a
@@ -103,9 +113,8 @@ def write_shards(
     """
     if max_shard_bytes is None and max_shard_files is None:
         raise ValueError("give max_shard_bytes and/or max_shard_files")
-    part_index, part_count = part or (0, 1)
-    if not 0 <= part_index < part_count:
-        raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
+    selection = _Selection.of(keep, labelset, annot_format, annotations, audio_format, allow_outside_root)
+    part_index, part_count = _checked_part(part)
     audio_root, output_dir = os.fspath(audio_root), os.fspath(output_dir)
     if client is not None:  # a worker's working directory is not this one's
         audio_root = os.path.abspath(audio_root)
@@ -116,8 +125,7 @@ def write_shards(
         if not dry_run:  # a missing bucket is said before any header is read
             output_for(run.output_dir).prepare()
         with _paused_gc():
-            planned, reported, headers = _checked_inputs(run, audio_root, metadata_path, files, labelset,
-                                                         allow_outside_root)
+            planned, reported, headers = _checked_inputs(run, audio_root, metadata_path, files, selection)
             plan = plan_shards(planned, run.features, with_audio, max_shard_bytes, max_shard_files)
         if dry_run:
             return _dry_run(run, plan, reported, headers.count)
@@ -125,6 +133,13 @@ def write_shards(
     finally:
         executor.close()
         gc.unfreeze()
+
+
+def _checked_part(part: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    part_index, part_count = part or (0, 1)
+    if not 0 <= part_index < part_count:
+        raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
+    return part_index, part_count
 
 
 def _write(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput], headers: "_Headers",
@@ -195,11 +210,43 @@ class _Headers:
             self.cache.save(out, self.entries, self.stats, self.found)
 
 
-def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]], labelset: Any,
-                    allow_outside_root: bool) -> Tuple[List[PlannedFile], List[BadInput], _Headers]:
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """Which inputs a run takes, beyond the files listed: write_shards()'s filters and annotation options."""
+
+    keep: Optional[Mapping[str, Sequence[Any]]]
+    labels: Optional[Set[str]]  # vak's labelset
+    annot_format: Optional[str]
+    annotations: Optional[Mapping[str, Any]]
+    audio_format: Optional[str]
+    allow_outside_root: bool
+
+    @classmethod
+    def of(cls, keep: Any, labelset: Any, annot_format: Optional[str], annotations: Any, audio_format: Optional[str],
+           allow_outside_root: bool) -> "_Selection":
+        if isinstance(labelset, Mapping):  # its meaning before 0.3
+            warnings.warn("write_shards(labelset={key: values}) filters by metadata: that is keep= now; labelset is "
+                          "vak's set of annotation labels", DeprecationWarning, stacklevel=3)
+            keep, labelset = labelset, None
+        return cls(keep, labelset_to_set(labelset) if labelset is not None else None, annot_format, annotations,
+                   audio_format, allow_outside_root)
+
+    def __post_init__(self) -> None:
+        if self.annot_format is None and (self.labels is not None or self.annotations is not None):
+            raise SpgError("labelset and annotations need annot_format (simple-seq, aud-seq or textgrid); "
+                           "to keep files by metadata values use keep={key: [values]}")
+
+
+def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]],
+                    selection: _Selection) -> Tuple[List[PlannedFile], List[BadInput], _Headers]:
     """Step 1 of the module docstring: the files whose headers read, and what was reported on the way."""
     reporter = Progress(0, 0.0, enabled=run.progress)
-    entries, reported = collect_inputs(audio_root, metadata_path, files, labelset, allow_outside_root)
+    entries, reported = collect_inputs(audio_root, metadata_path, files, selection.keep, selection.allow_outside_root,
+                                       selection.audio_format)
+    if selection.annot_format is not None:
+        entries, unannotated = attach_annotations(entries, selection.annot_format, selection.annotations,
+                                                  selection.labels)
+        reported += unannotated
     if not entries:
         raise SpgError(nothing_usable(len(reported), reported, "no audio files to shard"))
     reported += [BadInput(e.path, warning, kind="warning") for e in entries for warning in e.warnings]

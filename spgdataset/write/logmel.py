@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ class LogMel:
         """`audio`: mono float32 samples at config.sample_rate, more than n_fft // 2 of them.
         Returns (n_mels, 1 + len(audio) // hop_length) of `dtype`, row-major."""
         config = self.config
-        frames = torch.from_numpy(self._reflect_padded(audio)).unfold(0, config.n_fft, config.hop_length)
+        self.padded, padded = reflect_padded(audio, config.n_fft // 2, self.padded)
+        frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
         with torch.inference_mode():
             spectrum = torch.view_as_real(torch.fft.rfft(frames * self.window)).square_()  # (T, F, 2)
             power = spectrum[..., 0].add_(spectrum[..., 1]).t().contiguous()  # (F, T)
@@ -46,16 +48,17 @@ class LogMel:
             out.copy_(logmel)
         return out.numpy()
 
-    def _reflect_padded(self, audio: np.ndarray) -> np.ndarray:
-        """`audio` with n_fft // 2 samples mirrored at each end (as torch.stft(center=True) pads), in a
-        buffer reused across files."""
-        pad, n = self.config.n_fft // 2, len(audio)
-        if n <= pad:
-            raise ValueError(f"{n} samples: a centred STFT with n_fft={self.config.n_fft} needs more than {pad}")
-        if len(self.padded) < n + 2 * pad:
-            self.padded = np.empty(n + 2 * pad, dtype=np.float32)
-        padded = self.padded[: n + 2 * pad]
-        padded[pad : pad + n] = audio
-        padded[:pad] = audio[1 : pad + 1][::-1]
-        padded[pad + n :] = audio[n - 1 - pad : n - 1][::-1]
-        return padded
+
+def reflect_padded(audio: np.ndarray, pad: int, buffer: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(buffer, `audio` with `pad` samples mirrored at each end), as torch.stft(center=True) pads; the buffer
+    is reused across files and grown when a file needs more."""
+    n = len(audio)
+    if n <= pad:
+        raise ValueError(f"{n} samples: a centred STFT of this n_fft needs more than {pad}")
+    if len(buffer) < n + 2 * pad:
+        buffer = np.empty(n + 2 * pad, dtype=np.float32)
+    padded = buffer[: n + 2 * pad]
+    padded[pad : pad + n] = audio
+    padded[:pad] = audio[1 : pad + 1][::-1]
+    padded[pad + n :] = audio[n - 1 - pad : n - 1][::-1]
+    return buffer, padded

@@ -15,6 +15,7 @@ from ..errors import BadInput
 from ..format.features import FeatureConfig
 from ..format.names import FORMAT_VERSION
 from ..rules.frames import num_frames, resampled_length
+from .annotated import with_annotation_intervals
 from .inputs import FileEntry
 
 Header = Union[Tuple[int, int], str]  # (samples per channel, sample rate), or what is wrong with the file
@@ -38,6 +39,7 @@ def planned_file(number: int, entry: FileEntry, header: Header, features: Featur
         raise BadInput(entry.path, "audio is empty (0 samples)")
     if entry.length is not None and entry.length != length:
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {length} samples")
+    entry = with_annotation_intervals(entry, rate)
     samples = resampled_length(length, rate, features.sample_rate)
     return PlannedFile(number, entry, num_frames(samples, features.hop_length), length / rate)
 
@@ -48,9 +50,12 @@ def plan_files(entries: List[FileEntry], headers: List[Header],
     planned, rejected = [], []
     for number, (entry, header) in enumerate(zip(entries, headers)):
         try:
-            planned.append(planned_file(number, entry, header, features))
+            item = planned_file(number, entry, header, features)
         except BadInput as bad:
             rejected.append(bad)
+            continue
+        planned.append(item)
+        rejected += [BadInput(entry.path, w, kind="warning") for w in item.entry.warnings[len(entry.warnings):]]
     return planned, rejected
 
 

@@ -258,8 +258,10 @@ def test_progress_keeps_bad_and_filtered_apart(tmp_path):
     (root / "c.wav").write_bytes(b"not audio" * 100)
     meta = write_json(root / "metadata.json", {"a.wav": {"metadata": {"g": "f"}}, "b.wav": {"metadata": {"g": "m"}},
                                                "c.wav": {"metadata": {"g": "f"}}})
-    result = run_cli([root, meta, tmp_path / "out", "--labelset", "g=f", "--workers", "1"])
+    result = run_cli([root, meta, tmp_path / "out", "--keep", "g=f", "--workers", "1"])
     assert result.returncode == 0, result.stderr
+    old_spelling = run_cli([root, meta, tmp_path / "old", "--labelset", "g=f", "--workers", "1"])
+    assert "that is --keep now" in old_spelling.stderr and "1 bad, 1 filtered" in old_spelling.stdout
     last = [line for line in result.stderr.splitlines() if line.startswith("[spg-shard]")][-1]
     assert "bad 1" in last and "filtered 1" in last, last
     assert "1 bad, 1 filtered" in result.stdout

@@ -358,13 +358,13 @@ def test_nothing_usable_fails_with_a_clear_message(stage, tmp_path, helpers):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_labelset_filters_are_counted_as_filtered(run16k, corpus16k, tmp_path, helpers):
+def test_keep_filters_are_counted_as_filtered(run16k, corpus16k, tmp_path, helpers):
     root, meta = corpus16k
     metadata = json.loads(Path(meta).read_text())
     females = sorted(p for p, e in metadata.items() if e["metadata"]["gender"] == "f")
     males = sorted(set(metadata) - set(females))
     assert females and males
-    result = write_shards(root, meta, tmp_path, labelset={"gender": ["f"]}, workers=1, progress=False)
+    result = write_shards(root, meta, tmp_path, keep={"gender": ["f"]}, workers=1, progress=False)
     manifest = result.manifest
     assert sorted(row["path"] for row in helpers.index(tmp_path)) == females
     assert manifest["report"]["counts"] == {"bad": 0, "filtered": len(males)}
@@ -374,7 +374,11 @@ def test_labelset_filters_are_counted_as_filtered(run16k, corpus16k, tmp_path, h
     assert manifest["labels"]["gender"] == ["f"]
     assert manifest["totals"]["files"] == len(females)
     with pytest.raises(SpgError, match="nothing usable"):
-        write_shards(root, meta, tmp_path / "none", labelset={"gender": ["x"]}, workers=1, progress=False)
+        write_shards(root, meta, tmp_path / "none", keep={"gender": ["x"]}, workers=1, progress=False)
+    with pytest.warns(DeprecationWarning, match="keep="):  # labelset={key: values} was this filter before 0.3
+        again = write_shards(root, meta, tmp_path / "old", labelset={"gender": ["f"]}, workers=1, progress=False)
+    assert sorted(row["path"] for row in helpers.index(tmp_path / "old")) == females
+    assert again.manifest["report"]["counts"] == manifest["report"]["counts"]
 
 
 # --------------------------------------------------------------------------- which files

@@ -1,0 +1,67 @@
+"""The linear spectrogram of birdsong work (vak's `spect_params`): STFT power cut to a band, optionally log.
+
+vak computes it with matplotlib's `specgram` (mode "psd"): a symmetric Hann window, power scaled to a
+one-sided density (|X|^2 / (rate * sum(w^2)), doubled except at DC and Nyquist), frequency bins kept when
+f_min <= f < f_max, then one of vak's transforms. The same numbers here, with two differences written down in
+the README: frames are centred like the log-mel's (frame t is centred on sample t * hop_length, so masks and
+windows follow one rule for every kind of spectrogram), and the band is cut without the Butterworth
+band-pass vak runs first (bins outside the band are dropped either way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..format.features import FeatureConfig
+from .logmel import reflect_padded
+
+
+class LinearSpectrogram:
+    """(bins, T) float32: STFT power density of the bins in [f_min, f_max), then `transform_type`."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        n_fft = config.n_fft
+        self.window = torch.hann_window(n_fft, periodic=False)  # numpy.hanning, matplotlib's window_hanning
+        doubled = np.full(n_fft // 2 + 1, 2.0)
+        doubled[0] = 1.0
+        if n_fft % 2 == 0:
+            doubled[-1] = 1.0  # the Nyquist bin has no mirror image
+        scale = doubled / (config.sample_rate * float((self.window.double() ** 2).sum()))
+        self.bins = config.linear_bins()
+        self.scale = torch.from_numpy(scale[self.bins].astype(np.float32))[:, None]  # (bins, 1)
+        self.padded = np.empty(0, dtype=np.float32)
+
+    def __call__(self, audio: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """`audio`: mono float32 at config.sample_rate, more than n_fft // 2 samples. (bins, 1 + len // hop)."""
+        config = self.config
+        self.padded, padded = reflect_padded(audio, config.n_fft // 2, self.padded)
+        frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
+        with torch.inference_mode():
+            spectrum = torch.fft.rfft(frames * self.window)[:, self.bins[0] : self.bins[-1] + 1]  # (T, bins)
+            power = torch.view_as_real(spectrum).square().sum(-1).t() * self.scale  # (bins, T)
+        return np.ascontiguousarray(transform(power.double().numpy(), config.transform_type, config.thresh), dtype)
+
+
+def transform(power: np.ndarray, transform_type: str | None, thresh: float | None) -> np.ndarray:
+    """vak's transforms of a power spectrogram (float64, changed in place), with its threshold rules:
+    none (values below thresh raised to it), "log_spect" (divided by its maximum, log10, floored at -thresh),
+    "log_spect_plus_one" (log10(1 + x), floored at thresh), "log" (natural log of x + float64 eps).
+    A thresh of 0 or None is no threshold, as in vak."""
+    if transform_type == "log_spect":
+        peak = power.max()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            power = np.log10(power / peak)
+        floor = -thresh if thresh else None
+    elif transform_type == "log_spect_plus_one":
+        power = np.log10(power + 1.0)
+        floor = thresh or None
+    elif transform_type == "log":
+        power = np.log(np.abs(power) + np.finfo(np.float64).eps)
+        floor = None
+    else:
+        floor = thresh or None
+    if floor is not None:
+        np.maximum(power, floor, out=power)
+    return power

@@ -36,6 +36,11 @@ def npy_header(array: np.ndarray) -> bytes:
     return _npy_header(array.dtype.str, array.shape)
 
 
+def npy_header_for(dtype: Union[str, np.dtype], shape: Tuple[int, ...]) -> bytes:
+    """The npy header of a C-ordered array of `dtype` and `shape` that is written piece by piece."""
+    return _npy_header(np.dtype(dtype).str, tuple(shape))
+
+
 @functools.lru_cache(maxsize=4096)
 def _npy_header(descr: str, shape: Tuple[int, ...]) -> bytes:
     """Numpy's writer took 17 µs a file; a corpus of clips has few distinct shapes."""

@@ -29,7 +29,7 @@ def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
     `name` is how messages call the file (its path in metadata.json); defaults to `path`.
     """
     name = name or path
-    _check_file(path, name)
+    check_audio_file(path, name)
     header = _plain_wav(probe_wav, path)
     if header is not None:
         frames, rate = header
@@ -43,7 +43,7 @@ def probe(path: str, name: Optional[str] = None) -> Tuple[int, int]:
     return frames, rate
 
 
-def _check_file(path: str, name: str) -> None:
+def check_audio_file(path: str, name: str) -> None:
     """Only regular files are audio: a FIFO would block the decoder forever, a device never ends."""
     try:
         check_regular(path)
@@ -65,7 +65,7 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
     samples are the file's own 16-bit (or narrower) values, untouched by downmix or resampling.
     """
     path, name = str(path), name or str(path)
-    _check_file(path, name)
+    check_audio_file(path, name)
     wav = _plain_wav(read_wav, path)
     if wav is not None:
         (data, orig_rate), subtype = wav, "PCM_16"
@@ -76,13 +76,13 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
     if length == 0:
         raise BadInput(name, "audio is empty (0 samples)")
     if data.dtype == np.int16:
-        mono = _int16_to_mono(data)
+        mono = int16_to_mono(data)
     else:
         mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
         if not np.isfinite(mono).all():
             raise BadInput(name, "audio contains NaN or infinite samples")
     if orig_rate != sample_rate:
-        mono = _resampler(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+        mono = resampler_for(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     exact_16bit = subtype in EXACT_16BIT and channels == 1 and orig_rate == sample_rate
     return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, exact_16bit
 
@@ -111,7 +111,7 @@ def _decode(path: str, name: str) -> Tuple[np.ndarray, int, str]:
         raise BadInput(name, f"corrupt or unreadable audio: {_one_line(exc)}") from None
 
 
-def _int16_to_mono(data: np.ndarray) -> np.ndarray:
+def int16_to_mono(data: np.ndarray) -> np.ndarray:
     """The float32 samples libsndfile would give (value / 32768), averaged over channels, without a float
     copy of every channel: decoding 16-bit PCM as float took twice as long as reading it (tools/bench_write.py).
     Equal to reading float32 and taking the mean: the scaled sums are exact, the division is the same."""
@@ -124,7 +124,7 @@ def _int16_to_mono(data: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+def resampler_for(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
     """Resampling kernels are worth caching: a corpus has few distinct rates."""
     return torchaudio.transforms.Resample(orig_rate, new_rate)
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import os
+import tempfile
 import threading
-from typing import Any, Dict, List, Union
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from ..errors import BadInput
-from ..format.codec import encode_flac, npy_header, pack
+from ..format.codec import encode_flac, npy_header, npy_header_for, pack
 from ..format.features import FeatureConfig
 from ..format.names import AUDIO, INFO, SPEC, sample_key
-from ..format.tar import tar_member
+from ..format.tar import tar_header, tar_member, tar_padding
 from ..rules.frames import rescale_intervals
-from .audio import read_audio
+from .audio import EXACT_16BIT, check_audio_file, read_audio
+from .blocks import BlockSource
 from .linear import LinearSpectrogram
 from .logmel import LogMel
 from .plan import PlannedFile
@@ -25,7 +31,7 @@ from .plan import PlannedFile
 class FileResult:
     """A featurised file: its tar members (bytes), its index row, and what the manifest sums up."""
 
-    members: List[Any]  # bytes-like pieces, written one after the other
+    members: Iterable[Any]  # bytes-like pieces, written one after the other (consumed once)
     index: Dict[str, Any]  # key, path, frames, samples, intervals (samples at the feature rate), metadata
     seconds: float  # of the original audio
     sum: np.ndarray  # (n_mels,) float64: sum over the file's frames of each mel bin
@@ -52,7 +58,8 @@ def _not_finite(features: FeatureConfig, audio: np.ndarray) -> str:
             "power; is it a float file of unscaled samples?)")
 
 
-def _check_audio(item: PlannedFile, audio: np.ndarray, orig_length: int, features: FeatureConfig) -> None:
+def _check_lengths(item: PlannedFile, orig_length: int, samples: int, features: FeatureConfig) -> None:
+    """The decoded lengths against metadata.json, the intervals and the STFT."""
     entry = item.entry
     if entry.length is not None and entry.length != orig_length:
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {orig_length} samples")
@@ -60,8 +67,8 @@ def _check_audio(item: PlannedFile, audio: np.ndarray, orig_length: int, feature
         for start, stop in spans:
             if stop > orig_length:
                 raise BadInput(entry.path, f"intervals[{name!r}] [{start}, {stop}] ends after the audio's {orig_length} samples")
-    if len(audio) < features.min_samples:
-        raise BadInput(entry.path, f"audio too short: {len(audio)} samples at {features.sample_rate} Hz, "
+    if samples < features.min_samples:
+        raise BadInput(entry.path, f"audio too short: {samples} samples at {features.sample_rate} Hz, "
                                    f"a centred STFT with n_fft={features.n_fft} needs {features.min_samples}")
 
 
@@ -69,32 +76,144 @@ def featurize(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> F
     """Decode, check and featurise one file (BadInput when it cannot be used)."""
     entry = item.entry
     audio, orig_rate, orig_length, exact_16bit = read_audio(entry.abspath, features.sample_rate, entry.path)
-    _check_audio(item, audio, orig_length, features)
+    _check_lengths(item, orig_length, len(audio), features)
     spectrogram = _spectrogram(features)(audio, features.storage_dtype)
     frames = spectrogram.shape[1]
-    stored = torch.from_numpy(spectrogram)
-    wide = stored.float() if stored.dtype == torch.float16 else stored.double()  # float16 squares are exact in float32
-    total, total_sq = wide.sum(1, dtype=torch.float64).numpy(), wide.square().sum(1, dtype=torch.float64).numpy()
+    total, total_sq = _stats(spectrogram)
     if not (np.isfinite(total).all() and np.isfinite(total_sq).all()):  # finite sums: every value is finite
         raise BadInput(entry.path, _not_finite(features, audio))
-    key = sample_key(item.number, entry.path)
-    intervals = rescale_intervals(entry.intervals, orig_rate, features.sample_rate)
-    info = {"path": entry.path, "frames": frames, "samples": len(audio), "sample_rate": features.sample_rate,
-            "orig_sample_rate": orig_rate, "orig_length": orig_length, "intervals": intervals,
-            "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio}
+    key, info, index_row = _described(item, features, with_audio, frames, len(audio), orig_rate, orig_length)
     members = tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B"))
     members += tar_member(f"{key}.{INFO}", pack(info))
     if with_audio:
         members += tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact_16bit))
-    index_row = {"key": key, "path": entry.path, "frames": frames, "samples": len(audio), "intervals": intervals,
-                 "metadata": entry.metadata}
     return FileResult(members, index_row, orig_length / orig_rate, total, total_sq)
+
+
+def _stats(spectrogram: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-row sum and sum of squares (float64) of the stored values."""
+    stored = torch.from_numpy(spectrogram)
+    wide = stored.float() if stored.dtype == torch.float16 else stored.double()  # float16 squares are exact in float32
+    return wide.sum(1, dtype=torch.float64).numpy(), wide.square().sum(1, dtype=torch.float64).numpy()
+
+
+def _described(item: PlannedFile, features: FeatureConfig, with_audio: bool, frames: int, samples: int,
+               orig_rate: int, orig_length: int) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    """The sample key, the info record and the index row of a featurised file."""
+    entry = item.entry
+    key = sample_key(item.number, entry.path)
+    intervals = rescale_intervals(entry.intervals, orig_rate, features.sample_rate)
+    info = {"path": entry.path, "frames": frames, "samples": samples, "sample_rate": features.sample_rate,
+            "orig_sample_rate": orig_rate, "orig_length": orig_length, "intervals": intervals,
+            "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio}
+    index_row = {"key": key, "path": entry.path, "frames": frames, "samples": samples, "intervals": intervals,
+                 "metadata": entry.metadata}
+    return key, info, index_row
+
+
+LONG_FILE_SECONDS = 600.0  # files longer than this are featurised in blocks (featurize_long)
+BLOCK_FRAMES = 1 << 15  # frames per block: 5.5 minutes at hop 160, about 200 MB of working memory
+COPY_BYTES = 8 << 20
+
+
+def featurize_long(item: PlannedFile, features: FeatureConfig, with_audio: bool,
+                   block_frames: Optional[int] = None) -> FileResult:
+    """featurize() for a long recording, in bounded memory: decoded, resampled and transformed `block_frames`
+    at a time (blocks.py), the spectrogram and audio gathered in temporary files and streamed into the shard.
+    Every check runs before the shard sees a byte, so a bad long file is reported like any other."""
+    entry = item.entry
+    check_audio_file(entry.abspath, entry.path)
+    try:
+        sound = sf.SoundFile(entry.abspath)
+    except Exception as exc:
+        raise BadInput(entry.path, f"corrupt or unreadable audio: {exc}") from None
+    with sound:
+        source = BlockSource(sound, features.sample_rate, entry.path)
+        _check_lengths(item, source.length, source.samples_count, features)
+        frames = 1 + source.samples_count // features.hop_length
+        spec = tempfile.TemporaryFile()
+        audio = tempfile.TemporaryFile() if with_audio else None
+        try:
+            total, total_sq = _long_spectrogram(source, features, frames, block_frames or BLOCK_FRAMES, spec, audio)
+        except BaseException:
+            spec.close()
+            if audio is not None:
+                audio.close()
+            raise
+    key, info, index_row = _described(item, features, with_audio, frames, source.samples_count, source.orig_rate,
+                                      source.length)
+    members = _streamed(f"{key}.{SPEC}", spec, [tar_member(f"{key}.{INFO}", pack(info))])
+    if audio is not None:
+        members = itertools.chain(members, _streamed(f"{key}.{AUDIO}", audio, []))
+    return FileResult(members, index_row, source.length / source.orig_rate, total, total_sq)
+
+
+def _long_spectrogram(source: BlockSource, features: FeatureConfig, frames: int, block_frames: int,
+                      spec: IO[bytes], audio: Optional[IO[bytes]]) -> Tuple[np.ndarray, np.ndarray]:
+    """The npy of the (rows, frames) spectrogram into `spec` block by block (each row's piece written where it
+    goes), the resampled audio as FLAC into `audio`; the statistics. "log_spect" divides by the file's peak
+    power: its blocks go twice through the transform, the first pass only to find the peak."""
+    maker = _spectrogram(features)
+    hop, pad, n = features.hop_length, features.n_fft // 2, source.samples_count
+    dtype = np.dtype(features.storage_dtype)
+    header = npy_header_for(dtype, (features.n_mels, frames))
+    spec.write(header)
+    peak = None
+    if features.kind == "linear" and features.transform_type == "log_spect":
+        peak = max(float(maker.power_of_padded(source.padded(a * hop - pad, (min(frames, a + block_frames) - 1) * hop
+                                                              - pad + features.n_fft)).max())
+                   for a in range(0, frames, block_frames))
+    total = total_sq = None
+    with _flac_writer(audio, features.sample_rate, source) as flac:
+        for a in range(0, frames, block_frames):
+            b = min(frames, a + block_frames)
+            padded = source.padded(a * hop - pad, (b - 1) * hop - pad + features.n_fft)
+            block = (maker.of_padded(padded, features.storage_dtype) if peak is None
+                     else maker.of_padded(padded, features.storage_dtype, peak))
+            block_sum, block_sq = _stats(block)
+            if not (np.isfinite(block_sum).all() and np.isfinite(block_sq).all()):
+                raise BadInput(source.name, _not_finite(features, padded))
+            total = block_sum if total is None else total + block_sum
+            total_sq = block_sq if total_sq is None else total_sq + block_sq
+            for row in range(block.shape[0]):
+                os.pwrite(spec.fileno(), block[row].tobytes(), len(header) + (row * frames + a) * dtype.itemsize)
+            if flac is not None:
+                flac.write(np.clip(source.samples(a * hop, min(b * hop, n)), -1.0, 1.0 - 2.0**-23))
+    return total, total_sq
+
+
+@contextlib.contextmanager
+def _flac_writer(target: Optional[IO[bytes]], sample_rate: int, source: BlockSource) -> Iterator[Optional[sf.SoundFile]]:
+    """encode_flac()'s FLAC written block by block (16-bit when the source is 16-bit at this rate and mono)."""
+    if target is None:
+        yield None
+        return
+    exact = source.subtype in EXACT_16BIT and source.channels == 1 and source.orig_rate == sample_rate
+    with sf.SoundFile(target, "w", sample_rate, 1, "PCM_16" if exact else "PCM_24", format="FLAC") as flac:
+        yield flac
+
+
+def _streamed(name: str, data: IO[bytes], after: List[List[Any]]) -> Iterator[Any]:
+    """A tar member whose bytes are in the temporary file `data` (closed at the end), then the `after` members."""
+    try:
+        size = data.seek(0, os.SEEK_END)
+        data.seek(0)
+        yield tar_header(name, size)
+        while chunk := data.read(COPY_BYTES):
+            yield chunk
+        yield tar_padding(size)
+    finally:
+        data.close()
+    for member in after:
+        yield from member
 
 
 def featurize_or_report(item: PlannedFile, features: FeatureConfig,
                         with_audio: bool) -> Union[FileResult, BadInput]:
     """featurize(), with any failure of this one file turned into its report row: it must not lose the others."""
     try:
+        if item.seconds > LONG_FILE_SECONDS:
+            return featurize_long(item, features, with_audio)
         return featurize(item, features, with_audio)
     except BadInput as bad:
         return bad

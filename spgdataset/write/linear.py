@@ -10,6 +10,8 @@ band-pass vak runs first (bins outside the band are dropped either way).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -35,22 +37,33 @@ class LinearSpectrogram:
 
     def __call__(self, audio: np.ndarray, dtype: str = "float32") -> np.ndarray:
         """`audio`: mono float32 at config.sample_rate, more than n_fft // 2 samples. (bins, 1 + len // hop)."""
+        self.padded, padded = reflect_padded(audio, self.config.n_fft // 2, self.padded)
+        return self.of_padded(padded, dtype)
+
+    def of_padded(self, padded: np.ndarray, dtype: str = "float32", peak: Optional[float] = None) -> np.ndarray:
+        """The frames of samples already padded (see LogMel.of_padded). `peak`: the file's largest power, which
+        "log_spect" divides by (a block of a long file is not the whole file); default the block's own."""
+        power = self.power_of_padded(padded)
+        return np.ascontiguousarray(transform(power, self.config.transform_type, self.config.thresh, peak), dtype)
+
+    def power_of_padded(self, padded: np.ndarray) -> np.ndarray:
+        """(bins, frames) float64 power density, before any transform."""
         config = self.config
-        self.padded, padded = reflect_padded(audio, config.n_fft // 2, self.padded)
         frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
         with torch.inference_mode():
             spectrum = torch.fft.rfft(frames * self.window)[:, self.bins[0] : self.bins[-1] + 1]  # (T, bins)
             power = torch.view_as_real(spectrum).square().sum(-1).t() * self.scale  # (bins, T)
-        return np.ascontiguousarray(transform(power.double().numpy(), config.transform_type, config.thresh), dtype)
+        return power.double().numpy()
 
 
-def transform(power: np.ndarray, transform_type: str | None, thresh: float | None) -> np.ndarray:
+def transform(power: np.ndarray, transform_type: Optional[str], thresh: Optional[float],
+              peak: Optional[float] = None) -> np.ndarray:
     """vak's transforms of a power spectrogram (float64, changed in place), with its threshold rules:
     none (values below thresh raised to it), "log_spect" (divided by its maximum, log10, floored at -thresh),
     "log_spect_plus_one" (log10(1 + x), floored at thresh), "log" (natural log of x + float64 eps).
-    A thresh of 0 or None is no threshold, as in vak."""
+    A thresh of 0 or None is no threshold, as in vak. `peak`: what "log_spect" divides by (default power.max())."""
     if transform_type == "log_spect":
-        peak = power.max()
+        peak = power.max() if peak is None else peak
         with np.errstate(divide="ignore", invalid="ignore"):
             power = np.log10(power / peak)
         floor = -thresh if thresh else None

@@ -37,8 +37,13 @@ class LogMel:
     def __call__(self, audio: np.ndarray, dtype: str = "float32") -> np.ndarray:
         """`audio`: mono float32 samples at config.sample_rate, more than n_fft // 2 of them.
         Returns (n_mels, 1 + len(audio) // hop_length) of `dtype`, row-major."""
+        self.padded, padded = reflect_padded(audio, self.config.n_fft // 2, self.padded)
+        return self.of_padded(padded, dtype)
+
+    def of_padded(self, padded: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """The frames of samples already padded (a block of a long file, with its neighbours' samples or the
+        file's reflection around it): (n_mels, 1 + (len(padded) - n_fft) // hop_length)."""
         config = self.config
-        self.padded, padded = reflect_padded(audio, config.n_fft // 2, self.padded)
         frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
         with torch.inference_mode():
             spectrum = torch.view_as_real(torch.fft.rfft(frames * self.window)).square_()  # (T, F, 2)

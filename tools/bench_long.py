@@ -8,8 +8,8 @@ made sparse (the silence takes no disk). `spg-shard AUDIO OUT --workers 1 --quie
 file and version; peak RSS is that process's ru_maxrss (os.wait4; with one worker there are no child
 processes), audio seconds per wall second include the interpreter's start. `--baseline DIR` runs a checkout
 of another version on the `--baseline-hours` files beside it (the whole-file writer needs about 1.6 GB per
-audio hour: leave 24 out). Then the reader: `SpectrogramDataset` over the longest file's shards, in one
-process, iterated for `--batches` batches of 64 windows; its peak RSS.
+audio hour: leave 24 out). Then the reader: `SpectrogramDataset` over the longest file's shards (in segments),
+in one process, iterated for `--batches` batches of 64 windows (default: a whole epoch); its peak RSS.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--hours", default="1,4,24")
     p.add_argument("--baseline")
     p.add_argument("--baseline-hours", default="1,4")
-    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--batches", type=int, default=20000)  # a whole epoch of the 24-hour file (13,500)
     p.add_argument("--reader-job")
     args = p.parse_args()
     if args.reader_job:

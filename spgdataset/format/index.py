@@ -17,7 +17,8 @@ Columns, N = files, in shard order: shard (int32), frames and samples (int64), p
 hash of the path, rules/splits.py), annotated (uint8: the file has interval names), key and path as UTF-8
 bytes with N + 1 offsets, per interval name i `iv{i}.offsets` (N + 1), `iv{i}.start`, `iv{i}.stop` (samples at
 the feature rate), per metadata key j `meta{j}` (int32 ids into its vocabulary, -1: the file lacks the key).
-A metadata key with more than MAX_VOCABULARY distinct values (transcripts, ids) is free-form: it is not in
+With segments of long files (write/plan.py), `offset` and `owned` (int64): a row's first frame in its file and
+the frames whose windows it owns (rules/windows.py). A metadata key with more than MAX_VOCABULARY distinct values (transcripts, ids) is free-form: it is not in
 the index (a plan never needs it); `meta` outputs read it from the file's info.msgpack.
 """
 
@@ -102,6 +103,8 @@ class Index:
     intervals: Dict[str, Spans]
     metadata: Dict[str, Labels]
     free_form: List[str]
+    offset: Optional[np.ndarray] = None  # segments of long files (format/segments.py): first frame in the file
+    owned: Optional[np.ndarray] = None  # and the frames whose windows the row owns; None: whole files only
     _checked: set = dataclasses.field(default_factory=set, repr=False)  # names whose span offsets are checked
 
     @property
@@ -132,9 +135,30 @@ class Index:
         """File i as one dict (key, path, shard number, frames, samples, non-empty intervals, and the metadata of
         the dictionary-encoded keys): for people and tools, not for the reader's hot path."""
         metadata = {key: labels.vocabulary[labels.ids[i]] for key, labels in self.metadata.items() if labels.ids[i] >= 0}
-        return {"key": self.keys[i], "path": self.paths[i], "shard": int(self.shard[i]),
-                "frames": int(self.frames[i]), "samples": int(self.samples[i]), "intervals": self.intervals_of(i),
-                "metadata": metadata}
+        row = {"key": self.keys[i], "path": self.paths[i], "shard": int(self.shard[i]),
+               "frames": int(self.frames[i]), "samples": int(self.samples[i]), "intervals": self.intervals_of(i),
+               "metadata": metadata}
+        if self.offset is not None and self.owned is not None:
+            row.update(offset=int(self.offset[i]), owned=int(self.owned[i]))
+        return row
+
+    def audio_samples(self, files: np.ndarray, hop_length: int) -> np.ndarray:
+        """Samples of audio each of `files` (positions) stands for: a segment, only those it owns, so that
+        sums over segments are the file's."""
+        if self.offset is None or self.owned is None:
+            return self.samples[files]
+        owned, frames = self.owned[files], self.frames[files]
+        return np.where(owned < frames, owned * hop_length, self.samples[files])
+
+    def recordings(self, files: np.ndarray) -> np.ndarray:
+        """Whether each of `files` starts a recording (a whole file, or the first segment of one)."""
+        return np.ones(len(files), dtype=bool) if self.offset is None else self.offset[files] == 0
+
+    def segment_of(self, i: int) -> Tuple[int, Optional[int]]:
+        """(first frame in its file, frames it owns) of row i; (0, None) for a whole file."""
+        if self.offset is None or self.owned is None:
+            return 0, None
+        return int(self.offset[i]), int(self.owned[i])
 
 
 # ---------------------------------------------------------------- writing
@@ -153,6 +177,9 @@ def encode(rows: Sequence[Mapping[str, Any]], shard_numbers: Sequence[int],
         "path_unit": path_units(r["path"] for r in rows).astype("<u8"),
         "annotated": np.fromiter((bool(r["intervals"]) for r in rows), dtype="|u1", count=n),
     }
+    if any("offset" in r for r in rows):  # segments of long files: the two columns, for every row
+        columns["offset"] = np.fromiter((r.get("offset", 0) for r in rows), dtype="<i8", count=n)
+        columns["owned"] = np.fromiter((r.get("owned", r["frames"]) for r in rows), dtype="<i8", count=n)
     for name, values in (("key", [r["key"] for r in rows]), ("path", [r["path"] for r in rows])):
         columns[f"{name}.offsets"], columns[f"{name}.data"] = _strings(values)
     names = sorted({name for r in rows for name in r["intervals"]})
@@ -236,13 +263,18 @@ def decode(buffer: Any) -> Index:
     for name, shape in need.items():
         if name not in columns or columns[name].shape != shape or columns[name].dtype.str != _dtype(name):
             raise BadIndex(f"column {name!r} missing or not {_dtype(name)} of length {shape[0]}")
+    segmented = "offset" in columns or "owned" in columns
+    for name in ("offset", "owned") if segmented else ():
+        if name not in columns or columns[name].shape != (n,) or columns[name].dtype.str != "<i8":
+            raise BadIndex(f"column {name!r} missing or not <i8 of length {n}")
     return Index(
         shard=columns["shard"], frames=columns["frames"], samples=columns["samples"],
         path_unit=columns["path_unit"], annotated=columns["annotated"],
         keys=_checked_strings(columns, "key"), paths=_checked_strings(columns, "path"),
         intervals={name: _checked_spans(columns, f"iv{i}") for i, name in enumerate(names)},
         metadata={key: _checked_labels(columns, f"meta{j}", vocab, n) for j, (key, vocab) in enumerate(metadata)},
-        free_form=free_form)
+        free_form=free_form, offset=columns["offset"] if segmented else None,
+        owned=columns["owned"] if segmented else None)
 
 
 def _dtype(name: str) -> str:
@@ -313,6 +345,10 @@ def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, An
             return f"a file with frames outside 1..{MAX_FRAMES}"
         if (block_frames != 1 + index.samples[lo : lo + BLOCK] // hop_length).any():
             return f"frames do not follow from samples at hop {hop_length}"
+        if index.offset is not None and index.owned is not None:
+            offset, owned = index.offset[lo : lo + BLOCK], index.owned[lo : lo + BLOCK]
+            if offset.min() < 0 or offset.max() > MAX_FRAMES or owned.min() < 1 or (owned > block_frames).any():
+                return "a segment with an offset outside 0..MAX_FRAMES or owning frames it does not hold"
         files += np.bincount(shard, minlength=s)
         frames += np.bincount(shard, weights=block_frames, minlength=s).astype(np.int64)
     for k, shard in enumerate(shards):

@@ -59,6 +59,10 @@ def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
     if not (isinstance(free_form, list) and all(isinstance(k, str) for k in free_form)):
         raise fail("free_form", "not a list of metadata keys")
     _check_stats(manifest.get("stats"), features.n_mels, fail)
+    segments = manifest.get("segments")
+    if segments is not None and not (isinstance(segments, dict) and _is_count(segments.get("frames"), 1)
+                                     and _is_count(segments.get("overlap"))):
+        raise fail("segments", "not {\"frames\": a positive integer, \"overlap\": a non-negative integer}")
     if "index" in manifest and not is_plain_name(manifest["index"]):
         raise fail("index", f"{manifest['index']!r} is not a plain file name inside the shard folder")
     required = manifest["format_version"] >= 2  # format 1 manifests may predate the index digest

@@ -40,6 +40,7 @@ class FileRecord:
     starts: np.ndarray  # kept window starts, frames
     label: int = -1
     audio: Optional[np.ndarray] = None  # float32 samples at the feature rate
+    offset: int = 0  # a segment of a long file: its first frame in the file (items report starts in the file)
 
     @property
     def frames(self) -> int:
@@ -83,6 +84,7 @@ class Chunk:
         counts = np.array([len(f.starts) for f in files], dtype=np.int64)
         self.file_of = np.repeat(np.arange(len(files)), counts)
         self.local_start = np.concatenate([f.starts for f in files]) if files else np.zeros(0, np.int64)
+        self.file_start = np.concatenate([f.starts + f.offset for f in files]) if files else np.zeros(0, np.int64)
         self.global_start = torch.from_numpy(self.local_start + offsets[self.file_of])
         self.count = int(counts.sum())
         self.data = self._spectrograms(offsets, lengths) if spec.spectrogram else None
@@ -139,7 +141,7 @@ class Chunk:
         """
         files = self.file_of[order]
         self._starts = self.global_start[torch.from_numpy(order)]
-        self._local = torch.from_numpy(self.local_start[order])
+        self._local = torch.from_numpy(self.file_start[order])  # the start in the recording, as items report it
         self._labels = self.labels[torch.from_numpy(files)]
         picked = files.tolist()
         self._keys = [self.files[i].key for i in picked]

@@ -110,6 +110,11 @@ class SpectrogramDataset(IterableDataset):
         self.n_mels = self.features["n_mels"]
         self.window = window_frames(o["window_size_sec"], self.sample_rate, self.hop_length)
         self.step = window_frames(o["window_offset_sec"], self.sample_rate, self.hop_length)
+        segments = self.shards.manifest.get("segments")
+        if segments and self.window > segments["overlap"]:
+            raise ValueError(f"window_size_sec={o['window_size_sec']} is {self.window} frames; the long files of "
+                             f"{self.shards.root} are stored in segments that overlap by {segments['overlap']} frames, "
+                             "so a window can be at most that long (rewrite them with longer overlaps)")
         self.window_content_ratio, self.pad_short = float(o["window_content_ratio"]), o["pad_short"]
         check_names(self.shards, o["output_configuration"], o["content_intervals"], o["split_key"], o["check_names"])
         self.outputs = outputs_of(self.shards, o["output_configuration"])
@@ -171,10 +176,14 @@ class SpectrogramDataset(IterableDataset):
         """Reshuffle: every order in an epoch derives from (seed, epoch, rank, worker)."""
         self.cursor.set_epoch(epoch)
 
-    def file_windows(self, frames: int, intervals: Mapping[str, Any]) -> np.ndarray:
-        """Window starts of one file: the single rule used by both len() and iteration."""
-        return kept_starts(frames, intervals, self.window, self.step, self.hop_length,
-                           self.content_intervals, self.window_content_ratio, self.pad_short)
+    def file_windows(self, frames: int, intervals: Mapping[str, Any], position: int) -> np.ndarray:
+        """Window starts of the file at index `position` (in its own frames; a segment's are local): the single
+        rule used by both len() and iteration."""
+        index = self.shards.index
+        offset, owned = index.segment_of(position)
+        return kept_starts(frames, intervals, self.window, self.step, self.hop_length, self.content_intervals,
+                           self.window_content_ratio, self.pad_short, phase=-offset % self.step, owned=owned,
+                           annotated=bool(index.annotated[position]))
 
     def num_windows(self) -> int:
         """Windows of this subset in one epoch (all ranks together, before the equal-share trim)."""
@@ -186,7 +195,9 @@ class SpectrogramDataset(IterableDataset):
         index, out = self.shards.index, []
         for position in self.selection.files.tolist():
             key = index.keys[position]
-            out += [(key, int(s)) for s in self.file_windows(int(index.frames[position]), index.intervals_of(position))]
+            offset = index.segment_of(position)[0]
+            out += [(key, offset + int(s))
+                    for s in self.file_windows(int(index.frames[position]), index.intervals_of(position), position)]
         return out
 
     def worker_windows(self, worker: int, num_workers: int) -> int:

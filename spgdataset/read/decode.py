@@ -30,7 +30,7 @@ from .source import ShardSet
 
 log = logging.getLogger("spgdataset")
 
-Starts = Callable[[int, Dict[str, List[List[int]]]], np.ndarray]  # (frames, intervals) -> window starts
+Starts = Callable[[int, Dict[str, List[List[int]]], int], np.ndarray]  # (frames, intervals, position) -> starts
 
 
 class ShardReader:
@@ -141,7 +141,8 @@ class ShardReader:
             if audio.ndim != 1 or len(audio) != samples:
                 raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({samples},)")
         return FileRecord(key, expected["path"], spec, intervals, info.get("metadata") or {},
-                          self.starts(frames, intervals), self.labels(position), audio)
+                          self.starts(frames, intervals, position), self.labels(position), audio,
+                          index.segment_of(position)[0])
 
     def _remember(self, position: int, record: FileRecord) -> None:
         """Keep a checked file for later epochs while the cache has room (first come, first kept)."""

@@ -63,8 +63,9 @@ def summarize(ds: "SpectrogramDataset") -> Summary:
     files, counts = everything.files, everything.counts
     part = subsets(split_units(index, ds.split_key)[files], ds.split_bounds) if len(ds.split_bounds) > 1 else \
         np.zeros(len(files), dtype=np.int64)
-    hours = index.samples[files] / ds.sample_rate / 3600
-    rows = [{"subset": s, "files": int((part == s).sum()), "hours": float(hours[part == s].sum()),
+    hours = index.audio_samples(files, ds.hop_length) / ds.sample_rate / 3600
+    first = index.recordings(files)  # a long file's segments are one file
+    rows = [{"subset": s, "files": int((first & (part == s)).sum()), "hours": float(hours[part == s].sum()),
              "windows": int(counts[part == s].sum())} for s in range(len(ds.split_bounds))]
     mine = part == ds.subset
     labels = []
@@ -87,10 +88,11 @@ def summarize(ds: "SpectrogramDataset") -> Summary:
 
 def one_line(ds: "SpectrogramDataset") -> str:
     """repr(ds): what it streams, without counting anything again."""
-    hours = float(ds.shards.index.samples[ds.selection.files].sum()) / ds.sample_rate / 3600
+    index, files = ds.shards.index, ds.selection.files
+    hours = float(index.audio_samples(files, ds.hop_length).sum()) / ds.sample_rate / 3600
     subset = f", subset {ds.subset} of {tuple(ds.split)}" if len(ds.split_bounds) > 1 else ""
     batches = f", {len(ds):,} batches of {ds.batch_size}" if ds.batch_size else ""
-    return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {len(ds.selection.files):,} files, {hours:.2f} h, "
+    return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {int(index.recordings(files).sum()):,} files, {hours:.2f} h, "
             f"{ds.num_windows():,} windows of {ds.window} frames{batches}; {ds.n_mels} mels at "
             f"{ds.sample_rate} Hz, hop {ds.hop_length})")
 

@@ -23,11 +23,17 @@ def window_frames(seconds: float, sample_rate: int, hop_length: int) -> int:
     return frames
 
 
-def window_starts(frames: int, window: int, step: int) -> np.ndarray:
-    """All window starts (in frames) of a file of `frames` frames, before content filtering."""
-    if frames < window:
+def window_starts(frames: int, window: int, step: int, phase: int = 0, owned: Optional[int] = None) -> np.ndarray:
+    """All window starts (in frames) of a file of `frames` frames, before content filtering.
+
+    A segment of a long file (format/segments.py) holds frames [offset, offset + frames) of its file and owns
+    the windows that start in its first `owned` frames: its starts are the file's (multiples of `step`), here
+    local, so they begin at `phase` = (-offset) % step.
+    """
+    limit = frames - window + 1 if owned is None else min(frames - window + 1, owned)
+    if limit <= phase:
         return np.zeros(0, dtype=np.int64)
-    return np.arange(0, frames - window + 1, step, dtype=np.int64)
+    return np.arange(phase, limit, step, dtype=np.int64)
 
 
 def window_content(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
@@ -45,19 +51,25 @@ def kept_starts(
     content_names: Sequence[str],
     content_ratio: float,
     pad_short: bool = False,
+    phase: int = 0,
+    owned: Optional[int] = None,
+    annotated: Optional[bool] = None,
 ) -> np.ndarray:
     """Window starts of one file after the content-ratio filter (see module docstring).
 
     A file shorter than one window yields nothing, or with `pad_short` one window at 0 that the
-    reader pads (its padded frames count as non-content).
+    reader pads (its padded frames count as non-content). `phase`, `owned`: a segment's (window_starts).
+    `annotated`: whether the file has interval names (default: whether `intervals` has any; a segment of an
+    annotated file may hold no span of its own).
     """
     if pad_short and 0 < frames < window:
         starts = np.zeros(1, dtype=np.int64)
     else:
-        starts = window_starts(frames, window, step)
-    if not intervals or not content_names or content_ratio <= 0 or len(starts) == 0:
+        starts = window_starts(frames, window, step, phase, owned)
+    annotated = bool(intervals) if annotated is None else annotated
+    if not annotated or not content_names or content_ratio <= 0 or len(starts) == 0:
         return starts  # unannotated file, no content chosen, or no filter asked for
-    mask = union_mask(intervals, content_names, max(frames, window), hop_length)
+    mask = union_mask(intervals or {}, content_names, max(frames, window), hop_length)
     mask[frames:] = False
     return starts[window_content(mask, starts, window) >= content_ratio * window]
 
@@ -105,6 +117,8 @@ def count_kept_spans(
     pad_short: bool = False,
     block_files: int = 1 << 20,
     block_windows: int = 1 << 17,
+    phase: Optional[np.ndarray] = None,
+    owned: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """len(kept_starts(...)) for every file, from columns: no Python loop per file, window or frame.
 
@@ -112,13 +126,19 @@ def count_kept_spans(
     go in blocks of `block_files`, and their windows, laid end to end, in blocks of about `block_windows`,
     so that memory stays bounded at any corpus size; in a block, content comes from one cumulative sum over
     merged span edges. kept_starts stays the rule; this is its count, and tests hold the two equal.
+    `phase`, `owned` (per file, None: whole files): segments of long files (window_starts). A segment is
+    counted as the file it would be without its first `phase` frames, its windows cut at `owned`.
     """
     counts = np.empty(len(frames), dtype=np.int64)
     for lo in range(0, len(frames), block_files):
-        block = np.asarray(frames[lo : lo + block_files], dtype=np.int64)
+        whole = np.asarray(frames[lo : lo + block_files], dtype=np.int64)
+        shift = np.zeros(len(whole), dtype=np.int64) if phase is None else np.asarray(phase[lo : lo + block_files])
+        block = whole - shift
         found = np.where(block >= window, (block - window) // step + 1, 0)
+        if owned is not None:
+            found = np.minimum(found, np.maximum(-(-(np.asarray(owned[lo : lo + block_files]) - shift) // step), 0))
         if pad_short:
-            found[(block > 0) & (block < window)] = 1
+            found[(whole > 0) & (whole < window)] = 1
         if content_ratio > 0:
             files = lo + np.flatnonzero((np.asarray(annotated[lo : lo + block_files]) != 0) & (found > 0))
             cumulative = np.cumsum(found[files - lo])
@@ -128,19 +148,21 @@ def count_kept_spans(
                         a + 1)
                 part = files[a:b]
                 found[part - lo] = _kept_in_block(block[part - lo], found[part - lo],
-                                                  [_spans_of(s, part) for s in content], window, step, hop_length,
-                                                  content_ratio)
+                                                  [_spans_of(s, part, shift[part - lo] * hop_length) for s in content],
+                                                  window, step, hop_length, content_ratio)
                 a = b
         counts[lo : lo + block_files] = found
     return counts
 
 
-def _spans_of(spans: Spans, block: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(position in the block, start, stop) of the spans of the files `block`."""
+def _spans_of(spans: Spans, block: np.ndarray, shift: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in the block, start, stop) of the spans of the files `block`, each file's moved back by its
+    `shift` (samples)."""
     sizes = spans.hi[block] - spans.lo[block]
     within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     where = np.repeat(spans.lo[block], sizes) + within
-    return np.repeat(np.arange(len(block)), sizes), spans.start[where], spans.stop[where]
+    position = np.repeat(np.arange(len(block)), sizes)
+    return position, spans.start[where] - shift[position], spans.stop[where] - shift[position]
 
 
 def _kept_in_block(frames: np.ndarray, counts: np.ndarray, spans: List[Tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -7,7 +7,7 @@ audio.py      reading headers and decoding audio to mono at the target rate
 blocks.py     a long recording's samples, any range, decoded and resampled block by block
 wav.py        plain 16-bit PCM WAV without libsndfile (the common case); the rest goes to libsndfile
 headers.py    every input's header, read by the workers once and kept with the run's state
-plan.py       the plan from the headers alone: which file goes into which shard
+plan.py       the plan from the headers alone: which file (or segment of a long file) goes into which shard
 logmel.py     the log-mel computation
 linear.py     the linear spectrogram (vak's)
 featurize.py  one file in, its tar members and statistics out (FileResult); long files in blocks

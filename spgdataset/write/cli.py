@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "character; \"range: 1-9\")")
     p.add_argument("--keep", action="append", default=[], metavar="KEY=V1,V2",
                    help="keep only files whose metadata KEY is one of the values (repeatable)")
+    p.add_argument("--segment-sec", type=float, default=300.0,
+                   help="files longer than this plus the overlap are stored in segments owning this many seconds "
+                        "(default %(default)s)")
+    p.add_argument("--segment-overlap-sec", type=float, default=30.0,
+                   help="seconds a segment holds beyond what it owns: the longest window a reader may take from "
+                        "such files (default %(default)s)")
     p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on Dask instead: tcp://HOST:8786 (a running scheduler whose workers see AUDIO_ROOT and "
@@ -128,6 +134,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                    max_shard_bytes=int(args.max_shard_mb * 2**20), max_shard_files=args.max_shard_files,
                    labelset=labelset, keep=keep, annot_format=args.annot_format, audio_format=args.audio_format,
                    part=part, overwrite=args.overwrite, progress=not args.quiet,
+                   segments=(args.segment_sec, args.segment_overlap_sec),
                    allow_outside_root=args.allow_outside_root, dry_run=args.dry_run)
     if args.scheduler:
         from .cluster import dask_client, describe_client

@@ -36,6 +36,7 @@ class FileResult:
     seconds: float  # of the original audio
     sum: np.ndarray  # (n_mels,) float64: sum over the file's frames of each mel bin
     sumsq: np.ndarray  # (n_mels,) float64: sum of squares
+    stat_frames: Optional[int] = None  # frames the sums cover (a segment: the ones it owns); None: all
 
 
 _PER_THREAD = threading.local()
@@ -111,6 +112,63 @@ def _described(item: PlannedFile, features: FeatureConfig, with_audio: bool, fra
     return key, info, index_row
 
 
+@contextlib.contextmanager
+def _block_source(item: PlannedFile, features: FeatureConfig) -> Iterator[BlockSource]:
+    """The file of `item` open for reading by ranges, its lengths checked (a long file is never decoded whole)."""
+    entry = item.entry
+    check_audio_file(entry.abspath, entry.path)
+    try:
+        sound = sf.SoundFile(entry.abspath)
+    except Exception as exc:
+        raise BadInput(entry.path, f"corrupt or unreadable audio: {exc}") from None
+    with sound:
+        source = BlockSource(sound, features.sample_rate, entry.path)
+        _check_lengths(item, source.length, source.samples_count, features)
+        yield source
+
+
+def featurize_segment(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> FileResult:
+    """One segment of a long file (plan.py's Segment) as its own sample: the frames it holds, computed from
+    their samples alone (blocks.py); its audio; its intervals moved to its first frame and cut to it; the
+    statistics of the frames it owns, so the overlap counts once."""
+    entry, segment = item.entry, item.segment
+    assert segment is not None
+    with _block_source(item, features) as source:
+        hop, n = features.hop_length, source.samples_count
+        if 1 + n // hop != segment.file_frames:
+            raise BadInput(entry.path, f"audio has {1 + n // hop} frames, its header said {segment.file_frames}")
+        first, last = segment.offset, segment.offset + item.frames
+        padded = source.padded(first * hop - features.n_fft // 2, (last - 1) * hop - features.n_fft // 2 + features.n_fft)
+        spectrogram = _spectrogram(features).of_padded(padded, features.storage_dtype)
+        samples = n - first * hop if last == segment.file_frames else item.frames * hop - 1  # frames = 1 + samples // hop
+        audio = source.samples(first * hop, first * hop + samples) if with_audio else None
+    total, total_sq = _stats(spectrogram[:, : segment.owned])
+    if not (np.isfinite(total).all() and np.isfinite(spectrogram).all()):
+        raise BadInput(entry.path, _not_finite(features, padded))
+    key = f"{sample_key(item.number, entry.path)}_s{segment.number:05d}"
+    intervals = _moved(rescale_intervals(entry.intervals, source.orig_rate, features.sample_rate), first * hop, samples)
+    place = {"offset": first, "owned": segment.owned}
+    info = {"path": entry.path, "frames": item.frames, "samples": samples, "sample_rate": features.sample_rate,
+            "orig_sample_rate": source.orig_rate, "orig_length": source.length, "intervals": intervals,
+            "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio,
+            "segment": dict(place, number=segment.number, file_frames=segment.file_frames)}
+    members = tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B"))
+    members += tar_member(f"{key}.{INFO}", pack(info))
+    if audio is not None:
+        exact = source.subtype in EXACT_16BIT and source.channels == 1 and source.orig_rate == features.sample_rate
+        members += tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact))
+    row = {"key": key, "path": entry.path, "frames": item.frames, "samples": samples, "intervals": intervals,
+           "metadata": entry.metadata, **place}
+    return FileResult(members, row, item.seconds, total, total_sq, segment.owned)
+
+
+def _moved(intervals: Dict[str, List[List[int]]], shift: int, samples: int) -> Dict[str, List[List[int]]]:
+    """Intervals (samples) as seen from sample `shift`, cut to [0, samples): each frame keeps its masks. Every
+    name stays, empty or not: the file is annotated in each of its segments."""
+    return {name: [[max(a - shift, 0), min(b - shift, samples)] for a, b in spans if b > shift and a < shift + samples]
+            for name, spans in intervals.items()}
+
+
 LONG_FILE_SECONDS = 600.0  # files longer than this are featurised in blocks (featurize_long)
 BLOCK_FRAMES = 1 << 15  # frames per block: 5.5 minutes at hop 160, about 200 MB of working memory
 COPY_BYTES = 8 << 20
@@ -121,15 +179,7 @@ def featurize_long(item: PlannedFile, features: FeatureConfig, with_audio: bool,
     """featurize() for a long recording, in bounded memory: decoded, resampled and transformed `block_frames`
     at a time (blocks.py), the spectrogram and audio gathered in temporary files and streamed into the shard.
     Every check runs before the shard sees a byte, so a bad long file is reported like any other."""
-    entry = item.entry
-    check_audio_file(entry.abspath, entry.path)
-    try:
-        sound = sf.SoundFile(entry.abspath)
-    except Exception as exc:
-        raise BadInput(entry.path, f"corrupt or unreadable audio: {exc}") from None
-    with sound:
-        source = BlockSource(sound, features.sample_rate, entry.path)
-        _check_lengths(item, source.length, source.samples_count, features)
+    with _block_source(item, features) as source:
         frames = 1 + source.samples_count // features.hop_length
         spec = tempfile.TemporaryFile()
         audio = tempfile.TemporaryFile() if with_audio else None
@@ -212,6 +262,8 @@ def featurize_or_report(item: PlannedFile, features: FeatureConfig,
                         with_audio: bool) -> Union[FileResult, BadInput]:
     """featurize(), with any failure of this one file turned into its report row: it must not lose the others."""
     try:
+        if item.segment is not None:
+            return featurize_segment(item, features, with_audio)
         if item.seconds > LONG_FILE_SECONDS:
             return featurize_long(item, features, with_audio)
         return featurize(item, features, with_audio)

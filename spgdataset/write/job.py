@@ -31,7 +31,8 @@ from .annotations import labelset_to_set
 from .executors import local_executor
 from .headers import HeaderCache, read_headers
 from .inputs import collect_inputs
-from .plan import PlannedFile, plan_files, plan_shards, run_fingerprint
+from .plan import (SEGMENT_OVERLAP_SECONDS, SEGMENT_SECONDS, PlannedFile, plan_files, plan_shards, run_fingerprint,
+                   segment_frames)
 from .progress import Progress
 from .report import describe, nothing_usable, report_row
 from .shards import ShardRecord, claim_output, finalize, finished_shards
@@ -67,6 +68,7 @@ class _Run:
     progress: bool
     executor: Any
     part: Tuple[int, int]  # (i, N): this run writes shards i, i + N, ...
+    segments: Tuple[int, int] = (0, 0)  # frames a long file's segment owns, and holds beyond them
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def mine(self, plan: List[List[PlannedFile]]) -> List[int]:
@@ -95,6 +97,7 @@ def write_shards(
     allow_outside_root: bool = False,
     dry_run: bool = False,
     client: Any = None,
+    segments: Tuple[float, float] = (SEGMENT_SECONDS, SEGMENT_OVERLAP_SECONDS),
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
@@ -106,21 +109,19 @@ def write_shards(
     `annot_format` ("simple-seq", "aud-seq", "textgrid"): each file's annotation, beside it or from `annotations`
     {stored path: file}, its labels as interval names. `labelset` (vak's: "abc", a list) skips files with other
     labels; `keep={key: values}` keeps files whose metadata[key] is one of them; `audio_format`: "wav" files only.
+    `segments=(seconds, overlap)`: longer files are stored in segments owning `seconds` and holding `overlap` more.
     `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
     symlink out of it), which are otherwise refused and reported.
     `dry_run`: check everything (every file decoded and featurised, as a run does, so the report is the one a
     run would give) and add up the bytes the shards would take, but write nothing, not even the folder.
     """
-    if max_shard_bytes is None and max_shard_files is None:
-        raise ValueError("give max_shard_bytes and/or max_shard_files")
     selection = _Selection.of(keep, labelset, annot_format, annotations, audio_format, allow_outside_root)
-    part_index, part_count = _checked_part(part)
-    audio_root, output_dir = os.fspath(audio_root), os.fspath(output_dir)
-    if client is not None:  # a worker's working directory is not this one's
-        audio_root = os.path.abspath(audio_root)
-        output_dir = output_dir if is_s3_url(output_dir) else os.path.abspath(output_dir)
+    part_index, part_count = _checked_part(part, max_shard_bytes, max_shard_files)
+    audio_root, output_dir = _paths(audio_root, output_dir, client)
     executor = _executor(workers, client, [audio_root] + ([] if dry_run else [output_dir]))
-    run = _Run(output_dir, features or FeatureConfig(), with_audio, progress, executor, (part_index, part_count))
+    features = features or FeatureConfig()
+    run = _Run(output_dir, features, with_audio, progress, executor, (part_index, part_count),
+               segment_frames(features, *segments))
     try:
         if not dry_run:  # a missing bucket is said before any header is read
             output_for(run.output_dir).prepare()
@@ -135,7 +136,17 @@ def write_shards(
         gc.unfreeze()
 
 
-def _checked_part(part: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+def _paths(audio_root: Any, output_dir: Any, client: Any) -> Tuple[str, str]:
+    audio_root, output_dir = os.fspath(audio_root), os.fspath(output_dir)
+    if client is not None:  # a worker's working directory is not this one's
+        audio_root = os.path.abspath(audio_root)
+        output_dir = output_dir if is_s3_url(output_dir) else os.path.abspath(output_dir)
+    return audio_root, output_dir
+
+
+def _checked_part(part: Optional[Tuple[int, int]], max_bytes: Optional[int], max_files: Optional[int]) -> Tuple[int, int]:
+    if max_bytes is None and max_files is None:
+        raise ValueError("give max_shard_bytes and/or max_shard_files")
     part_index, part_count = part or (0, 1)
     if not 0 <= part_index < part_count:
         raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
@@ -252,7 +263,7 @@ def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optio
     reported += [BadInput(e.path, warning, kind="warning") for e in entries for warning in e.warnings]
     cache = HeaderCache.load(output_for(run.output_dir))
     found, stats, count = read_headers(entries, run.executor, cache, run.progress)
-    planned, unreadable = plan_files(entries, found, run.features)
+    planned, unreadable = plan_files(entries, found, run.features, run.segments)
     reported += unreadable
     for bad in reported:
         reporter.message(describe(bad))
@@ -299,7 +310,7 @@ def _finish(run: _Run, out: Output, plan: List[List[PlannedFile]], records: Dict
     manifest = None
     if len(records) == len(plan):
         manifest = finalize(out, [records[k] for k in range(len(plan))], run.features, run.with_audio,
-                            rejected_early)
+                            rejected_early, run.segments)
         out.clean(lambda name: True)  # what killed workers left (the set is complete: no one is writing)
     processed = sum(len(plan[k]) for k in pending)
     seconds = sum(records[k].seconds for k in pending)

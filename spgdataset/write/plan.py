@@ -21,12 +21,52 @@ from .inputs import FileEntry
 Header = Union[Tuple[int, int], str]  # (samples per channel, sample rate), or what is wrong with the file
 
 
+SEGMENT_SECONDS = 300.0  # a long file is stored in segments owning this much each (the last: what is left)
+SEGMENT_OVERLAP_SECONDS = 30.0  # and holding this much more, so a window of up to this length never crosses
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Part of a long file stored as its own sample: frames [offset, offset + frames) of the file, owning the
+    windows that start in [offset, offset + owned). Windows stay the whole file's (rules/windows.py)."""
+
+    number: int  # k-th segment of its file
+    offset: int
+    owned: int
+    file_frames: int
+
+
 @dataclasses.dataclass
 class PlannedFile:
     number: int  # position in the sorted input list; fixes the sample key
     entry: FileEntry
-    frames: int  # expected, from the header
-    seconds: float
+    frames: int  # expected, from the header (a segment: the frames it holds)
+    seconds: float  # of the original audio (a segment: the part it owns)
+    segment: Optional[Segment] = None
+
+
+def segment_frames(features: FeatureConfig, seconds: float = SEGMENT_SECONDS,
+                   overlap_seconds: float = SEGMENT_OVERLAP_SECONDS) -> Tuple[int, int]:
+    """(frames a segment owns, frames it holds beyond them) at these feature parameters."""
+    per_second = features.sample_rate / features.hop_length
+    owned, overlap = round(seconds * per_second), round(overlap_seconds * per_second)
+    if owned < 1 or overlap < 0:
+        raise ValueError(f"segments of {seconds} s overlapping by {overlap_seconds} s: need at least one frame "
+                         "owned and no negative overlap")
+    return owned, overlap
+
+
+def segments_of(item: PlannedFile, features: FeatureConfig, segments: Tuple[int, int]) -> List[PlannedFile]:
+    """A long file as its segments of `segments` = segment_frames(...), or [item] when it fits one (or when vak's
+    log_spect needs its whole peak: write/featurize.py's featurize_long)."""
+    owned, overlap = segments
+    if item.frames <= owned + overlap or (features.kind == "linear" and features.transform_type == "log_spect"):
+        return [item]
+    total = item.frames
+    return [PlannedFile(item.number, item.entry, min(owned + overlap, total - offset),
+                        item.seconds * min(owned, total - offset) / total,
+                        Segment(k, offset, min(owned, total - offset), total))
+            for k, offset in enumerate(range(0, total, owned))]
 
 
 def planned_file(number: int, entry: FileEntry, header: Header, features: FeatureConfig) -> PlannedFile:
@@ -44,9 +84,11 @@ def planned_file(number: int, entry: FileEntry, header: Header, features: Featur
     return PlannedFile(number, entry, num_frames(samples, features.hop_length), length / rate)
 
 
-def plan_files(entries: List[FileEntry], headers: List[Header],
-               features: FeatureConfig) -> Tuple[List[PlannedFile], List[BadInput]]:
-    """The files whose headers read, numbered in input order, and the ones that did not."""
+def plan_files(entries: List[FileEntry], headers: List[Header], features: FeatureConfig,
+               segments: Optional[Tuple[int, int]] = None) -> Tuple[List[PlannedFile], List[BadInput]]:
+    """The files whose headers read, numbered in input order (long files as segments: segment_frames), and
+    the ones that did not."""
+    segments = segments or segment_frames(features)
     planned, rejected = [], []
     for number, (entry, header) in enumerate(zip(entries, headers)):
         try:
@@ -54,7 +96,7 @@ def plan_files(entries: List[FileEntry], headers: List[Header],
         except BadInput as bad:
             rejected.append(bad)
             continue
-        planned.append(item)
+        planned += segments_of(item, features, segments)
         rejected += [BadInput(entry.path, w, kind="warning") for w in item.entry.warnings[len(entry.warnings):]]
     return planned, rejected
 
@@ -92,6 +134,7 @@ def run_fingerprint(plan: List[List[PlannedFile]], features: FeatureConfig, with
     for k, shard in enumerate(plan):
         for item in shard:
             e = item.entry
-            digest.update(json.dumps([k, item.number, e.path, item.frames, e.intervals, e.metadata],
-                                     sort_keys=True, default=str).encode())
+            row = [k, item.number, e.path, item.frames, e.intervals, e.metadata]
+            row += [dataclasses.astuple(item.segment)] if item.segment else []  # whole files: as before segments
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()

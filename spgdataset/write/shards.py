@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class ShardRecord:
     index: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # index rows of its files
     report: List[Dict[str, str]] = dataclasses.field(default_factory=list)  # report rows of its bad files
     stamp: Optional[str] = None  # the storage's stamp of the tar when written (None: written before 0.3)
+    stat_frames: Optional[int] = None  # frames sum/sumsq cover, when not all (segments' overlaps count once)
 
     @classmethod
     def from_bytes(cls, data: Optional[bytes]) -> Optional["ShardRecord"]:
@@ -69,7 +70,8 @@ class ShardRecord:
                 and isinstance(self.seconds, (int, float)) and isinstance(self.index, list)
                 and isinstance(self.report, list) and len(self.index) == self.files
                 and all(isinstance(row, dict) for row in self.index + self.report)
-                and all(isinstance(v, list) for v in lists) and isinstance(self.stamp, (str, type(None))))
+                and all(isinstance(v, list) for v in lists) and isinstance(self.stamp, (str, type(None)))
+                and (self.stat_frames is None or (type(self.stat_frames) is int and 0 <= self.stat_frames <= self.frames)))
 
 
 def state_path(k: int) -> str:
@@ -167,6 +169,7 @@ def write_shard(output_dir: str, k: int, results: Iterable[Union[FileResult, Bad
     record = ShardRecord(name=shard_name(k))
     digest, writing = hashlib.sha256(), None
     total = total_sq = None
+    stat_frames = 0
     try:
         for result in results:
             if isinstance(result, BadInput):
@@ -179,6 +182,7 @@ def write_shard(output_dir: str, k: int, results: Iterable[Union[FileResult, Bad
                 writing.write(piece)
                 record.bytes += memoryview(piece).nbytes
             record.files, record.frames = record.files + 1, record.frames + result.index["frames"]
+            stat_frames += result.index["frames"] if result.stat_frames is None else result.stat_frames
             record.seconds += result.seconds
             total = result.sum if total is None else total + result.sum
             total_sq = result.sumsq if total_sq is None else total_sq + result.sumsq
@@ -196,13 +200,14 @@ def write_shard(output_dir: str, k: int, results: Iterable[Union[FileResult, Bad
         raise
     if total is not None:
         record.sum, record.sumsq = [float(v) for v in total], [float(v) for v in total_sq]
+    record.stat_frames = stat_frames if stat_frames != record.frames else None
     if not dry_run:
         out.write(state_path(k), record.to_bytes())
     return record
 
 
 def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, with_audio: bool,
-             rejected_early: List[Dict[str, str]]) -> Dict[str, Any]:
+             rejected_early: List[Dict[str, str]], segments: Tuple[int, int]) -> Dict[str, Any]:
     """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
     report = sorted(rejected_early + [row for r in records for row in r.report], key=lambda row: row["path"])
     good = [r for r in records if r.files]
@@ -212,6 +217,8 @@ def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, w
     vocabs = vocabularies(row["metadata"] for row in index)
     index_bytes = encode_index(index, [k for k, r in enumerate(good) for _ in r.index], vocabs)
     manifest = _manifest(good, len(index), features, with_audio)
+    if any("offset" in row for row in index):  # long files in segments: what a reader's windows may be
+        manifest["segments"] = {"frames": segments[0], "overlap": segments[1]}
     manifest.update(
         labels={key: [to_json(v) for v in vocab] for key, vocab in vocabs.items() if len(vocab) <= MAX_VOCABULARY},
         free_form=[key for key, vocab in vocabs.items() if len(vocab) > MAX_VOCABULARY],
@@ -224,8 +231,9 @@ def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, w
 
 def _manifest(good: List[ShardRecord], files: int, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
     frames = sum(r.frames for r in good)
-    mean = np.sum([r.sum for r in good], axis=0) / frames
-    std = np.sqrt(np.maximum(np.sum([r.sumsq for r in good], axis=0) / frames - mean**2, 0.0))
+    stat_frames = sum(r.frames if r.stat_frames is None else r.stat_frames for r in good)
+    mean = np.sum([r.sum for r in good], axis=0) / stat_frames
+    std = np.sqrt(np.maximum(np.sum([r.sumsq for r in good], axis=0) / stat_frames - mean**2, 0.0))
     seconds = sum(r.seconds for r in good)
     return {
         "format_version": FORMAT_VERSION,
@@ -236,5 +244,5 @@ def _manifest(good: List[ShardRecord], files: int, features: FeatureConfig, with
         "shards": [{k: getattr(r, k) for k in ("name", "files", "frames", "seconds", "bytes", "sha256")} for r in good],
         "totals": {"files": files, "frames": frames, "seconds": seconds, "hours": seconds / 3600,
                    "bytes": sum(r.bytes for r in good), "shards": len(good)},
-        "stats": {"frames": frames, "mean": mean.tolist(), "std": std.tolist()},
+        "stats": {"frames": stat_frames, "mean": mean.tolist(), "std": std.tolist()},
     }

@@ -183,6 +183,7 @@ def test_vak_argument_mistakes_are_one_line_errors(tmp_path):
         call("wav", {}, tmp_path / "o", audio_files=[str(folder / "a.wav"), str(other / "a.wav")])
 
 
+@pytest.mark.slow
 def test_dask_bag_kwargs_give_the_same_files(tmp_path):
     pytest.importorskip("dask.bag")
     folder = birdsong(tmp_path, names=("a", "b"))
@@ -199,6 +200,7 @@ LINEAR_FLAGS = ["--spectrogram", "linear", "--transform-type", "log_spect", "--t
                 str(RATE), "--n-fft", "512", "--hop-length", "64", "--workers", "1", "--quiet"]
 
 
+@pytest.mark.slow
 def test_shards_from_annotation_files_with_labelset_and_a_linear_spectrogram(tmp_path):
     folder = birdsong(tmp_path, names=("a", "b", "c", "d"))
     (folder / "d.wav.csv").unlink()  # d has no annotation: reported, the rest written

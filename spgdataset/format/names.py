@@ -12,7 +12,8 @@ import os
 import re
 
 FORMAT_VERSION = 2  # 2: the file index as columns (index.bin); 1: as msgpack rows (index.msgpack), still read
-READABLE_VERSIONS = (1, 2)
+SEGMENTED_FORMAT_VERSION = 3  # 2 plus long files in segments: readers that cannot place them must refuse the set
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.bin"
 ROWS_INDEX_NAME = "index.msgpack"  # format 1

@@ -4,6 +4,8 @@ W = round(window_size_sec * sr / hop) frames, step S = round(window_offset_sec *
 Starts are 0, S, 2S, ... while start + W <= T. Where a file is annotated (has any interval names),
 a window is kept only if at least `content_ratio` of its W frames lie in the content mask
 (the union of the chosen content interval names; with no names chosen there is no filter).
+A segment of a long file (frames [offset, offset + frames) of it) yields the file's windows that start in its
+first `owned` frames, in its own frame numbers: each window of the file once, whole.
 """
 
 from __future__ import annotations

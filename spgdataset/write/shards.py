@@ -23,7 +23,8 @@ from ..format.codec import pack, unpack
 from ..format.features import FeatureConfig
 from ..format.index import MAX_VOCABULARY
 from ..format.index import encode as encode_index
-from ..format.names import FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, STATE_DIR, shard_name
+from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, SEGMENTED_FORMAT_VERSION, STATE_DIR,
+                            shard_name)
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
 from ..storage import Output, output_for
@@ -219,6 +220,7 @@ def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, w
     manifest = _manifest(good, len(index), features, with_audio)
     if any("offset" in row for row in index):  # long files in segments: what a reader's windows may be
         manifest["segments"] = {"frames": segments[0], "overlap": segments[1]}
+        manifest["format_version"] = SEGMENTED_FORMAT_VERSION
     manifest.update(
         labels={key: [to_json(v) for v in vocab] for key, vocab in vocabs.items() if len(vocab) <= MAX_VOCABULARY},
         free_form=[key for key, vocab in vocabs.items() if len(vocab) > MAX_VOCABULARY],

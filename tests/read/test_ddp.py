@@ -109,3 +109,23 @@ def test_one_shard_four_ranks_does_not_hang(corpus):
     out = str(corpus["root"] / "one_out")
     run_two_nodes(corpus["one"], out, timeout=240)
     check_epoch(load(out, "full"), corpus["one"])
+
+
+def test_long_files_in_segments_split_across_ranks_as_whole_files(corpus):
+    """The same corpus with every file in segments (2.03 s owned, 2 s overlap: a 1.92 s window fits): each rank
+    gets equal batches, no window twice, and together the whole files' windows."""
+    from tests.helpers import index_rows
+
+    segmented = corpus["root"] / "segmented"
+    write_shards(corpus["root"] / "audio", corpus["root"] / "audio" / "metadata.json", segmented, max_shard_files=3,
+                 workers=1, progress=False, segments=(2.03, 2.0))
+    rows = index_rows(segmented)
+    assert len(rows) > len(index_rows(corpus["many"])), "no file was cut into segments"
+    out = str(corpus["root"] / "segmented_out")
+    run_two_nodes(str(segmented), out)
+    results = load(out, "full")
+    check_epoch(results, str(segmented))
+    path_of = {r["key"]: r["path"] for r in rows + index_rows(corpus["many"])}
+    seen = {(path_of[k], s) for r in results for batch in r["batches"] for k, s in batch}
+    whole = {(path_of[k], s) for k, s in all_windows(corpus["many"])}
+    assert seen <= whole and len(whole) - len(seen) == len(whole) % WORLD

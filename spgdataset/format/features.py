@@ -96,6 +96,11 @@ class FeatureConfig:
                 del values[name]
         return values
 
+    @property
+    def needs_file_peak(self) -> bool:
+        """vak's "log_spect" divides by the whole file's peak power: no part of a file can be computed alone."""
+        return self.kind == "linear" and self.transform_type == "log_spect"
+
     def linear_bins(self) -> np.ndarray:
         """Indices of the STFT bins a linear spectrogram keeps: f_min <= bin frequency < f_max."""
         freqs = np.arange(self.n_fft // 2 + 1) * (self.sample_rate / self.n_fft)

@@ -83,8 +83,14 @@ def read_audio(path: str, sample_rate: int, name: Optional[str] = None) -> Tuple
             raise BadInput(name, "audio contains NaN or infinite samples")
     if orig_rate != sample_rate:
         mono = resampler_for(orig_rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
-    exact_16bit = subtype in EXACT_16BIT and channels == 1 and orig_rate == sample_rate
-    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, exact_16bit
+    return np.ascontiguousarray(mono, dtype=np.float32), orig_rate, length, \
+        is_exact_16bit(subtype, channels, orig_rate, sample_rate)
+
+
+def is_exact_16bit(subtype: str, channels: int, orig_rate: int, sample_rate: int) -> bool:
+    """Whether the audio at `sample_rate` is the file's own 16-bit (or narrower) samples, untouched by downmix
+    or resampling: a 16-bit FLAC then stores it exactly."""
+    return subtype in EXACT_16BIT and channels == 1 and orig_rate == sample_rate
 
 
 def _plain_wav(reader: Callable[[str], Optional[_T]], path: str) -> Optional[_T]:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import BadInput
 from ..rules.frames import resampled_length
-from .audio import int16_to_mono, resampler_for
+from .audio import int16_to_mono, is_exact_16bit, resampler_for
 
 
 class BlockSource:
@@ -28,6 +28,7 @@ class BlockSource:
         self.length, self.orig_rate = int(sound.frames), int(sound.samplerate)
         self.subtype, self.channels = str(sound.subtype), int(sound.channels)
         self.samples_count = resampled_length(self.length, self.orig_rate, sample_rate)
+        self.exact_16bit = is_exact_16bit(self.subtype, self.channels, self.orig_rate, sample_rate)
         self.kernel: Optional[torch.Tensor] = None
         if self.orig_rate != sample_rate:
             resampler = resampler_for(self.orig_rate, sample_rate)
@@ -79,3 +80,8 @@ class BlockSource:
         if hi > n:
             parts.append(self.samples(2 * n - 1 - hi, n - 1)[::-1])
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def frames_padded(self, first: int, last: int, n_fft: int, hop_length: int) -> np.ndarray:
+        """The samples a centred STFT reads for frames [first, last): frame t covers n_fft samples centred on
+        sample t * hop_length, the file reflected at its ends."""
+        return self.padded(first * hop_length - n_fft // 2, (last - 1) * hop_length - n_fft // 2 + n_fft)

@@ -20,7 +20,7 @@ from ..format.features import FeatureConfig
 from ..format.names import AUDIO, INFO, SPEC, sample_key
 from ..format.tar import tar_header, tar_member, tar_padding
 from ..rules.frames import rescale_intervals
-from .audio import EXACT_16BIT, check_audio_file, read_audio
+from .audio import check_audio_file, read_audio
 from .blocks import BlockSource
 from .linear import LinearSpectrogram
 from .logmel import LogMel
@@ -83,7 +83,9 @@ def featurize(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> F
     total, total_sq = _stats(spectrogram)
     if not (np.isfinite(total).all() and np.isfinite(total_sq).all()):  # finite sums: every value is finite
         raise BadInput(entry.path, _not_finite(features, audio))
-    key, info, index_row = _described(item, features, with_audio, frames, len(audio), orig_rate, orig_length)
+    intervals = rescale_intervals(entry.intervals, orig_rate, features.sample_rate)
+    info, index_row = _described(item, features, with_audio, frames, len(audio), orig_rate, orig_length, intervals)
+    key = index_row["key"]
     members = tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B"))
     members += tar_member(f"{key}.{INFO}", pack(info))
     if with_audio:
@@ -99,17 +101,25 @@ def _stats(spectrogram: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _described(item: PlannedFile, features: FeatureConfig, with_audio: bool, frames: int, samples: int,
-               orig_rate: int, orig_length: int) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """The sample key, the info record and the index row of a featurised file."""
+               orig_rate: int, orig_length: int, intervals: Dict[str, List[List[int]]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The info record and the index row of a featurised file (a segment's: with where it stands in its file)."""
     entry = item.entry
-    key = sample_key(item.number, entry.path)
-    intervals = rescale_intervals(entry.intervals, orig_rate, features.sample_rate)
     info = {"path": entry.path, "frames": frames, "samples": samples, "sample_rate": features.sample_rate,
             "orig_sample_rate": orig_rate, "orig_length": orig_length, "intervals": intervals,
             "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio}
-    index_row = {"key": key, "path": entry.path, "frames": frames, "samples": samples, "intervals": intervals,
+    index_row = {"key": _key(item), "path": entry.path, "frames": frames, "samples": samples, "intervals": intervals,
                  "metadata": entry.metadata}
-    return key, info, index_row
+    if item.segment is not None:
+        place = {"offset": item.segment.offset, "owned": item.segment.owned}
+        info["segment"] = dict(place, number=item.segment.number, file_frames=item.segment.file_frames)
+        index_row.update(place)
+    return info, index_row
+
+
+def _key(item: PlannedFile) -> str:
+    """The sample key: a segment's ends in _sNNNNN."""
+    key = sample_key(item.number, item.entry.path)
+    return key if item.segment is None else f"{key}_s{item.segment.number:05d}"
 
 
 @contextlib.contextmanager
@@ -138,27 +148,20 @@ def featurize_segment(item: PlannedFile, features: FeatureConfig, with_audio: bo
         if 1 + n // hop != segment.file_frames:
             raise BadInput(entry.path, f"audio has {1 + n // hop} frames, its header said {segment.file_frames}")
         first, last = segment.offset, segment.offset + item.frames
-        padded = source.padded(first * hop - features.n_fft // 2, (last - 1) * hop - features.n_fft // 2 + features.n_fft)
+        padded = source.frames_padded(first, last, features.n_fft, hop)
         spectrogram = _spectrogram(features).of_padded(padded, features.storage_dtype)
         samples = n - first * hop if last == segment.file_frames else item.frames * hop - 1  # frames = 1 + samples // hop
         audio = source.samples(first * hop, first * hop + samples) if with_audio else None
     total, total_sq = _stats(spectrogram[:, : segment.owned])
     if not (np.isfinite(total).all() and np.isfinite(spectrogram).all()):
         raise BadInput(entry.path, _not_finite(features, padded))
-    key = f"{sample_key(item.number, entry.path)}_s{segment.number:05d}"
     intervals = _moved(rescale_intervals(entry.intervals, source.orig_rate, features.sample_rate), first * hop, samples)
-    place = {"offset": first, "owned": segment.owned}
-    info = {"path": entry.path, "frames": item.frames, "samples": samples, "sample_rate": features.sample_rate,
-            "orig_sample_rate": source.orig_rate, "orig_length": source.length, "intervals": intervals,
-            "metadata": entry.metadata, "params": features.fingerprint(), "audio": with_audio,
-            "segment": dict(place, number=segment.number, file_frames=segment.file_frames)}
+    info, row = _described(item, features, with_audio, item.frames, samples, source.orig_rate, source.length, intervals)
+    key = row["key"]
     members = tar_member(f"{key}.{SPEC}", npy_header(spectrogram), memoryview(spectrogram).cast("B"))
     members += tar_member(f"{key}.{INFO}", pack(info))
     if audio is not None:
-        exact = source.subtype in EXACT_16BIT and source.channels == 1 and source.orig_rate == features.sample_rate
-        members += tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, exact))
-    row = {"key": key, "path": entry.path, "frames": item.frames, "samples": samples, "intervals": intervals,
-           "metadata": entry.metadata, **place}
+        members += tar_member(f"{key}.{AUDIO}", encode_flac(audio, features.sample_rate, source.exact_16bit))
     return FileResult(members, row, item.seconds, total, total_sq, segment.owned)
 
 
@@ -190,8 +193,10 @@ def featurize_long(item: PlannedFile, features: FeatureConfig, with_audio: bool,
             if audio is not None:
                 audio.close()
             raise
-    key, info, index_row = _described(item, features, with_audio, frames, source.samples_count, source.orig_rate,
-                                      source.length)
+    intervals = rescale_intervals(item.entry.intervals, source.orig_rate, features.sample_rate)
+    info, index_row = _described(item, features, with_audio, frames, source.samples_count, source.orig_rate,
+                                 source.length, intervals)
+    key = index_row["key"]
     members = _streamed(f"{key}.{SPEC}", spec, [tar_member(f"{key}.{INFO}", pack(info))])
     if audio is not None:
         members = itertools.chain(members, _streamed(f"{key}.{AUDIO}", audio, []))
@@ -204,20 +209,19 @@ def _long_spectrogram(source: BlockSource, features: FeatureConfig, frames: int,
     goes), the resampled audio as FLAC into `audio`; the statistics. "log_spect" divides by the file's peak
     power: its blocks go twice through the transform, the first pass only to find the peak."""
     maker = _spectrogram(features)
-    hop, pad, n = features.hop_length, features.n_fft // 2, source.samples_count
+    hop, n = features.hop_length, source.samples_count
     dtype = np.dtype(features.storage_dtype)
     header = npy_header_for(dtype, (features.n_mels, frames))
     spec.write(header)
     peak = None
-    if features.kind == "linear" and features.transform_type == "log_spect":
-        peak = max(float(maker.power_of_padded(source.padded(a * hop - pad, (min(frames, a + block_frames) - 1) * hop
-                                                              - pad + features.n_fft)).max())
-                   for a in range(0, frames, block_frames))
+    blocks = [(a, min(frames, a + block_frames)) for a in range(0, frames, block_frames)]
+    if features.needs_file_peak:
+        peak = max(float(maker.power_of_padded(source.frames_padded(a, b, features.n_fft, hop)).max())
+                   for a, b in blocks)
     total = total_sq = None
     with _flac_writer(audio, features.sample_rate, source) as flac:
-        for a in range(0, frames, block_frames):
-            b = min(frames, a + block_frames)
-            padded = source.padded(a * hop - pad, (b - 1) * hop - pad + features.n_fft)
+        for a, b in blocks:
+            padded = source.frames_padded(a, b, features.n_fft, hop)
             block = (maker.of_padded(padded, features.storage_dtype) if peak is None
                      else maker.of_padded(padded, features.storage_dtype, peak))
             block_sum, block_sq = _stats(block)
@@ -238,8 +242,7 @@ def _flac_writer(target: Optional[IO[bytes]], sample_rate: int, source: BlockSou
     if target is None:
         yield None
         return
-    exact = source.subtype in EXACT_16BIT and source.channels == 1 and source.orig_rate == sample_rate
-    with sf.SoundFile(target, "w", sample_rate, 1, "PCM_16" if exact else "PCM_24", format="FLAC") as flac:
+    with sf.SoundFile(target, "w", sample_rate, 1, "PCM_16" if source.exact_16bit else "PCM_24", format="FLAC") as flac:
         yield flac
 
 

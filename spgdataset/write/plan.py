@@ -60,7 +60,7 @@ def segments_of(item: PlannedFile, features: FeatureConfig, segments: Tuple[int,
     """A long file as its segments of `segments` = segment_frames(...), or [item] when it fits one (or when vak's
     log_spect needs its whole peak: write/featurize.py's featurize_long)."""
     owned, overlap = segments
-    if item.frames <= owned + overlap or (features.kind == "linear" and features.transform_type == "log_spect"):
+    if item.frames <= owned + overlap or features.needs_file_peak:
         return [item]
     total = item.frames
     return [PlannedFile(item.number, item.entry, min(owned + overlap, total - offset),

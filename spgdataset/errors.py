@@ -13,6 +13,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def excerpt(text: str, limit: int = 40, quote: str = '"') -> str:
+    """A short, escaped quotation of untrusted text (a file's content) for a message: at most `limit` characters,
+    control characters escaped, so a report never carries more of a file than it needs to name the problem."""
+    return f"{quote}{printable(text[:limit])}{'...' if len(text) > limit else ''}{quote}"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc.args[0]) if exc.args else ""

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import BadInput, SpgError
+from .errors import BadInput, SpgError, printable
 from .format.features import FeatureConfig
 from .write.annotations import Annotation, annotation_format, labelset_to_set, read_annotation
 from .write.audio import probe, read_audio
@@ -108,6 +108,7 @@ def make_spectrogram_files_from_audio_files(
         raise SpgError("received values for annot_list and audio_annot_map, unclear which annotations to use")
     params = SpectParams.from_any(spect_params)
     params.features(int(2 * max(params.freq_cutoffs or (8000,))) + 2)  # mistakes fail here, not once per file
+    _check_output_dir(output_dir)
     wanted = labelset_to_set(labelset) if labelset is not None else None
 
     files = _audio_files(audio_format, extension, audio_dir, audio_files, audio_annot_map)
@@ -123,7 +124,7 @@ def make_spectrogram_files_from_audio_files(
     _check_names(files)
 
     total = len(files) + len(skipped)
-    os.makedirs(output_dir, exist_ok=True)
+    _make_output_dir(output_dir)
     jobs = [(os.path.basename(f), (f, str(output_dir), params)) for f in files]
     results = _run(jobs, dask_bag_kwargs)
     written = []
@@ -136,6 +137,23 @@ def make_spectrogram_files_from_audio_files(
         warnings.warn(f"{len(problems)} of {total} audio files were skipped: "
                       + "; ".join(str(b) for b in problems[:5]) + (" ..." if len(problems) > 5 else ""))
     return sorted(written)
+
+
+def _check_output_dir(output_dir: PathLike) -> None:
+    """Before any file is read: output_dir may be missing (it is made) but not a file (os.makedirs would say only
+    FileExistsError)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise SpgError(f"output_dir {printable(os.fspath(output_dir))}: is a file, not a folder (the .spect.npz "
+                       "files are written into a folder)")
+
+
+def _make_output_dir(output_dir: PathLike) -> None:
+    """os.makedirs, its error said with the argument's name (a path through a file, no permission)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+        raise SpgError(f"output_dir {printable(os.fspath(output_dir))}: cannot make the folder: "
+                       f"{exc.strerror or exc}") from None
 
 
 def _audio_files(audio_format: str, extension: str, audio_dir: Optional[PathLike],

@@ -167,4 +167,4 @@ def test_segment_settings_from_the_command_line(shard_sets, tmp_path, helpers):
     assert done.returncode == 0, done.stderr
     assert helpers.output_files(tmp_path / "cli") == helpers.output_files(root / "segments")
     bad = helpers.run_cli([root / "audio", tmp_path / "bad", "--segment-overlap-sec", "-1"])
-    assert bad.returncode == 1 and "no negative overlap" in bad.stderr.strip().splitlines()[-1], bad.stderr
+    assert bad.returncode == 2 and "no negative overlap" in bad.stderr.strip().splitlines()[-1], bad.stderr

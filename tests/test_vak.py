@@ -261,3 +261,14 @@ def test_the_router_does_not_mix_spectrograms_of_other_kinds_or_transforms(tmp_p
     SpectrogramDatasetRouter([sets[0], sets[0]])
     with pytest.raises(ValueError, match="transform_type"):
         SpectrogramDatasetRouter(sets)
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path):
+    folder = birdsong(tmp_path, names=("a",))
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    with pytest.raises(SpgError, match=r"^output_dir .*taken\.txt: is a file, not a folder"):
+        make_spectrogram_files_from_audio_files("wav", {}, taken, audio_dir=folder)
+    with pytest.raises(SpgError, match=r"^output_dir .*taken\.txt/spect: cannot make the folder"):
+        make_spectrogram_files_from_audio_files("wav", {}, taken / "spect", audio_dir=folder)
+    assert taken.read_text() == "not a folder"

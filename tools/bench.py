@@ -32,11 +32,15 @@ import soundfile as sf
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset
+from webdataset.tariterators import group_by_keys
 
 import spgdataset
 from spgdataset import SpectrogramDataset, write_shards
 from spgdataset.demo import make_corpus
-from spgdataset.format.features import FeatureConfig
+from spgdataset.format.codec import npy_view
+from spgdataset.format.features import FeatureConfig, values_out_of_range
+from spgdataset.format.names import SPEC
+from spgdataset.format.tar import tar_members
 from spgdataset.read.memory import ChunkMemory
 from spgdataset.rules.frames import interval_mask
 from spgdataset.rules.windows import window_frames
@@ -319,6 +323,25 @@ def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] =
     return result
 
 
+def job_values_check(args: argparse.Namespace, repeats: int = 3) -> Dict[str, Any]:
+    """The reader's check of stored values (values_out_of_range: NaN, infinities, beyond the storage range)
+    timed alone over every spectrogram of the shard set, median of `repeats` passes: what the first epoch of
+    a local shard set, and every epoch from S3, pays for it (later local epochs skip it, read/decode.py)."""
+    specs = []
+    for url in shard_urls(paths(args)["shards"]):
+        with open(url, "rb") as f:
+            specs += [npy_view(s[SPEC]) for s in group_by_keys(tar_members(f.read(), url))]
+    passes = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        bad = sum(values_out_of_range(spec) for spec in specs)
+        passes.append(time.perf_counter() - started)
+    assert bad == 0
+    seconds, values = float(np.median(passes)), sum(spec.size for spec in specs)
+    return {"check_s": seconds, "files": len(specs), "us_per_file": 1e6 * seconds / len(specs),
+            "mb_per_s": values * specs[0].itemsize / seconds / 1e6, "passes_s": [round(p, 4) for p in passes]}
+
+
 # ---------------------------------------------------------------- read side: (a) plain webdataset
 
 
@@ -509,6 +532,7 @@ READ_JOBS: Dict[str, Any] = {
 }
 
 BASELINE_WDS, BASELINE_COPY = "wds_1proc", "copy_1thread"
+CHECK_JOBS = {"values_check": job_values_check}  # a cost on its own, not a reader: a line under the read table
 
 
 def busy_cpu_seconds() -> float:
@@ -577,6 +601,8 @@ def run_in_this_process(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         result: Dict[str, Any] = {}
     elif name in WRITE_JOBS:
         result = WRITE_JOBS[name](args)
+    elif name in CHECK_JOBS:
+        result = CHECK_JOBS[name](args)
     else:
         result = READ_JOBS[name][2](args)
     result["job"] = name
@@ -672,12 +698,25 @@ def report(results: Dict[str, Any]) -> str:
     text += markdown_table(["reader", "procs", "windows / s", "measured over (after 1st batch)", "main CPU %",
                             "windows / CPU-s (1 proc)", "1st batch s", "peak RSS main MB", "peak RSS workers MB",
                             "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
+    text += values_check_line(results.get("checks", {}).get("values_check"), read.get("spg_1proc"))
     cfg = results["config"]
     text += (f"\n\nCorpus {cfg['hours']:g} h, {cfg['files']} files, {cfg['epoch_windows']} windows per epoch, "
              f"{cfg['shards']} shards. `import torch` alone: peak RSS {results['import_torch_rss_mb']} MB; "
              f"bench.py imports (torch, webdataset, spgdataset): {results['imports_rss_mb']} MB. "
              f"Load average before/after: {cfg['loadavg_before']} / {cfg['loadavg_after']}.")
     return text
+
+
+def values_check_line(check: Optional[Dict[str, Any]], spg: Optional[Dict[str, Any]]) -> str:
+    """The stored-values check per file and as a share of a spg_1proc epoch (which pays it in its first epoch
+    only, from local disk)."""
+    if not check or "error" in check:
+        return "" if not check else f"\n\nStored-values check: error: {check['error']}"
+    epoch_s = spg["epoch_windows"] / spg["windows_per_s"] if spg and spg.get("windows_per_s") else None
+    share = f", {100 * check['check_s'] / epoch_s:.1f}% of a spg_1proc epoch ({epoch_s:.2f} s)" if epoch_s else ""
+    return (f"\n\nStored-values check (NaN, infinities, beyond the storage range; a local shard set's first epoch, "
+            f"every epoch from S3): {check['us_per_file']:.1f} us per file, {1000 * check['check_s']:.1f} ms per pass "
+            f"over the {check['files']} files ({check['mb_per_s']:,.0f} MB/s){share}.")
 
 
 def log(message: str) -> None:
@@ -705,10 +744,11 @@ def main() -> None:
         return
 
     os.makedirs(args.out, exist_ok=True)
-    selected = set(args.only.split(",")) if args.only else set(WRITE_JOBS) | set(READ_JOBS)
-    unknown = selected - set(WRITE_JOBS) - set(READ_JOBS)
+    selected = set(args.only.split(",")) if args.only else set(WRITE_JOBS) | set(READ_JOBS) | set(CHECK_JOBS)
+    unknown = selected - set(WRITE_JOBS) - set(READ_JOBS) - set(CHECK_JOBS)
     if unknown:
-        parser.error(f"unknown jobs {sorted(unknown)}; known: {sorted(WRITE_JOBS) + sorted(READ_JOBS)}")
+        known = sorted(WRITE_JOBS) + sorted(READ_JOBS) + sorted(CHECK_JOBS)
+        parser.error(f"unknown jobs {sorted(unknown)}; known: {known}")
     loadavg_before = os.getloadavg()
     ensure_corpus(args)
     write = {name: median_run(name, args) for name in WRITE_JOBS if name in selected}
@@ -723,6 +763,7 @@ def main() -> None:
         ensure_npz(args)
     settle()
     read = {name: run_job(name, args) for name in READ_JOBS if name in selected}
+    checks = {name: run_job(name, args) for name in CHECK_JOBS if name in selected}
 
     manifest = read_manifest(paths(args)["shards"])
     probe = SpectrogramDataset(paths(args)["shards"], window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC,
@@ -738,6 +779,7 @@ def main() -> None:
         "imports_rss_mb": run_job("baseline", args).get("main_peak_rss_mb"),
         "write": write,
         "read": read,
+        "checks": checks,
     }
     text = report(results)
     results["table_markdown"] = text

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -21,6 +22,15 @@ STORAGE_DTYPES = ("float16", "float32")
 KINDS = ("logmel", "linear")
 TRANSFORM_TYPES = (None, "log_spect", "log_spect_plus_one", "log")  # vak's, for kind="linear"
 LINEAR_ONLY = ("thresh", "transform_type")
+MAX_FEATURE_RATE = 10_000_000  # Hz, as write/audio.py's MAX_SAMPLE_RATE for input audio
+# Upper bounds of the integer parameters, far above any use, so that a manifest's number past them (10**30) is
+# a one-line error here, never an OverflowError in numpy; n_mels: a linear spectrogram's bins at the largest n_fft.
+MAXIMA = {"sample_rate": MAX_FEATURE_RATE, "n_fft": 2**20, "hop_length": 2**20, "n_mels": 2**19 + 1}
+STD_FLOOR = 1e-5  # the reader normalises by max(std, STD_FLOOR), in float32 (read/dataset.py)
+# The largest magnitude a stored value or a statistic may have: the storage type's range (float16), and for
+# float32 small enough that (value - mean) / STD_FLOOR stays finite in float32, where the reader normalises
+# (2 * 2**110 / 1e-5 = 2.6e38 < 3.4e38). A power of two, so the check of stored values is one over their bits.
+VALUE_LIMIT = {"float16": 65504.0, "float32": 2.0**110}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +70,9 @@ class FeatureConfig:
             if self.transform_type is None and self.storage_dtype == "float16":
                 problems.append("a linear spectrogram without transform_type is raw power: store it as "
                                 "storage_dtype='float32' (the default; float16 flushes values below 6e-8 to zero)")
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            if type(getattr(self, name)) is not int or getattr(self, name) <= 0:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name, most in MAXIMA.items():
+            if type(getattr(self, name)) is not int or not 0 < getattr(self, name) <= most:
+                problems.append(f"{name} must be a positive integer of at most {most}, got {getattr(self, name)!r}")
         for name in ("f_min", "f_max", "log_eps"):
             value = getattr(self, name)
             if not (value is None and name == "f_max") and not _is_finite_number(value):
@@ -153,7 +163,22 @@ def _hz_to_mel(hz: float) -> float:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A float or int that is a finite float (an int past 1.8e308 would raise OverflowError where it is used)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
+
+
+def values_out_of_range(spec: np.ndarray) -> bool:
+    """Whether a stored spectrogram (C-ordered, little-endian float16 or float32) holds NaN, an infinity or a
+    value beyond VALUE_LIMIT. One pass over its bits with the sign cleared (NaN and infinities have the
+    largest exponent), no float arithmetic: 16 us for 80 x 1,000 float16 values."""
+    if not spec.size:
+        return False
+    bits = np.dtype(f"<u{spec.dtype.itemsize}")
+    limit = int(np.array(VALUE_LIMIT[spec.dtype.name], dtype=spec.dtype).view(bits))
+    magnitude = np.bitwise_and(spec.reshape(-1).view(bits), (1 << (8 * spec.dtype.itemsize - 1)) - 1)
+    return int(magnitude.max()) > limit
 
 
 def load_config(path: Union[str, Path]) -> Dict[str, Any]:

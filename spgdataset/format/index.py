@@ -38,6 +38,7 @@ ALIGN = 64
 MAX_VOCABULARY = 100_000
 MAX_FRAMES = 1 << 40  # 350 years at 100 frames per second: more is an edited index, not a recording
 BLOCK = 1 << 20  # elements per block of a whole-column check (bounded temporaries at any size)
+MAX_TOTAL = 1 << 62  # frames of one shard: what a manifest may say (format/manifest.py MAX_COUNT)
 _SCALARS = {"shard": "<i4", "frames": "<i8", "samples": "<i8", "path_unit": "<u8", "annotated": "|u1"}
 
 
@@ -103,7 +104,7 @@ class Index:
     intervals: Dict[str, Spans]
     metadata: Dict[str, Labels]
     free_form: List[str]
-    offset: Optional[np.ndarray] = None  # segments of long files (format/segments.py): first frame in the file
+    offset: Optional[np.ndarray] = None  # segments of long files (write/plan.py): first frame in the file
     owned: Optional[np.ndarray] = None  # and the frames whose windows the row owns; None: whole files only
     _checked: set = dataclasses.field(default_factory=set, repr=False)  # names whose span offsets are checked
 
@@ -326,14 +327,19 @@ def _checked_labels(columns: Dict[str, np.ndarray], name: str, vocabulary: List[
     return Labels(vocabulary, ids)
 
 
-def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, Any]]) -> Optional[str]:
+def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, Any]],
+                 segmented: bool = False) -> Optional[str]:
     """What is wrong with the columns every plan relies on, against the manifest's shards, or None.
 
-    Shard numbers must be in range and in order and every shard's file and frame counts must be the
-    manifest's; frames must follow from samples (1 + samples // hop). Checked in blocks (bounded
-    temporaries) and only these columns, so that a large index is not paged in whole: the rest (paths,
-    intervals) is checked file by file against each shard as it is read (read/decode.py).
-    """
+    Shard numbers in range and in order, every shard's file and frame counts the manifest's, frames following
+    from samples (1 + samples // hop); the offset/owned columns exactly when the manifest is format 3
+    (`segmented`), their rows tiling each recording. In blocks (bounded temporaries) and only these columns,
+    so that a large index is not paged in whole: the rest (paths, intervals, path units, annotated flags,
+    segment places) is checked file by file against each shard as it is read (read/decode.py)."""
+    if segmented and index.offset is None:
+        return "the manifest says format 3 (segments), the index has no offset/owned columns"
+    if not segmented and index.offset is not None:
+        return "offset/owned columns (segments) in an index whose manifest is not format 3"
     n, s = index.files, len(shards)
     files, frames = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
     for lo in range(0, n, BLOCK):
@@ -345,16 +351,43 @@ def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, An
             return f"a file with frames outside 1..{MAX_FRAMES}"
         if (block_frames != 1 + index.samples[lo : lo + BLOCK] // hop_length).any():
             return f"frames do not follow from samples at hop {hop_length}"
-        if index.offset is not None and index.owned is not None:
-            offset, owned = index.offset[lo : lo + BLOCK], index.owned[lo : lo + BLOCK]
-            if offset.min() < 0 or offset.max() > MAX_FRAMES or owned.min() < 1 or (owned > block_frames).any():
-                return "a segment with an offset outside 0..MAX_FRAMES or owning frames it does not hold"
+        if segmented and _tiling_problem(index, lo, min(lo + BLOCK, n)):
+            return _tiling_problem(index, lo, min(lo + BLOCK, n))
         files += np.bincount(shard, minlength=s)
-        frames += np.bincount(shard, weights=block_frames, minlength=s).astype(np.int64)
+        _add_by_shard(frames, shard, block_frames)
+        if frames.max() > MAX_TOTAL:  # no manifest count is larger; the next block cannot overflow int64
+            return f"more than {MAX_TOTAL} frames in one shard"
     for k, shard in enumerate(shards):
         if files[k] != shard["files"] or frames[k] != shard["frames"]:
             return (f"{files[k]} files, {int(frames[k])} frames in {shard['name']}; the manifest says "
                     f"{shard['files']} files, {shard['frames']} frames")
+    return None
+
+
+def _add_by_shard(totals: np.ndarray, shard: np.ndarray, values: np.ndarray) -> None:
+    """totals[k] += the sum of values over the (sorted) rows of shard k, in exact int64 (a float64 bincount is
+    exact only to 2**53; a block's sum is at most BLOCK * MAX_FRAMES = 2**60)."""
+    firsts = np.concatenate(([0], np.flatnonzero(np.diff(shard)) + 1))
+    totals[shard[firsts]] += np.add.reduceat(values, firsts)
+
+
+def _tiling_problem(index: Index, lo: int, hi: int) -> Optional[str]:
+    """Segment rows lo..hi-1 against their next rows: a row with offset > 0 continues the row before it (same
+    path unit, offset = its offset + owned), so no frame's windows are owned twice or by no row; a row before
+    an offset 0 (and the last row) ends its recording and owns every frame it holds."""
+    assert index.offset is not None and index.owned is not None
+    end = min(hi + 1, index.files)
+    offset, owned, frames = index.offset[lo:end], index.owned[lo:end], index.frames[lo:end]
+    if offset.min() < 0 or offset.max() > MAX_FRAMES or owned.min() < 1 or (owned > frames).any():
+        return "a segment with an offset outside 0..MAX_FRAMES or owning frames it does not hold"
+    if lo == 0 and offset[0] != 0:
+        return f"the first row is a segment at offset {int(offset[0])}, not the start of a recording"
+    unit = index.path_unit[lo:end]
+    goes_on = offset[1:] > 0
+    if (goes_on & ((unit[1:] != unit[:-1]) | (offset[1:] != offset[:-1] + owned[:-1]))).any():
+        return "a segment row that does not continue the row before it (another path, or an overlap or gap)"
+    if (~goes_on & (owned[:-1] != frames[:-1])).any() or (end == index.files and owned[-1] != frames[-1]):
+        return "a recording's last segment row owns fewer frames than it holds"
     return None
 
 

@@ -2,24 +2,28 @@
 
 A shard set can come from anywhere (an s3:// prefix someone else writes, a folder copied by hand), so every
 value a reader acts on is checked here: names are plain file names inside the source (never a path, a URL
-or `..`), digests are sha256 hex, counts are non-negative integers, statistics are finite, labels are JSON
-scalars. The index is checked in format/index.py (columns) or here (format 1, rows).
-A failed check is an SpgError (ShardError for the index) that names the file and the field.
+or `..`), digests are sha256 hex, counts are integers from 0 to 2**62 (nothing overflows int64), seconds
+finite, statistics finite and within the storage type's range, labels JSON scalars. The index is checked
+in format/index.py (columns) or here (format 1, rows). A failed check is an SpgError (ShardError for the
+index) that names the file and the field.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Any, Dict, List, Mapping
 
 from ..errors import ShardError, SpgError
 from ..rules.labels import from_json, label_token
-from .features import FeatureConfig
+from .features import VALUE_LIMIT, FeatureConfig
+from .names import SEGMENTED_FORMAT_VERSION
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")  # no '/', '\\', ':' or leading '.'
 KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
+MAX_COUNT = 2**62  # counts, frames, bytes, seconds: int64 with room for a sum of two (numpy, the index columns)
 
 
 def is_plain_name(value: Any) -> bool:
@@ -31,11 +35,24 @@ def is_sha256(value: Any) -> bool:
 
 
 def _is_count(value: Any, minimum: int = 0) -> bool:
-    return type(value) is int and value >= minimum
+    return type(value) is int and minimum <= value <= MAX_COUNT
 
 
 def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite float or an int within float range (math.isfinite raises OverflowError past 1.8e308)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
+
+
+def _shown(value: Any) -> str:
+    """repr of a value for a one-line message: a 400-digit integer is cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _not_count(value: Any, minimum: int) -> str:
+    return f"{_shown(value)} is not an integer from {minimum} to 2**62"
 
 
 def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
@@ -58,18 +75,16 @@ def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
     free_form = manifest.get("free_form", [])
     if not (isinstance(free_form, list) and all(isinstance(k, str) for k in free_form)):
         raise fail("free_form", "not a list of metadata keys")
-    _check_stats(manifest.get("stats"), features.n_mels, fail)
-    segments = manifest.get("segments")
-    if segments is not None and not (isinstance(segments, dict) and _is_count(segments.get("frames"), 1)
-                                     and _is_count(segments.get("overlap"))):
-        raise fail("segments", "not {\"frames\": a positive integer, \"overlap\": a non-negative integer}")
+    _check_stats(manifest.get("stats"), features, fail)
+    _check_segments(manifest, fail)
+    _check_totals(manifest, fail)
     if "index" in manifest and not is_plain_name(manifest["index"]):
         raise fail("index", f"{manifest['index']!r} is not a plain file name inside the shard folder")
     required = manifest["format_version"] >= 2  # format 1 manifests may predate the index digest
     if (required or "index_sha256" in manifest) and not is_sha256(manifest.get("index_sha256")):
         raise fail("index_sha256", "missing or not 64 lowercase hex digits")
     if (required or "index_bytes" in manifest) and not _is_count(manifest.get("index_bytes")):
-        raise fail("index_bytes", "missing or not a non-negative integer")
+        raise fail("index_bytes", f"missing or {_not_count(manifest.get('index_bytes'), 0)}")
     return manifest
 
 
@@ -88,11 +103,50 @@ def _check_shards(shards: Any, fail: Any) -> None:
         names.add(name)
         for field, minimum in (("files", 1), ("frames", 1), ("bytes", 1)):
             if not _is_count(shard.get(field), minimum):
-                raise fail(f"shards[{i}].{field}", f"{shard.get(field)!r} is not an integer >= {minimum}")
+                raise fail(f"shards[{i}].{field}", _not_count(shard.get(field), minimum))
         if not is_sha256(shard.get("sha256")):
             raise fail(f"shards[{i}].sha256", f"{shard.get('sha256')!r} is not 64 lowercase hex digits")
-        if "seconds" in shard and not (_is_finite(shard["seconds"]) and shard["seconds"] >= 0):
-            raise fail(f"shards[{i}].seconds", f"{shard['seconds']!r} is not a finite number >= 0")
+        if "seconds" in shard and not _is_seconds(shard["seconds"]):
+            raise fail(f"shards[{i}].seconds", f"{_shown(shard['seconds'])} is not a number of seconds from 0 to 2**62")
+
+
+def _is_seconds(value: Any) -> bool:
+    return _is_finite(value) and 0 <= value <= MAX_COUNT
+
+
+def _check_segments(manifest: Dict[str, Any], fail: Any) -> None:
+    """`segments` (the owned frames and overlap of a long file's segments) exactly when the format is 3: a
+    reader from before segments refuses format 3, and this one must not read a segmented index as whole files."""
+    segments = manifest.get("segments")
+    if (segments is not None) != (manifest["format_version"] == SEGMENTED_FORMAT_VERSION):
+        raise fail("segments", "present without format_version 3" if segments is not None else
+                   "missing: a set with format_version 3 holds long files in segments and says how long")
+    if segments is None:
+        return
+    if not isinstance(segments, dict):
+        raise fail("segments", "not {\"frames\": a positive integer, \"overlap\": a non-negative integer}")
+    for field, minimum in (("frames", 1), ("overlap", 0)):
+        if not _is_count(segments.get(field), minimum):
+            raise fail(f"segments.{field}", _not_count(segments.get(field), minimum))
+
+
+def _check_totals(manifest: Dict[str, Any], fail: Any) -> None:
+    """The numbers spg-inspect shows (totals, report counts), when present: counts and seconds in range."""
+    totals, report = manifest.get("totals", {}), manifest.get("report", {})
+    if not isinstance(totals, dict):
+        raise fail("totals", "not an object")
+    for field in ("files", "frames", "bytes", "shards"):
+        if field in totals and not _is_count(totals[field]):
+            raise fail(f"totals.{field}", _not_count(totals[field], 0))
+    for field in ("seconds", "hours"):
+        if field in totals and not _is_seconds(totals[field]):
+            raise fail(f"totals.{field}", f"{_shown(totals[field])} is not a number from 0 to 2**62")
+    if not (isinstance(report, dict) and isinstance(report.get("counts", {}), dict)
+            and isinstance(report.get("files", []), list)):
+        raise fail("report", "not {\"counts\": {kind: count}, \"files\": [rows]}")
+    for kind, count in report.get("counts", {}).items():
+        if not _is_count(count):
+            raise fail(f"report.counts.{kind}", _not_count(count, 0))
 
 
 def _checked_labels(labels: Any, fail: Any) -> Dict[str, List[Any]]:
@@ -111,18 +165,27 @@ def _checked_labels(labels: Any, fail: Any) -> Dict[str, List[Any]]:
     return out
 
 
-def _check_stats(stats: Any, n_mels: int, fail: Any) -> None:
+def _check_stats(stats: Any, features: FeatureConfig, fail: Any) -> None:
+    """Finite, n_mels long, within the storage type's range (features.VALUE_LIMIT: no honest mean or std of
+    stored values lies beyond it, and within it the reader's normalisation stays finite in float32)."""
     if not isinstance(stats, dict):
         raise fail("stats", "missing or not an object")
+    limit = VALUE_LIMIT[str(features.storage_dtype)]
     for name in ("mean", "std"):
         values = stats.get(name)
-        if not isinstance(values, list) or len(values) != n_mels:
-            raise fail(f"stats.{name}", f"need a list of n_mels={n_mels} numbers")
+        if not isinstance(values, list) or len(values) != features.n_mels:
+            raise fail(f"stats.{name}", f"need a list of n_mels={features.n_mels} numbers")
         if not all(_is_finite(v) for v in values):
             raise fail(f"stats.{name}", "holds NaN, an infinity or a non-number (the shards' features were not "
                                         "finite; rewrite them with this spgdataset)")
+        beyond = next((v for v in values if abs(v) > limit), None)
+        if beyond is not None:
+            raise fail(f"stats.{name}", f"holds {_shown(beyond)}, beyond the {features.storage_dtype} storage range "
+                                        f"(+-{limit:g})")
     if any(v < 0 for v in stats["std"]):
         raise fail("stats.std", "holds a negative value")
+    if "frames" in stats and not _is_count(stats["frames"]):
+        raise fail("stats.frames", _not_count(stats["frames"], 0))
 
 
 # ---------------------------------------------------------------- a format-1 index (rows)

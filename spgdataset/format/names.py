@@ -17,6 +17,7 @@ READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.bin"
 ROWS_INDEX_NAME = "index.msgpack"  # format 1
+BUILD_RECORD = "build.json"  # the reference call's record of the inputs and the manifest it built (read/reference.py)
 STATE_DIR = ".spg-state"  # per-shard records of a run in progress; a reader ignores it
 SPEC, INFO, AUDIO = "spec.npy", "info.msgpack", "audio.flac"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -43,6 +43,23 @@ _TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 * 2 + 8 * 2 + 155 + 12)  #
 _TAIL_SUM = sum(_TAIL)
 
 
+_OUR_MEMBER = re.compile(rb"[0-9]{7}(_[A-Za-z0-9_-]*)?\.(spec\.npy|info\.msgpack|audio\.flac)")
+
+
+def is_our_tar_start(head: bytes) -> bool:
+    """Whether `head` begins a tar as the writer makes it: a first header with a valid checksum, our fixed mode,
+    owner and mtime (tar_header) and a sample member's name. How a shard file left without its state record (a
+    run killed between the two) is told from someone else's file of the same name."""
+    if len(head) < tarfile.BLOCKSIZE:
+        return False
+    block = head[: tarfile.BLOCKSIZE]
+    stored = block[148:156].strip(b"\0 ")
+    if not _OCTAL.fullmatch(stored) or int(stored, 8) != sum(block[:148]) + 8 * 32 + sum(block[156:]):
+        return False
+    fixed = block[100:124] == _FIXED_MODE and block[136:148] == _FIXED_TIME and block[257:263] == b"ustar\x00"
+    return fixed and _OUR_MEMBER.fullmatch(block[:100].rstrip(b"\0")) is not None
+
+
 def tar_end(size: int) -> bytes:
     """What follows `size` bytes of members: the end-of-archive blocks and padding to a whole record,
     as tarfile writes them."""

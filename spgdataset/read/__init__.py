@@ -10,6 +10,7 @@ ring.py       batch slots shared with DataLoader workers
 prefetch.py   reading ahead in a thread
 errorlog.py   skipped shards, counted where the training process sees them
 cursor.py     the epoch, the resume point and the items consumed
+states.py     a saved state checked field by field before it is taken
 config.py     a dataset's choices checked against its shard set (names with suggestions)
 reference.py  the reference call: an audio folder's shards built once, then streamed
 summary.py    repr() and summary(): what a dataset holds, from the index

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .dataset import SpectrogramDataset
 
@@ -70,3 +70,28 @@ def agreed(datasets: Sequence[SpectrogramDataset], name: str) -> Any:
             raise ValueError(f"dataset {i} has {name}={value!r}, dataset 0 has {name}={values[0]!r}: the router "
                              f"mixes windows inside each batch, so {name} must agree")
     return values[0]
+
+
+def empty(ds: SpectrogramDataset, i: int) -> str:
+    """`dataset i (its source)` and why it has no windows (what it warned about when it was built)."""
+    return f"dataset {i} ({where(ds)}) has no windows: {ds.no_windows or 'its subset yields none'}"
+
+
+def check_windows(datasets: Sequence[SpectrogramDataset], weights: Optional[Sequence[float]], stop: str) -> None:
+    """An error naming the dataset without windows, and why, when the router would yield nothing: every dataset
+    it draws from is empty; or under "first_exhausted" any is (it runs out before the first window, which ends
+    the epoch; an explicit weight of 0 leaves it out); or under "resample" one it draws from is (no next pass)."""
+    counts = [ds.num_windows() for ds in datasets]
+    drawn = [i for i, n in enumerate(counts) if (n if weights is None else weights[i]) > 0]  # default weights: n
+    weighted = [i for i, n in enumerate(counts) if n == 0 and (weights is None or weights[i] > 0)]
+    if datasets and all(counts[i] == 0 for i in drawn):
+        raise ValueError("the router has nothing to yield: " + "; ".join(empty(datasets[i], i) for i in weighted[:3])
+                         + (f"; and {len(weighted) - 3} more" if len(weighted) > 3 else ""))
+    if stop == "first_exhausted" and weighted:
+        raise ValueError(f"{empty(datasets[weighted[0]], weighted[0])}; under stop='first_exhausted' the epoch ends "
+                         "when the first dataset runs out, so it would end before any window (give it weight 0, leave "
+                         "it out, or use stop='all_exhausted')")
+    hollow = [i for i in drawn if counts[i] == 0]
+    if stop == "resample" and hollow:
+        raise ValueError(f"{empty(datasets[hollow[0]], hollow[0])}; it cannot be resampled (give it weight 0 or leave "
+                         "it out)")

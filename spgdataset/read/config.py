@@ -17,10 +17,13 @@ import numpy as np
 
 from ..format.index import MAX_VOCABULARY
 from ..rules.splits import normalize_split
+from ..rules.windows import window_frames
 from .source import ShardSet
+from .states import is_finite_number, shown
 
 DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
 FEATURE_CHECKS = ("sample_rate", "hop_length", "n_mels", "n_fft")
+MAX_WINDOW_FRAMES = 2**31 - 1  # a window's frames times its mels stay far inside int64 (and inside memory)
 
 
 def check_features(shards: ShardSet, given: Mapping[str, Optional[int]]) -> Dict[str, Any]:
@@ -99,3 +102,24 @@ def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
+
+
+def window_length(name: str, seconds: Any, sample_rate: int, hop_length: int) -> int:
+    """`seconds` (the option `name`) in whole frames: a finite number giving 1 to MAX_WINDOW_FRAMES frames.
+    inf or nan would otherwise be an OverflowError deep in the frame arithmetic."""
+    if not is_finite_number(seconds) or not seconds > 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {shown(seconds)}")
+    exact = float(seconds) * sample_rate / hop_length  # inf for seconds near the largest float
+    if not 0.5 < exact <= MAX_WINDOW_FRAMES:  # what rounds to 1 to MAX_WINDOW_FRAMES frames
+        raise ValueError(f"{name}={seconds!r} is {exact:.4g} frames at {sample_rate} Hz with hop {hop_length}: "
+                         f"need 1 to {MAX_WINDOW_FRAMES} (at least {hop_length / sample_rate:g} s)")
+    return window_frames(seconds, sample_rate, hop_length)
+
+
+def content_ratio(name: str, value: Any) -> float:
+    """The window rule's content ratio (the option `name`): a finite number in [0, 1] (above 1 no window could
+    pass, and nan would let every window through)."""
+    if not is_finite_number(value) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1] (the share of a window in content intervals), "
+                         f"got {shown(value)}")
+    return float(value)

@@ -13,12 +13,13 @@ have yielded, in the same order.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch.utils.data import get_worker_info
 
 from ..rules.plan import resume_point
+from .states import POSITION, check_consumed, check_fields, shown
 
 T = TypeVar("T")
 
@@ -49,18 +50,23 @@ class EpochCursor:
         return {"epoch": self.epoch, "consumed": self.consumed, **plan}
 
     def load_state_dict(self, state: Mapping[str, Any], plan: Mapping[str, Any], required: Sequence[str],
-                        what: str) -> None:
+                        what: str, items: Optional[Callable[[int], int]] = None) -> None:
         """Resume epoch `state["epoch"]` after `state["consumed"]` items, if the plan is the same.
 
         Every entry of `plan` is compared with the state's; those in `required` must be in the state, the
-        others only when present (states saved before they were recorded)."""
+        others only when present. `items(epoch)`: the items of that epoch, the most `consumed` can be. All is
+        checked before anything changes: a refused state leaves the cursor as it was."""
+        check_fields(state, POSITION, what, exact=False)
         for name, mine in plan.items():
             if (name in required or name in state) and state.get(name) != mine:
-                raise ValueError(f"state was saved with {name}={state.get(name)!r}, this {what} has {mine!r}: "
+                raise ValueError(f"state was saved with {name}={shown(state.get(name))}, this {what} has {mine!r}: "
                                  "the epoch plan would differ")
-        self.set_epoch(int(state["epoch"]))
-        self.resume[0], self.resume[1] = int(state["epoch"]), int(state["consumed"])
-        self.consumed = int(state["consumed"])
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if items is not None:
+            check_consumed(state, items(epoch), what)
+        self.set_epoch(epoch)
+        self.resume[0], self.resume[1] = epoch, consumed
+        self.consumed = consumed
 
     def resumed_at(self, epoch: int) -> int:
         """Items already consumed of `epoch` when it is the one being resumed, else 0."""

@@ -14,6 +14,7 @@ import inspect
 import logging
 import math
 import os
+import warnings
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,11 +22,12 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..errors import ShardError
+from ..format.features import STD_FLOOR
 from ..format.index import BadIndex
 from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
-from ..rules.windows import kept_starts, window_frames
+from ..rules.windows import kept_starts
 from .batching import FileRecord, WindowSpec, iterate_windows, one_thread
-from .config import check_features, check_names, choice, outputs_of, split_of
+from .config import check_features, check_names, choice, content_ratio, outputs_of, split_of, window_length
 from .cursor import EpochCursor, current_worker
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
@@ -37,10 +39,10 @@ from .ring import BatchRing
 from .selection import Selection, WindowRule, select
 from .source import ShardSet, Source, open_source
 from .stages import ShardPlan, hand_off, planned_files, shuffle_files
-from .summary import Summary, one_line, summarize
+from .states import DATASET_FIELDS, check_fields
+from .summary import Summary, no_window_reason, one_line, summarize
 
 log = logging.getLogger("spgdataset")
-
 
 
 class SpectrogramDataset(IterableDataset):
@@ -108,14 +110,15 @@ class SpectrogramDataset(IterableDataset):
         self.features = check_features(self.shards, o)
         self.sample_rate, self.hop_length = self.features["sample_rate"], self.features["hop_length"]
         self.n_mels = self.features["n_mels"]
-        self.window = window_frames(o["window_size_sec"], self.sample_rate, self.hop_length)
-        self.step = window_frames(o["window_offset_sec"], self.sample_rate, self.hop_length)
+        self.window = window_length("window_size_sec", o["window_size_sec"], self.sample_rate, self.hop_length)
+        self.step = window_length("window_offset_sec", o["window_offset_sec"], self.sample_rate, self.hop_length)
         segments = self.shards.manifest.get("segments")
         if segments and self.window > segments["overlap"]:
             raise ValueError(f"window_size_sec={o['window_size_sec']} is {self.window} frames; the long files of "
                              f"{self.shards.root} are stored in segments that overlap by {segments['overlap']} frames, "
                              "so a window can be at most that long (rewrite them with longer overlaps)")
-        self.window_content_ratio, self.pad_short = float(o["window_content_ratio"]), o["pad_short"]
+        self.window_content_ratio = content_ratio("window_content_ratio", o["window_content_ratio"])
+        self.pad_short = o["pad_short"]
         check_names(self.shards, o["output_configuration"], o["content_intervals"], o["split_key"], o["check_names"])
         self.outputs = outputs_of(self.shards, o["output_configuration"])
         given_content = o["content_intervals"]
@@ -141,6 +144,9 @@ class SpectrogramDataset(IterableDataset):
         self.rule = WindowRule(self.window, self.step, self.hop_length, self.content_intervals,
                                self.window_content_ratio, self.pad_short)
         self.selection = self._select()
+        self.no_windows = no_window_reason(self)  # None, or why this subset yields nothing
+        if self.no_windows:
+            warnings.warn(self.no_windows, stacklevel=3)
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, bool(self.outputs["audio"]),
                                   self.verify, self.on_error, self.error_log, self.max_memory_cache)
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
@@ -298,7 +304,7 @@ class SpectrogramDataset(IterableDataset):
         if self.normalize == "global":
             stats = self.shards.manifest["stats"]
             mean = torch.tensor(stats["mean"], dtype=torch.float32)
-            std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-5)
+            std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(STD_FLOOR)
         return WindowSpec(
             window=self.window, hop_length=self.hop_length, n_mels=self.n_mels,
             spectrogram=bool(self.outputs["spectrogram"]), audio=bool(self.outputs["audio"]),
@@ -332,8 +338,11 @@ class SpectrogramDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank; the plan must
-        be the one the state was saved under (seed, workers, batch size, world size, shards, windows)."""
-        self.cursor.load_state_dict(state, self.plan_inputs(), ("seed", "num_workers", "batch_size"), "dataset")
+        be the one the state was saved under (seed, workers, batch size, world size, shards, windows). Every
+        field is checked (states.py) before anything changes."""
+        check_fields(state, DATASET_FIELDS, "dataset")
+        plan = self.plan_inputs()
+        self.cursor.load_state_dict(state, plan, tuple(plan), "dataset", lambda epoch: len(self))
 
     def summary(self) -> Summary:
         """Files, hours and windows of every subset of the split, the label balance of this one, and its files

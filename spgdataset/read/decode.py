@@ -3,9 +3,11 @@
 A shard is read whole (at most `--max-shard-mb`), checked (size, then sha256: a local shard once per
 process while its inode, size and mtime stay), walked (format/tar.py: checksummed headers) and its files
 decoded: npy views of the tar bytes, msgpack, FLAC; nothing is unpickled. The shard must hold exactly the
-files the index lists for it, each as the index describes it (path, frames, samples, intervals), because
-the epoch plan and len() were computed from the index. A shard's files are released only once the whole
-shard has been checked, so a corrupt shard is skipped whole in warn mode and never reaches the memory cache.
+files the index lists for it, each as the index describes it (path, frames, samples, intervals, split hash,
+annotated flag, place in its recording), because the epoch plan, the split and len() were computed from the
+index; its stored values must be finite and within the storage range (once per file version and process
+for a local shard, like the sha256). A shard's files are released only once the whole shard has been
+checked, so a corrupt shard is skipped whole in warn mode and never reaches the memory cache.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from webdataset.tariterators import group_by_keys
 
 from ..errors import ShardError, first_line
 from ..format.codec import decode_flac, npy_view, unpack
+from ..format.features import VALUE_LIMIT, values_out_of_range
+from ..format.index import Index
 from ..format.names import AUDIO, INFO, SPEC
 from ..format.tar import tar_members
+from ..rules.splits import unit64
 from ..storage.local import read_at_most
 from .batching import FileRecord
 from .errorlog import SharedErrorLog
@@ -47,6 +52,8 @@ class ShardReader:
         self.cache: Dict[int, FileRecord] = {}  # index position -> a checked file, kept across epochs
         self.cache_bytes, self.cache_limit = 0, int(cache_bytes)
         self.verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
+        self.values_checked: Optional[np.ndarray] = None  # per index position: stored values checked (below)
+        self.value_versions: Dict[str, Tuple[Any, ...]] = {}  # local shard -> the identity they were checked for
         self.opens = 0  # shards opened by this process
 
     def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
@@ -70,14 +77,16 @@ class ShardReader:
             positions = {key: lo + i for i, key in enumerate(self.shards.index.keys.slice(lo, hi))}
             if len(positions) != hi - lo:
                 raise ShardError(f"{url}: the file index lists one of its keys twice")
-            data = self._bytes(url, shard)
+            data, identity = self._bytes(url, shard)
+            checked = self._values_checked(url, identity, lo, hi)
             for sample in group_by_keys(tar_members(data, url)):
                 key = sample.get("__key__")
                 if key not in positions or key in seen:
                     raise ShardError(f"{url}: holds {key!r}, which the file index does not list for it (or twice)")
                 seen.add(key)
                 if positions[key] in wanted:
-                    records.append(self._decode(url, sample, positions[key]))
+                    check = checked is None or not checked[positions[key] - lo]
+                    records.append(self._decode(url, sample, positions[key], check))
             if len(seen) != len(positions):
                 raise ShardError(f"{url}: holds {len(seen)} files, the file index lists {len(positions)} "
                                  "(truncated or replaced shard)")
@@ -89,10 +98,13 @@ class ShardReader:
             self.error_log.skipped(str(error))
             log.warning("skipping: %s", error)
             return None
+        if checked is not None:  # only now: a shard that failed is checked again when read again
+            checked[[positions[record.key] - lo for record in records]] = True
         return records
 
-    def _bytes(self, url: str, shard: Dict[str, Any]) -> bytes:
-        """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256."""
+    def _bytes(self, url: str, shard: Dict[str, Any]) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
+        """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256, and the
+        identity of the local file it came from (None for a stream)."""
         stream = self.shards.open_shard(shard)
         try:
             data = read_at_most(stream, shard["bytes"])
@@ -111,10 +123,24 @@ class ShardReader:
                                  f"{shard['sha256'][:12]}... ({len(data)} bytes: corrupt or replaced)")
             if identity is not None:
                 self.verified[url] = identity
-        return data
+        return data, identity
 
-    def _decode(self, url: str, sample: Dict[str, Any], position: int) -> FileRecord:
-        """One file of a shard, checked against its index entry and the manifest's features."""
+    def _values_checked(self, url: str, identity: Optional[Tuple[Any, ...]], lo: int, hi: int) -> Optional[np.ndarray]:
+        """Which files of the shard (index positions lo..hi) had their stored values checked in this process,
+        for this version of the file (`identity`, as the sha256 skip); None: check every file (a stream, or
+        verify="always"). So a local shard's values are checked in its first epoch only."""
+        if identity is None or self.verify == "always":
+            return None
+        if self.values_checked is None:
+            self.values_checked = np.zeros(self.shards.index.files, dtype=bool)  # pages only where touched
+        if self.value_versions.get(url) != identity:
+            self.values_checked[lo:hi] = False
+            self.value_versions[url] = identity
+        return self.values_checked[lo:hi]
+
+    def _decode(self, url: str, sample: Dict[str, Any], position: int, check_values: bool) -> FileRecord:
+        """One file of a shard, checked against its index entry and the manifest's features; its stored values
+        when `check_values`."""
         key, index = sample.get("__key__"), self.shards.index
         if INFO not in sample or SPEC not in sample:
             raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
@@ -123,16 +149,14 @@ class ShardReader:
             raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
         frames, samples = int(index.frames[position]), int(index.samples[position])
         intervals = index.intervals_of(position)
-        expected = {"path": index.paths[position], "frames": frames, "samples": samples, "intervals": intervals}
-        found = dict(info, intervals={n: s for n, s in (info.get("intervals") or {}).items() if s})
-        for field, value in expected.items():
-            if found.get(field) != value:
-                raise ShardError(f"{url}: sample {key!r}: {field} {_short(found.get(field))} disagrees with the "
-                                 f"file index's {_short(value)}")
+        _check_record(url, key, info, index, position, intervals)
         spec = npy_view(sample[SPEC])
         if spec.dtype != self.dtype or spec.shape != (self.n_mels, frames) or not spec.flags.c_contiguous:
             raise ShardError(f"{url}: sample {key!r} spectrogram is {spec.dtype.str} {spec.shape}, expected C-ordered "
                              f"{self.dtype.str} ({self.n_mels}, {frames})")
+        if check_values and values_out_of_range(spec):
+            raise ShardError(f"{url}: sample {key!r}: its spectrogram holds values that are not finite or beyond the "
+                             f"{spec.dtype.name} storage range (+-{VALUE_LIMIT[spec.dtype.name]:g})")
         audio = None
         if self.audio:
             if AUDIO not in sample:
@@ -140,7 +164,7 @@ class ShardReader:
             audio = decode_flac(sample[AUDIO])
             if audio.ndim != 1 or len(audio) != samples:
                 raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({samples},)")
-        return FileRecord(key, expected["path"], spec, intervals, info.get("metadata") or {},
+        return FileRecord(key, index.paths[position], spec, intervals, info.get("metadata") or {},
                           self.starts(frames, intervals, position), self.labels(position), audio,
                           index.segment_of(position)[0])
 
@@ -151,6 +175,32 @@ class ShardReader:
             self.cache[position] = dataclasses.replace(
                 record, spec=record.spec.copy(), audio=None if record.audio is None else record.audio.copy())
             self.cache_bytes += record.nbytes
+
+
+def _check_record(url: str, key: str, info: Dict[str, Any], index: Index, position: int,
+                  intervals: Dict[str, List[List[int]]]) -> None:
+    """The file's own record (info.msgpack) against every index column the reader relies on for it: path,
+    frames, samples and intervals (len() and the windows), path_unit (the split), annotated (the content rule)
+    and, in a set with segments, where the row stands in its recording (offset, owned)."""
+    recorded = info.get("intervals") or {}
+    if not isinstance(recorded, dict):
+        raise ShardError(f"{url}: sample {key!r}: intervals {_short(recorded)} is not an object of names")
+    expected = {"path": index.paths[position], "frames": int(index.frames[position]),
+                "samples": int(index.samples[position]), "intervals": intervals,
+                "path_unit": int(index.path_unit[position]), "annotated": int(index.annotated[position])}
+    found = dict(info, intervals={n: s for n, s in recorded.items() if s}, annotated=int(bool(recorded)))
+    found["path_unit"] = unit64(found["path"]) if isinstance(found.get("path"), str) else None
+    place = info.get("segment")
+    if isinstance(place, dict):
+        place = [place.get("offset"), place.get("owned")]
+    elif place is None and index.offset is not None:  # a whole file in a set with segments
+        place = [0, found.get("frames")]
+    found["segment (offset, owned)"] = place
+    expected["segment (offset, owned)"] = None if index.offset is None else list(index.segment_of(position))
+    for field, value in expected.items():
+        if found.get(field) != value:
+            raise ShardError(f"{url}: sample {key!r}: {field} {_short(found.get(field))} disagrees with the "
+                             f"file index's {_short(value)}")
 
 
 def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:

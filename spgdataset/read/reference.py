@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Dict, Optional, Sequence
 
 from ..errors import SpgError
 from ..format.features import FeatureConfig
-from ..format.names import FORMAT_VERSION, MANIFEST_NAME
+from ..format.names import BUILD_RECORD, FORMAT_VERSION, MANIFEST_NAME
 from ..storage.local import open_regular, write_bytes_atomic
 from ..version import __version__
 
@@ -28,7 +29,6 @@ POSITIONS = ("spectrograms_root", "index_root", "metadata_json_path", "sample_ra
              "window_offset_sec", "window_content_ratio", "hop_length", "n_mels", "n_fft", "normalize", "dtype",
              "split", "output_configuration", "max_memory_cache", "num_workers")
 FEATURE_DEFAULTS = {"sample_rate": 16000, "hop_length": 160, "n_mels": 80, "n_fft": 400}
-BUILD_RECORD = "build.json"
 SAMPLE = 64 << 10
 
 
@@ -54,8 +54,13 @@ def take_positions(source: Any, positional: Sequence[Any], options: Dict[str, An
 
 
 def build(options: Dict[str, Any], progress: bool = True) -> str:
-    """Shards of `options["audio_root"]` in `spectrograms_root`, written unless the inputs' fingerprint says
-    the ones there are current; returns the shard folder. Fills in the feature parameters the shards fix."""
+    """Shards of `options["audio_root"]` in `spectrograms_root`, written unless the build record says the ones
+    there are current; returns the shard folder. Fills in the feature parameters the shards fix.
+
+    Current means: the inputs' fingerprint is the recorded one, and manifest.json is the very file that build
+    wrote (its sha256): a shard folder replaced by another corpus's is written again, not streamed. Every rank of
+    a DDP job makes this call at once: one writes, the others wait for it and find its shards current.
+    """
     from ..write.job import write_shards  # the reader imports the writer only for this call
 
     audio_root, shards = options["audio_root"], options.get("spectrograms_root")
@@ -66,21 +71,59 @@ def build(options: Dict[str, Any], progress: bool = True) -> str:
     features = FeatureConfig(**{name: options.get(name) or default for name, default in FEATURE_DEFAULTS.items()})
     fingerprint = inputs_fingerprint(str(audio_root), None if metadata is None else str(metadata), features)
     record = os.path.join(str(index_root), BUILD_RECORD)
-    if _recorded(record) != fingerprint or not os.path.exists(os.path.join(str(shards), MANIFEST_NAME)):
-        write_shards(audio_root, metadata, shards, features=features, overwrite=True, progress=progress)
+    manifest = os.path.join(str(shards), MANIFEST_NAME)
+    stale = _staleness(_recorded(record), fingerprint, _sha256_of(manifest))
+    if stale:
+        if progress:
+            print(f"SpectrogramDataset: writing the shards of {audio_root} into {shards}: {stale}", file=sys.stderr)
+        write_shards(audio_root, metadata, shards, features=features, overwrite=True, progress=progress, wait=True)
         os.makedirs(str(index_root), exist_ok=True)
-        write_bytes_atomic(record, json.dumps({"fingerprint": fingerprint, "shards": os.path.abspath(str(shards)),
+        write_bytes_atomic(record, json.dumps({"fingerprint": fingerprint, "manifest_sha256": _sha256_of(manifest),
+                                               "shards": os.path.abspath(str(shards)),
                                                "spgdataset": __version__}, indent=1).encode())
     for name in FEATURE_DEFAULTS:  # the shards fix these now; as given they are only checks
         options[name] = getattr(features, name)
     return str(shards)
 
 
-def _recorded(path: str) -> Optional[str]:
+def _staleness(recorded: Optional[Dict[str, Any]], fingerprint: str, manifest_sha256: Optional[str]) -> str:
+    """Why the shards must be written (again), or "" when the record says they are current."""
+    if manifest_sha256 is None:
+        return "no shard set there yet"
+    if recorded is None:
+        return "no build record of them (index_root/build.json)"
+    if recorded.get("fingerprint") != fingerprint:
+        return "the audio, metadata.json or feature parameters changed since they were built"
+    if recorded.get("manifest_sha256") != manifest_sha256:
+        return "its manifest.json is not the one this build wrote (replaced, or written before 0.3)"
+    return ""
+
+
+def _recorded(path: str) -> Optional[Dict[str, Any]]:
+    """The build record; None when there is none. A file of that name that is not one is someone else's: it is
+    refused rather than overwritten."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
+        with open_regular(path) as f:
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SpgError(f"{path}: cannot read the build record: {exc.strerror or exc}") from None
+    try:
+        found = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        found = None
+    if not (isinstance(found, dict) and "fingerprint" in found and "spgdataset" in found):
+        raise SpgError(f"{path}: is not spgdataset's build record, and it is not overwritten; give index_root a "
+                       "folder of its own")
+    return found
+
+
+def _sha256_of(path: str) -> Optional[str]:
+    try:
+        with open_regular(path) as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
         return None
 
 

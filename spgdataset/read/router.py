@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Generator, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,12 +48,13 @@ from torch.utils.data import IterableDataset
 from ..rules.labels import merge_vocabularies
 from ..rules.plan import batches
 from .batching import batch_rows, batch_size_of, concat_batches
-from .compat import agreed, check_compatible, where
+from .compat import agreed, check_compatible, check_windows, where
 from .cursor import EpochCursor, current_worker
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
 from .loader import SpectrogramLoader, make_loader
 from .schedule import STOP_POLICIES, normalize_weights, rechunk, schedule, schedule_phases, skip_schedule, stop_limits
+from .states import ROUTER_FIELDS, check_fields
 
 log = logging.getLogger("spgdataset")
 
@@ -87,20 +88,12 @@ class SpectrogramDatasetRouter(IterableDataset):
         check_compatible(self.datasets)
         agreed(self.datasets, "batch_size")
         agreed(self.datasets, "drop_last")
-        if not self.datasets:
-            weights = []
-        elif weights is None:
-            weights = [ds.num_windows() for ds in self.datasets]
-            if sum(weights) == 0:
-                raise ValueError("the datasets have no windows at all (weights default to the window counts)")
-        elif len(weights) != len(self.datasets):
+        if weights is not None and len(weights) != len(self.datasets):
             raise ValueError(f"{len(weights)} weights for {len(self.datasets)} datasets")
-        self.weights = normalize_weights(weights) if self.datasets else np.zeros(0)
-        if stop == "resample":
-            for i, (ds, w) in enumerate(zip(self.datasets, self.weights)):
-                if w > 0 and ds.num_windows() == 0:
-                    raise ValueError(f"dataset {i} ({where(ds)}) has no windows: it cannot be resampled "
-                                     "(give it weight 0 or leave it out)")
+        self.weights = normalize_weights(weights) if weights is not None and self.datasets else np.zeros(0)
+        check_windows(self.datasets, None if weights is None else self.weights, stop)
+        if weights is None and self.datasets:
+            self.weights = normalize_weights([ds.num_windows() for ds in self.datasets])
         self.seed = int(seed)
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
@@ -190,10 +183,13 @@ class SpectrogramDatasetRouter(IterableDataset):
         """Where this rank is in the epoch, in items consumed, plus what the schedule depends on."""
         return self.cursor.state_dict(self.plan_inputs())
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank."""
-        required = ("seed", "num_workers", "batch_size", "stop", "epoch_length", "weights", "windows")
-        self.cursor.load_state_dict(state, self.plan_inputs(), required, "router")
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank. Every field is
+        checked (states.py), and the plan compared, before the router or any dataset changes."""
+        check_fields(state, ROUTER_FIELDS, "router")
+        plan = self.plan_inputs()
+        self.cursor.load_state_dict(state, plan, tuple(plan), "router",
+                                    lambda epoch: sum(self.worker_items(max(self.num_workers, 1), epoch)))
         self.set_epoch(int(state["epoch"]))
 
     # ------------------------------------------------------------ reading

@@ -133,8 +133,9 @@ def _read_manifest(root: str, manifest_path: str) -> Dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise SpgError(f"{manifest_path}: not a manifest ({type(exc).__name__}: {first_line(exc)})") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version not in READABLE_VERSIONS:
-        raise SpgError(f"{manifest_path}: format version {version!r}, this spgdataset reads "
+    if type(version) is not int or version not in READABLE_VERSIONS:  # not True, 1.0 or 10**400
+        shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:37] + "..."
+        raise SpgError(f"{manifest_path}: format_version {shown}, this spgdataset reads "
                        f"{' and '.join(map(str, READABLE_VERSIONS))}")
     return check_manifest(manifest, manifest_path)
 
@@ -169,7 +170,8 @@ def _columns_index(path: str, manifest: Dict[str, Any]) -> Tuple[columns.Index, 
         index = columns.decode(backing)
     except columns.BadIndex as exc:
         raise ShardError(f"{path}: {exc}") from None
-    problem = columns.check_values(index, manifest["features"]["hop_length"], manifest["shards"])
+    problem = columns.check_values(index, manifest["features"]["hop_length"], manifest["shards"],
+                                   segmented="segments" in manifest)
     if problem:
         raise ShardError(f"{path}: {problem} (edited or mismatched index)")
     return index, backing, identity
@@ -188,7 +190,10 @@ def _rows_index(path: str, manifest: Dict[str, Any]) -> columns.Index:
     except Exception as exc:  # msgpack raises several types for garbage
         raise ShardError(f"{path}: not a file index ({type(exc).__name__}: {first_line(exc)})") from None
     rows = check_rows(rows, manifest, path)
-    return columns.from_rows(rows, [s["name"] for s in manifest["shards"]])
+    index = columns.from_rows(rows, [s["name"] for s in manifest["shards"]])
+    if index.offset is not None:  # format 1 predates segments: such rows would be read as whole files
+        raise ShardError(f"{path}: rows with segment offsets in a format-1 index (edited or mismatched index)")
+    return index
 
 
 def _check_digest(path: str, size: int, found: str, expected_size: int, expected: str) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import numpy as np
 
 from ..rules.splits import normalize_split, subsets
-from .selection import select, split_units
+from .selection import select, split_units, window_counts
 
 if TYPE_CHECKING:
     from .dataset import SpectrogramDataset
@@ -84,6 +84,31 @@ def summarize(ds: "SpectrogramDataset") -> Summary:
                    ds.subset, rows, ds.label_key, labels,
                    {"shorter than one window": int(short.sum()), "with no window passing the content rule":
                     int(no_content.sum())})
+
+
+def no_window_reason(ds: "SpectrogramDataset") -> Optional[str]:
+    """Why this subset yields no window, with its counts (None when it yields some). From the selection already
+    computed; only a subset that yields nothing pays one more pass over its columns (windows before the content
+    rule), so opening a million files costs nothing more."""
+    selection, index = ds.selection, ds.shards.index
+    if selection.total() > 0:
+        return None
+    where = f"{ds.shards.root}: subset {ds.subset} of split {tuple(ds.split)}" if len(ds.split_bounds) > 1 else \
+        f"{ds.shards.root}: the dataset"
+    files = int(index.recordings(selection.files).sum())
+    if files == 0:
+        return f"{where} has 0 files, so it yields no window (another split or subset, or other shards?)"
+    before = int(window_counts(index, selection.files, dataclasses.replace(ds.rule, content_names=[])).sum())
+    seconds = ds.window * ds.hop_length / ds.sample_rate
+    if before == 0:
+        return (f"{where} has {files:,} files and 0 windows of {ds.window} frames ({seconds:g} s) even before the "
+                "content rule: every file is shorter than one window (take a shorter window_size_sec, or "
+                "pad_short=True for one padded window per short file)")
+    absent = [name for name in ds.content_intervals if name not in index.intervals]
+    missing = f" ({', '.join(map(repr, absent))} not in the shard set: {sorted(index.intervals)})" if absent else ""
+    return (f"{where} has {files:,} files and {before:,} windows of {ds.window} frames before the content rule, 0 "
+            f"after: no window has {ds.window_content_ratio:.0%} of its frames in the content intervals "
+            f"{list(ds.content_intervals)}{missing} (lower window_content_ratio, or choose other content_intervals)")
 
 
 def one_line(ds: "SpectrogramDataset") -> str:

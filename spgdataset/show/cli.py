@@ -8,11 +8,14 @@ given, and the bad-input report. With --plot it draws spectrograms with their ma
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, List, Optional, Sequence
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import SpgError, command_line
+from ..read.config import content_ratio, window_length
 from ..read.dataset import SpectrogramDataset
 from .plot import plot_files
 
@@ -33,22 +36,51 @@ def build_parser() -> argparse.ArgumentParser:
     chosen = p.add_mutually_exclusive_group()
     chosen.add_argument("--key", help="with --plot: the file of this sample key")
     chosen.add_argument("--path", help="with --plot: the file of this path (as in metadata.json)")
-    chosen.add_argument("--random", type=int, metavar="N", help="with --plot: N files drawn at random")
+    chosen.add_argument("--random", type=at_least(1), metavar="N", help="with --plot: N files drawn at random")
     p.add_argument("--windows", action="store_true", help="with --plot: also show the windows the content rule keeps")
-    p.add_argument("--seed", type=int, default=0, help="with --random: the seed (default 0)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="with --random: the seed (default 0)")
     return p
 
 
 def dataset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SpectrogramDataset:
-    try:
-        split = tuple(float(v) for v in args.split.split(","))
-    except ValueError:
-        parser.error(f"--split {args.split!r}: expected fractions like 0.8,0.1,0.1")
-    probe = SpectrogramDataset(args.source, window_content_ratio=0, output_configuration={"masks": []})
+    split = split_of(args.split, parser)
+    with warnings.catch_warnings():  # the probe's own windows are not what the user asked about
+        warnings.simplefilter("ignore")
+        probe = SpectrogramDataset(args.source, window_content_ratio=0, output_configuration={"masks": []})
+    try:  # the window options as the dataset checks them, named as the options
+        window_length("--window-size", args.window_size, probe.sample_rate, probe.hop_length)
+        window_length("--window-offset", args.window_offset, probe.sample_rate, probe.hop_length)
+        content_ratio("--content-ratio", args.content_ratio)
+    except ValueError as exc:
+        parser.error(str(exc))
     masks = args.masks.split(",") if args.masks else (["speech"] if "speech" in probe.shards.index.intervals else [])
     return SpectrogramDataset(args.source, window_size_sec=args.window_size, window_offset_sec=args.window_offset,
                               window_content_ratio=args.content_ratio, split=split, subset=0, split_key=args.split_key,
                               output_configuration={"masks": masks, "label": args.label, "spectrogram": True})
+
+
+def split_of(text: str, parser: argparse.ArgumentParser) -> Tuple[float, ...]:
+    """--split as fractions: finite, not negative, not all zero (a usage error naming --split otherwise)."""
+    try:
+        split = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        split = ()
+    if not split or not all(math.isfinite(x) and x >= 0 for x in split) or sum(split) <= 0:
+        parser.error(f"--split {text!r}: expected finite fractions >= 0, not all 0, like 0.8,0.1,0.1")
+    return split
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low (argparse names the option in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
 
 
 def describe(ds: SpectrogramDataset) -> str:

@@ -7,7 +7,7 @@ Writing: `output_for(url)` gives an `Output` (LocalOutput or S3Output) with the 
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Protocol
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Protocol, Tuple
 
 from ..errors import ShardError, SpgError
 from . import s3
@@ -23,11 +23,20 @@ class Writing(Protocol):
     def discard(self) -> None: ...
 
 
+class Held(Protocol):
+    """A writer's lock (`Output.try_lock`); `lost` when another run took it over (an S3 lease run out)."""
+
+    lost: bool
+
+    def release(self) -> None: ...
+
+
 class Output(Protocol):
     """An output folder where every name is either absent or whole.
 
     A stamp ("size:mtime" of a file, "size:ETag" of an object) identifies one version of a name; `listing`
-    gives the stamps of a whole folder at once, so a rerun checks its shards without reading them.
+    gives the stamps of a whole folder at once, so a rerun checks its shards without reading them. `entries`
+    says what else is there (folders, links), so a writer can tell a folder holding someone else's files.
     """
 
     def prepare(self) -> None: ...
@@ -37,6 +46,10 @@ class Output(Protocol):
     def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> str: ...
     def create(self, name: str) -> Writing: ...
     def listing(self, folder: str = "") -> Dict[str, str]: ...
+    def entries(self, folder: str = "") -> Dict[str, Tuple[str, str]]: ...
+    def read_head(self, name: str, size: int) -> Optional[bytes]: ...
+    def try_lock(self, name: str, holder: bytes, shared: bool = False) -> Optional[Held]: ...
+    def lock_holder(self, name: str) -> Optional[bytes]: ...
     def matches(self, name: str, size: int, sha256: str) -> bool: ...
     def remove(self, name: str) -> None: ...
 

@@ -10,13 +10,14 @@ the writer's output folder; storage.s3.S3Output is its S3 twin).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import posixpath
 import re
 import stat
 import uuid
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Tuple
 
 from ..errors import SpgError
 
@@ -59,8 +60,28 @@ def open_regular(path: str, buffering: int = -1) -> BinaryIO:
 
 def read_at_most(stream: BinaryIO, limit: int) -> bytes:
     """Up to `limit` + 1 bytes: one more than allowed tells the caller the source is larger than it should be
-    (an over-long or endless source is never read whole)."""
-    return stream.read(limit + 1)
+    (an over-long or endless source is never read whole).
+
+    Memory is taken as bytes arrive, never `limit` up front (a manifest may claim 5 GiB for a 1 MB shard, and
+    `read(n)` allocates n): one read of the size the source reports, when it is at most `limit` (fstat of a
+    file; `reported_size` of a stream, such as S3's ContentLength), else blocks that double with what came.
+    """
+    try:
+        size: Optional[int] = os.fstat(stream.fileno()).st_size - stream.tell()
+    except (AttributeError, OSError, ValueError):  # not a file (io.UnsupportedOperation), or closed
+        size = getattr(getattr(stream, "raw", stream), "reported_size", None)
+    request = size + 1 if size is not None and 0 <= size <= limit else min(limit + 1, 1 << 20)
+    parts: list[bytes] = []
+    total = 0
+    while total <= limit:
+        block = stream.read(request)
+        if not block:
+            break
+        parts.append(block)
+        total += len(block)
+        # at the reported size one byte says whether more came since; else a block as large as what came
+        request = 1 if total == size else min(limit + 1 - total, max(total, 1 << 20))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def write_bytes_atomic(path: str, *parts: Any) -> None:
@@ -145,7 +166,10 @@ class LocalOutput:
         self.root = root
 
     def prepare(self) -> None:
-        os.makedirs(self.root, exist_ok=True)
+        """Only checks: the folder is made when the run claims it (write/claim.py), after its inputs were found
+        usable, so a run that fails early leaves nothing behind."""
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise SpgError(f"{self.root}: is a file, not a folder for the shards")
 
     def clean(self, owned: Callable[[str], bool]) -> None:
         """Remove what a killed run left half-written (temporary files) here and in the subfolders, for the
@@ -178,6 +202,60 @@ class LocalOutput:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return AtomicFile(path)
 
+    def entries(self, folder: str = "") -> Dict[str, Tuple[str, str]]:
+        """{name: (kind, stamp)} of everything directly in the folder (or its `folder`): kind "file" (with its
+        stamp), "folder", or what else it is ("a symlink", "a FIFO", ...; stamp ""), so that a check of what the
+        folder holds misses nothing."""
+        try:
+            found = list(os.scandir(os.path.join(self.root, folder)))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        kinds = {e.name: _entry_kind(e) for e in found}
+        return {e.name: (kinds[e.name], stamp_of(e.stat(follow_symlinks=False)) if kinds[e.name] == "file" else "")
+                for e in found}
+
+    def read_head(self, name: str, size: int) -> Optional[bytes]:
+        """The first `size` bytes of a regular file; None when it is not one or cannot be read."""
+        try:
+            with open_regular(os.path.join(self.root, name), buffering=0) as f:
+                return read_at_most(f, size - 1)  # memory as bytes arrive, never `size` up front
+        except OSError:
+            return None
+
+    def try_lock(self, name: str, holder: bytes, shared: bool = False) -> Optional["LocalLock"]:
+        """An flock on the file `name` (made if absent), or None when another process holds it. The kernel
+        releases it when its holder dies, however it dies, so a lock file left behind never blocks a rerun.
+        An exclusive holder writes `holder` (who it is) into the file, for the message of the one refused."""
+        path = os.path.join(self.root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise SpgError(f"{path}: cannot open the lock file: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder, 0)
+        return LocalLock(fd)
+
+    def lock_holder(self, name: str) -> Optional[bytes]:
+        """What the holder of the lock file `name` wrote of itself, when someone holds it exclusively; else None."""
+        try:
+            fd = os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)  # closing also drops a shared lock taken only to look
+        return None
+
     def listing(self, folder: str = "") -> Dict[str, str]:
         """{name: stamp} of the files directly in the folder (or its `folder`)."""
         try:
@@ -193,4 +271,28 @@ class LocalOutput:
 
     def remove(self, name: str) -> None:
         os.remove(os.path.join(self.root, name))
+
+
+class LocalLock:
+    """An flock held on an open lock file until `release` (or the process's end)."""
+
+    lost = False  # an flock is never taken away from a living holder
+
+    def __init__(self, fd: int) -> None:
+        self.fd: Optional[int] = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+
+def _entry_kind(entry: "os.DirEntry[str]") -> str:
+    if entry.is_symlink():
+        return "a symlink"
+    if entry.is_dir(follow_symlinks=False):
+        return "folder"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return kind_of(entry.stat(follow_symlinks=False).st_mode)
 

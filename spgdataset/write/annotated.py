@@ -15,19 +15,24 @@ from typing import Any, List, Mapping, Optional, Set, Tuple
 
 from ..errors import BadInput
 from .annotations import annotation_format, annotation_paths_beside, intervals_in_samples, read_annotation
-from .inputs import FileEntry
+from .inputs import FileEntry, is_inside
 
 
 def attach_annotations(entries: List[FileEntry], annot_format: str, annotations: Optional[Mapping[str, Any]],
-                       labelset: Optional[Set[str]]) -> Tuple[List[FileEntry], List[BadInput]]:
+                       labelset: Optional[Set[str]], audio_root: str,
+                       allow_outside_root: bool = False) -> Tuple[List[FileEntry], List[BadInput]]:
     """The entries with their annotation read; files without a readable one are reported "bad", files with a
     label outside `labelset` "filtered" (vak skips both). `annotations` maps stored paths to annotation files;
-    without it each file's annotation is looked for beside it (annotation_paths_beside)."""
+    without it each file's annotation is looked for beside it (annotation_paths_beside). Annotation files follow
+    the audio's rules: regular files inside `audio_root` (symlinks resolved), unless `allow_outside_root`."""
     fmt = annotation_format(annot_format)
+    real_root = os.path.realpath(audio_root)
     kept, rejected = [], []
     for entry in entries:
         try:
             path = _annotation_path(entry, fmt, annotations)
+            if not allow_outside_root:
+                _check_inside(entry, path, real_root)
             annotation = read_annotation(path, fmt)
         except BadInput as bad:
             problem = bad.problem if bad.path == entry.path else f"annotation {bad.path}: {bad.problem}"
@@ -55,6 +60,14 @@ def _annotation_path(entry: FileEntry, fmt: str, annotations: Optional[Mapping[s
             return candidate
     names = " or ".join(os.path.basename(c) for c in candidates)
     raise BadInput(entry.path, f"no {fmt} annotation beside it (looked for {names})")
+
+
+def _check_inside(entry: FileEntry, path: str, real_root: str) -> None:
+    """An annotation beside the audio may be a link to anything (/etc/passwd): it is read only from the root."""
+    if not is_inside(os.path.realpath(path), real_root):
+        what = "a link to a file outside" if os.path.islink(path) else "outside"
+        raise BadInput(entry.path, f"annotation {os.path.basename(path)} is {what} the audio root; pass "
+                                   "--allow-outside-root (allow_outside_root=True) to take it")
 
 
 def with_annotation_intervals(entry: FileEntry, rate: int) -> FileEntry:

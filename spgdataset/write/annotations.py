@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
-from ..errors import BadInput, SpgError
+from ..errors import BadInput, SpgError, excerpt
 from ..storage.local import open_regular, read_at_most
 
 MAX_BYTES = 64 * 1024 * 1024  # larger is not an annotation file; refused before it is read whole
@@ -157,7 +157,7 @@ def _line(text: str, pos: int) -> int:
 
 def _time(path: str, where: str, what: str, text: str) -> float:
     if not NUMBER.fullmatch(text.strip()):
-        raise BadInput(path, f"{where}: {what} {text.strip()[:40]!r} is not a number")
+        raise BadInput(path, f"{where}: {what} {excerpt(text.strip(), quote=chr(39))} is not a number")
     return float(text)
 
 
@@ -181,7 +181,7 @@ def _simple_seq(path: str, text: str) -> List[Tuple[float, float, str]]:
         names = [name.strip() for name in header]
         for column in (c for c in SIMPLE_COLUMNS if names.count(c) != 1):
             how = "no column" if column not in names else "twice the column"
-            raise BadInput(path, f"line 1: header has {how} {column} (it has {', '.join(names)})")
+            raise BadInput(path, f"line 1: header has {how} {column} (it has {excerpt(', '.join(names), 60, quote='')})")
         onset_col, offset_col, label_col = (names.index(c) for c in SIMPLE_COLUMNS)
         for fields in reader:
             where = f"line {reader.line_num}"
@@ -248,21 +248,21 @@ def _textgrid(path: str, raw: bytes) -> List[Tuple[float, float, str]]:
         for got, value, pos[0] in tokens:
             if got == kind:
                 return value
-            found = f'"{value[:40]}"' if got == "string" else f"the number {value:.15g}" if got == "number" else value
+            found = excerpt(value) if got == "string" else f"the number {value:.15g}" if got == "number" else value
             raise BadInput(path, f"line {_line(text, pos[0])}: expected {what}, found {found}")
         raise BadInput(path, f"ends early (truncated?): expected {what}")
 
     if take("string", 'File type = "ooTextFile"') not in ("ooTextFile", "ooTextFile short"):
         raise BadInput(path, 'not a Praat text file (its File type is not "ooTextFile")')
     if (object_class := take("string", 'Object class = "TextGrid"')) != "TextGrid":
-        raise BadInput(path, f'a Praat "{object_class[:40]}", not a TextGrid')
+        raise BadInput(path, f'a Praat {excerpt(object_class)}, not a TextGrid')
     take("number", "the TextGrid's xmin"), take("number", "the TextGrid's xmax")
     if take("flag", "tiers? <exists>") != "<exists>":
         raise BadInput(path, "TextGrid has no tiers, so no interval tier")
     n_tiers = _count(path, "the TextGrid", take("number", "the number of tiers"))
     for t in range(1, n_tiers + 1):
         kind = take("string", f"the class of tier {t}")
-        tier = f'tier {t} "{take("string", f"the name of tier {t}")[:40]}"'
+        tier = f'tier {t} {excerpt(take("string", f"the name of tier {t}"))}'
         take("number", f"the xmin of {tier}"), take("number", f"the xmax of {tier}")
         size = _count(path, tier, take("number", f"the number of intervals or points of {tier}"))
         if kind == "IntervalTier":
@@ -278,7 +278,7 @@ def _textgrid(path: str, raw: bytes) -> List[Tuple[float, float, str]]:
                     rows.append((onset, offset, label))
             return rows
         if kind != "TextTier":  # a point tier: skipped
-            raise BadInput(path, f'{tier}: unknown tier class "{kind[:40]}" (expected IntervalTier or TextTier)')
+            raise BadInput(path, f'{tier}: unknown tier class {excerpt(kind)} (expected IntervalTier or TextTier)')
         for i in range(1, size + 1):
             take("number", f"the time of {tier} point {i}"), take("string", f"the mark of {tier} point {i}")
     raise BadInput(path, f"no IntervalTier among its {n_tiers} tier(s); a TextGrid's segments are in one")

@@ -2,9 +2,10 @@
 block, so memory follows the block and not the file (a day at 48 kHz stereo is 33 GB of float32).
 
 Every range equals the same range of read_audio()'s whole-file result: downmixing is per sample, and
-resampling is torchaudio's (a sinc kernel applied with a stride, after zero padding): an output sample depends
-only on the kernel's reach of input samples, so a block computed from its own input range plus that reach is the
-same convolution (tested; within float32 rounding of the convolution's summation order).
+resampling is resample.py's (a sinc kernel over zero-padded input): an output sample depends only on the kernel's
+reach of input samples, so a block computed from its own input range plus that reach is the same sum (tested;
+with torchaudio's kernel, within float32 rounding of the convolution's summation order; on the direct path,
+which reads its inputs a bounded block at a time whatever the rates, equal).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from typing import Optional
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from ..errors import BadInput
-from ..rules.frames import resampled_length
-from .audio import int16_to_mono, is_exact_16bit, resampler_for
+from .audio import check_rate, int16_to_mono, is_exact_16bit
+from .resample import Resampler, resampler_for
 
 
 class BlockSource:
@@ -27,13 +27,13 @@ class BlockSource:
         self.sound, self.name = sound, name
         self.length, self.orig_rate = int(sound.frames), int(sound.samplerate)
         self.subtype, self.channels = str(sound.subtype), int(sound.channels)
-        self.samples_count = resampled_length(self.length, self.orig_rate, sample_rate)
+        check_rate(self.orig_rate, name)
         self.exact_16bit = is_exact_16bit(self.subtype, self.channels, self.orig_rate, sample_rate)
-        self.kernel: Optional[torch.Tensor] = None
+        self.resampler: Optional[Resampler] = None
+        self.samples_count = self.length
         if self.orig_rate != sample_rate:
-            resampler = resampler_for(self.orig_rate, sample_rate)
-            self.kernel, self.width = resampler.kernel, int(resampler.width)
-            self.orig_step, self.new_step = self.orig_rate // resampler.gcd, sample_rate // resampler.gcd
+            self.resampler = resampler_for(self.orig_rate, sample_rate)
+            self.samples_count = self.resampler.length(self.length)
 
     def original(self, lo: int, hi: int) -> np.ndarray:
         """Mono samples [lo, hi) at the file's own rate, zeros outside the file (as the resampler pads)."""
@@ -59,15 +59,9 @@ class BlockSource:
 
     def samples(self, lo: int, hi: int) -> np.ndarray:
         """Samples [lo, hi) at the target rate, 0 <= lo <= hi <= samples_count."""
-        if self.kernel is None or hi <= lo:
+        if self.resampler is None or hi <= lo:
             return self.original(lo, max(hi, lo))
-        first, last = lo // self.new_step, -(-hi // self.new_step)  # kernel applications (output groups)
-        source = self.original(first * self.orig_step - self.width, last * self.orig_step + self.width)
-        with torch.inference_mode():
-            groups = torch.nn.functional.conv1d(torch.from_numpy(source)[None, None], self.kernel, stride=self.orig_step)
-            flat = groups[0].t().reshape(-1)  # output sample j * new_step + phase
-        offset = first * self.new_step
-        return flat[lo - offset : hi - offset].numpy()
+        return self.resampler.outputs(self.original, lo, hi)
 
     def padded(self, lo: int, hi: int) -> np.ndarray:
         """Samples [lo, hi) where positions outside the file are its reflection (x[-i] = x[i], as a centred

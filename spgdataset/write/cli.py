@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SpgError, command_line
 from ..format.features import FeatureConfig, load_config
 from .inputs import read_file_list
 from .job import DEFAULT_MAX_SHARD_BYTES, write_shards
+from .plan import segment_frames
 from .progress import format_duration
 
 FEATURE_FLAGS = {  # flag -> FeatureConfig field
@@ -17,6 +21,33 @@ FEATURE_FLAGS = {  # flag -> FeatureConfig field
     "f_min": "f_min", "f_max": "f_max", "dtype": "storage_dtype", "spectrogram": "kind", "thresh": "thresh",
     "transform_type": "transform_type",
 }
+LARGEST = 2**63 - 1  # counts and byte sizes are stored as int64
+CORES = os.cpu_count() or 1  # --workers and --scheduler local:N beyond this are a mistake, not more speed
+
+
+def count(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [low, high], or a usage error naming the option (argparse adds its name)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}{why}, got {text!r}")
+        return value
+    return parse
+
+
+def megabytes(text: str) -> float:
+    """argparse type of --max-shard-mb: a finite number of MiB giving 1 to LARGEST bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 1 <= value * 2**20 <= LARGEST):
+        raise argparse.ArgumentTypeError(f"must be a finite number of MiB, from one byte to {LARGEST / 2**20:.3g} "
+                                         f"MiB, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16; float32 for a "
                                                                    "linear spectrogram without transform)")
     p.add_argument("--with-audio", action="store_true", help="also store the resampled mono audio (FLAC, lossless)")
-    p.add_argument("--max-shard-mb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
+    p.add_argument("--max-shard-mb", type=megabytes, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
                    help="shard size limit in MiB (default %(default)s)")
-    p.add_argument("--max-shard-files", type=int, help="shard size limit in files")
+    p.add_argument("--max-shard-files", type=count(1, LARGEST), help="shard size limit in files")
     p.add_argument("--audio-format", metavar="EXT", help="take only audio files of this extension (wav, flac, ...)")
     p.add_argument("--annot-format", choices=["simple-seq", "aud-seq", "audacity", "textgrid"],
                    help="read each audio file's annotation file beside it (a.wav.csv or a.csv, ...): every label "
@@ -61,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-overlap-sec", type=float, default=30.0,
                    help="seconds a segment holds beyond what it owns: the longest window a reader may take from "
                         "such files (default %(default)s)")
-    p.add_argument("--workers", type=int, help="processes computing spectrograms (default: all cores)")
+    p.add_argument("--workers", type=count(1, CORES, " (the cores of this machine)"),
+                   help="processes computing spectrograms (default: all cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on Dask instead: tcp://HOST:8786 (a running scheduler whose workers see AUDIO_ROOT and "
                         "OUTPUT_DIR) or local:N (N worker processes here); pip install \"spgdataset[dask]\"")
@@ -93,17 +125,49 @@ def parse_part(value: Optional[str]) -> Optional[Tuple[int, int]]:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
         raise SpgError(f"--part {value!r}: expected I/N, e.g. 0/4") from None
-    if not 0 <= i < n:
+    if not 0 <= i < n <= LARGEST:
         raise SpgError(f"--part {value!r}: need 0 <= I < N")
     return i, n
 
 
+def check_scheduler(value: Optional[str]) -> None:
+    """--scheduler local:N starts N processes here: N from 1 to the machine's cores (a remote address is the
+    cluster's business)."""
+    if value is not None and value.startswith("local:"):
+        n = value[len("local:"):]
+        if not (n.isdigit() and 1 <= int(n) <= CORES):
+            raise SpgError(f"--scheduler {value}: expected local:N with N from 1 to {CORES} (the cores of this "
+                           "machine)")
+
+
 def features_from_args(args: argparse.Namespace) -> FeatureConfig:
+    """The feature parameters of --config and the flags; a bad one is an SpgError naming the options it is about."""
     values = dict(load_config(args.config).get("features", {})) if args.config else {}
+    given = []
     for flag, field in FEATURE_FLAGS.items():
         if getattr(args, flag) is not None:
             values[field] = getattr(args, flag)
-    return FeatureConfig.from_dict(values)
+            given.append((flag, field))
+    try:
+        return FeatureConfig.from_dict(values)
+    except ValueError as exc:
+        flags = [(f"--{flag.replace('_', '-')} {getattr(args, flag)}", field) for flag, field in given]
+        named = [flag for flag, field in flags if re.search(rf"\b{field}\b", str(exc))]
+        named = named or ([f"--config {args.config}"] if args.config else [flag for flag, _ in flags])
+        raise SpgError(f"{', '.join(named)}: {exc}") from None
+
+
+def checked_segments(args: argparse.Namespace, features: FeatureConfig) -> Tuple[float, float]:
+    """--segment-sec, then with it --segment-overlap-sec, checked by the writer's rule (plan.segment_frames), so
+    that the error names the option at fault."""
+    seconds, overlap = args.segment_sec, args.segment_overlap_sec
+    for flag, value, pair in (("--segment-sec", seconds, (seconds, 0.0)),
+                              ("--segment-overlap-sec", overlap, (seconds, overlap))):
+        try:
+            segment_frames(features, *pair)
+        except ValueError as exc:
+            raise SpgError(f"{flag} {value}: {exc}") from None
+    return seconds, overlap
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -122,6 +186,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         keep_values, labelset = keep_values + [labelset], None
     try:  # malformed values are usage errors: argparse's message and exit code 2
         keep, part = parse_keep(keep_values), parse_part(args.part)
+        check_scheduler(args.scheduler)
+        features = features_from_args(args)
+        segments = checked_segments(args, features)
     except SpgError as exc:
         parser.error(str(exc))
     if labelset is not None and args.annot_format is None:
@@ -130,11 +197,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.scheduler and args.workers:
         parser.error("--workers sets local processes; with --scheduler the Dask cluster's workers do the work")
     files = read_file_list(args.files, audio_root) if args.files else None
-    options = dict(files=files, features=features_from_args(args), with_audio=args.with_audio,
+    options = dict(files=files, features=features, with_audio=args.with_audio,
                    max_shard_bytes=int(args.max_shard_mb * 2**20), max_shard_files=args.max_shard_files,
                    labelset=labelset, keep=keep, annot_format=args.annot_format, audio_format=args.audio_format,
                    part=part, overwrite=args.overwrite, progress=not args.quiet,
-                   segments=(args.segment_sec, args.segment_overlap_sec),
+                   segments=segments,
                    allow_outside_root=args.allow_outside_root, dry_run=args.dry_run)
     if args.scheduler:
         from .cluster import dask_client, describe_client

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import struct
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -19,6 +21,8 @@ from ..version import __version__
 from .executors import Job
 
 RETRIES = 2  # a task that raises (a flaky disk or bucket) runs up to this many more times
+HANDSHAKE_SECONDS = 5.0  # a Dask scheduler greets a new connection at once
+MAX_HANDSHAKE_BYTES = 1 << 20  # its greeting is a small message
 
 
 def worker_view(paths: List[str]) -> Tuple[str, List[bool]]:
@@ -100,16 +104,52 @@ def dask_client(scheduler: str) -> Iterator[Any]:
         target: Any = cluster
     else:
         target = scheduler
+        _check_speaks_dask(scheduler)
     try:
         client = Client(target, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise SpgError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    except Exception as exc:  # OSError, TimeoutError, or what a confused handshake raises
+        raise SpgError(f"cannot reach the Dask scheduler at {scheduler}: {type(exc).__name__}: {exc}") from None
     try:
         yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check_speaks_dask(scheduler: str, timeout: float = HANDSHAKE_SECONDS) -> None:
+    """A plain TCP address must answer as Dask does before a Client is made: a Dask server sends its handshake
+    (an 8-byte frame length, then frames of a small msgpack message) as soon as it accepts a connection. Without
+    this, an HTTP server (the dashboard's port, a proxy) let the Client wait for minutes, and a server answering
+    garbage made it try to allocate exabytes for a "frame"."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if scheme != "tcp":
+        return  # tls:// and others: the Client's own timeout applies
+    host, port = parse_host_port(location)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            head = _received(sock, 16)
+    except socket.timeout:
+        raise SpgError(f"--scheduler {scheduler}: the server there says nothing within {timeout:g} s, where a Dask "
+                       "scheduler greets at once (an HTTP server? the dashboard's port, not the scheduler's?)") from None
+    except OSError as exc:
+        raise SpgError(f"cannot reach the Dask scheduler at {scheduler}: {exc.strerror or exc}") from None
+    total, frames = struct.unpack("<QQ", head) if len(head) == 16 else (0, 0)
+    if not (16 <= total <= MAX_HANDSHAKE_BYTES and 1 <= frames <= 64):
+        raise SpgError(f"--scheduler {scheduler}: the server there does not answer as a Dask scheduler "
+                       f"(its first bytes: {head.hex() or 'none'})")
+
+
+def _received(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def describe_client(client: Any) -> str:

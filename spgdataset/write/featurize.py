@@ -148,13 +148,16 @@ def featurize_segment(item: PlannedFile, features: FeatureConfig, with_audio: bo
         if 1 + n // hop != segment.file_frames:
             raise BadInput(entry.path, f"audio has {1 + n // hop} frames, its header said {segment.file_frames}")
         first, last = segment.offset, segment.offset + item.frames
-        padded = source.frames_padded(first, last, features.n_fft, hop)
-        spectrogram = _spectrogram(features).of_padded(padded, features.storage_dtype)
+        step = _block_frames(source, features)
+        spectrogram = np.concatenate([_spectrogram(features).of_padded(
+            source.frames_padded(a, min(a + step, last), features.n_fft, hop), features.storage_dtype)
+            for a in range(first, last, step)], axis=1)
         samples = n - first * hop if last == segment.file_frames else item.frames * hop - 1  # frames = 1 + samples // hop
-        audio = source.samples(first * hop, first * hop + samples) if with_audio else None
+        audio = np.concatenate([source.samples(a, min(a + step * hop, first * hop + samples))
+                                for a in range(first * hop, first * hop + samples, step * hop)]) if with_audio else None
     total, total_sq = _stats(spectrogram[:, : segment.owned])
     if not (np.isfinite(total).all() and np.isfinite(spectrogram).all()):
-        raise BadInput(entry.path, _not_finite(features, padded))
+        raise BadInput(entry.path, _not_finite(features, source.samples(first * hop, first * hop + samples)))
     intervals = _moved(rescale_intervals(entry.intervals, source.orig_rate, features.sample_rate), first * hop, samples)
     info, row = _described(item, features, with_audio, item.frames, samples, source.orig_rate, source.length, intervals)
     key = row["key"]
@@ -173,6 +176,9 @@ def _moved(intervals: Dict[str, List[List[int]]], shift: int, samples: int) -> D
 
 
 LONG_FILE_SECONDS = 600.0  # files longer than this are featurised in blocks (featurize_long)
+LONG_FILE_SAMPLES = int(LONG_FILE_SECONDS * 48000)  # and files with more samples (14 s at 2 MHz): memory follows
+# the samples decoded, not the seconds
+BLOCK_VALUES = 1 << 26  # decoded values (samples x channels) a block may read: 256 MB as float32
 BLOCK_FRAMES = 1 << 15  # frames per block: 5.5 minutes at hop 160, about 200 MB of working memory
 COPY_BYTES = 8 << 20
 
@@ -187,7 +193,8 @@ def featurize_long(item: PlannedFile, features: FeatureConfig, with_audio: bool,
         spec = tempfile.TemporaryFile()
         audio = tempfile.TemporaryFile() if with_audio else None
         try:
-            total, total_sq = _long_spectrogram(source, features, frames, block_frames or BLOCK_FRAMES, spec, audio)
+            total, total_sq = _long_spectrogram(source, features, frames, block_frames or _block_frames(source, features),
+                                                spec, audio)
         except BaseException:
             spec.close()
             if audio is not None:
@@ -201,6 +208,13 @@ def featurize_long(item: PlannedFile, features: FeatureConfig, with_audio: bool,
     if audio is not None:
         members = itertools.chain(members, _streamed(f"{key}.{AUDIO}", audio, []))
     return FileResult(members, index_row, source.length / source.orig_rate, total, total_sq)
+
+
+def _block_frames(source: BlockSource, features: FeatureConfig) -> int:
+    """Frames per block: BLOCK_FRAMES, fewer when that many would decode more than BLOCK_VALUES (a high rate, many
+    channels), so that a block's memory follows its values and not the file's rate."""
+    per_frame = features.hop_length * max(source.orig_rate / features.sample_rate, 1.0) * source.channels
+    return max(1, min(BLOCK_FRAMES, int(BLOCK_VALUES // per_frame)))
 
 
 def _long_spectrogram(source: BlockSource, features: FeatureConfig, frames: int, block_frames: int,
@@ -267,7 +281,7 @@ def featurize_or_report(item: PlannedFile, features: FeatureConfig,
     try:
         if item.segment is not None:
             return featurize_segment(item, features, with_audio)
-        if item.seconds > LONG_FILE_SECONDS:
+        if item.seconds > LONG_FILE_SECONDS or item.original_samples > LONG_FILE_SAMPLES:
             return featurize_long(item, features, with_audio)
         return featurize(item, features, with_audio)
     except BadInput as bad:

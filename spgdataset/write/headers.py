@@ -16,12 +16,14 @@ import numpy as np
 from ..format.codec import pack, unpack
 from ..format.names import STATE_DIR
 from ..storage import Output
+from .audio import AudioHeader
 from .inputs import FileEntry
-from .progress import Progress
 from .plan import Header
+from .progress import Progress
 from .tasks import header_task
 
 HEADERS_NAME = f"{STATE_DIR}/headers.msgpack"
+HEADERS_VERSION = 2  # 2: the samples a header declares beyond those present (an older cache is read again)
 HEADER_JOB = 1000  # files per job
 SHOW_PROGRESS_FROM = 20000  # headers to read before a progress line is worth showing
 Stat = Optional[Tuple[int, int]]  # (size, mtime in ns); None: the file is not there
@@ -53,27 +55,35 @@ class HeaderCache:
 
 
 def _encode(rows: List[Tuple[str, Tuple[int, int], Header]]) -> Dict[str, Any]:
-    """Columns: a million rows as six values, not a million small lists."""
+    """Columns: a million rows as seven values, not a million small lists."""
     def column(values: List[int]) -> bytes:
         return np.asarray(values, dtype="<i8").tobytes()
 
-    return {"version": 1, "paths": [path for path, _, _ in rows],
+    return {"version": HEADERS_VERSION, "paths": [path for path, _, _ in rows],
             "size": column([s[0] for _, s, _ in rows]), "mtime": column([s[1] for _, s, _ in rows]),
             "samples": column([h[0] if isinstance(h, tuple) else -1 for _, _, h in rows]),
             "rate": column([h[1] if isinstance(h, tuple) else -1 for _, _, h in rows]),
+            "declared": column([_declared(h) for _, _, h in rows]),
             "problems": {str(i): h for i, (_, _, h) in enumerate(rows) if isinstance(h, str)}}
 
 
+def _declared(header: Header) -> int:
+    declared = getattr(header, "declared", None)
+    return -1 if declared is None else declared
+
+
 def _decode(data: Any) -> Dict[str, Tuple[int, int, Header]]:
-    if not isinstance(data, dict) or data.get("version") != 1:
+    if not isinstance(data, dict) or data.get("version") != HEADERS_VERSION:
         raise ValueError("not a header cache")
     paths, problems = data["paths"], data["problems"]
-    columns = [np.frombuffer(data[name], dtype="<i8").tolist() for name in ("size", "mtime", "samples", "rate")]
+    names = ("size", "mtime", "samples", "rate", "declared")
+    columns = [np.frombuffer(data[name], dtype="<i8").tolist() for name in names]
     if not isinstance(paths, list) or not isinstance(problems, dict) or any(len(c) != len(paths) for c in columns):
         raise ValueError("columns of different lengths")
     known: Dict[str, Tuple[int, int, Header]] = {}
-    for i, (path, size, mtime, samples, rate) in enumerate(zip(paths, *columns)):
-        header: Header = (samples, rate) if samples >= 0 and rate > 0 else str(problems.get(str(i), "unreadable"))
+    for i, (path, size, mtime, samples, rate, declared) in enumerate(zip(paths, *columns)):
+        header: Header = (AudioHeader(samples, rate, declared if declared >= 0 else None) if samples >= 0 and rate > 0
+                          else str(problems.get(str(i), "unreadable")))
         known[str(path)] = (size, mtime, header)
     return known
 

@@ -118,7 +118,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
-def _inside(real: str, real_root: str) -> bool:
+def is_inside(real: str, real_root: str) -> bool:
+    """Whether the real path `real` is `real_root` or below it."""
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
@@ -136,7 +137,7 @@ def walk_audio(root: Union[str, Path], allow_outside_root: bool = False,
     found = []
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in walked or not (allow_outside_root or _inside(real, real_root)):
+        if real in walked or not (allow_outside_root or is_inside(real, real_root)):
             dirs[:] = []
             continue
         walked.add(real)
@@ -188,7 +189,7 @@ class PathResolver:
         if lexical == ".":
             raise BadInput(name, "names the audio root itself, not a file")
         inside = not (lexical == ".." or lexical.startswith("../"))
-        if not self.allow_outside_root and not (inside and _inside(real, self.real_root)):
+        if not self.allow_outside_root and not (inside and is_inside(real, self.real_root)):
             what = "is outside the audio root" if not inside else "is a link to a file outside the audio root"
             raise BadInput(name, f"{what}; pass --allow-outside-root (allow_outside_root=True) to take it")
         if inside:

@@ -35,7 +35,8 @@ from .plan import (SEGMENT_OVERLAP_SECONDS, SEGMENT_SECONDS, PlannedFile, plan_f
                    segment_frames)
 from .progress import Progress
 from .report import describe, nothing_usable, report_row
-from .shards import ShardRecord, claim_output, finalize, finished_shards
+from .claim import Claim, Contents, check_free, claimed
+from .shards import ShardRecord, finalize, finished_shards
 from .tasks import shard_task
 
 DEFAULT_MAX_SHARD_BYTES = 32 * 2**20
@@ -98,6 +99,7 @@ def write_shards(
     dry_run: bool = False,
     client: Any = None,
     segments: Tuple[float, float] = (SEGMENT_SECONDS, SEGMENT_OVERLAP_SECONDS),
+    wait: bool = False,
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
@@ -110,27 +112,27 @@ def write_shards(
     {stored path: file}, its labels as interval names. `labelset` (vak's: "abc", a list) skips files with other
     labels; `keep={key: values}` keeps files whose metadata[key] is one of them; `audio_format`: "wav" files only.
     `segments=(seconds, overlap)`: longer files are stored in segments owning `seconds` and holding `overlap` more.
-    `allow_outside_root`: take input names that lead outside `audio_root` (`../x.wav`, an absolute path, a
-    symlink out of it), which are otherwise refused and reported.
-    `dry_run`: check everything (every file decoded and featurised, as a run does, so the report is the one a
-    run would give) and add up the bytes the shards would take, but write nothing, not even the folder.
+    `allow_outside_root`: take input names leading outside `audio_root` (`../x.wav`, a symlink out), else refused.
+    `dry_run`: check everything (every file decoded and featurised, as a run does: the report a run would give)
+    and add up the bytes the shards would take, but write nothing. One run writes into `output_dir` at a time
+    (claim.py): another is refused, or with `wait=True` waits. Someone else's folder (or `audio_root`) is refused.
     """
     selection = _Selection.of(keep, labelset, annot_format, annotations, audio_format, allow_outside_root)
     part_index, part_count = _checked_part(part, max_shard_bytes, max_shard_files)
     audio_root, output_dir = _paths(audio_root, output_dir, client)
-    executor = _executor(workers, client, [audio_root] + ([] if dry_run else [output_dir]))
+    executor = _executor(workers, client, [audio_root] + ([] if dry_run else [_seen_from(output_dir)]))
     features = features or FeatureConfig()
     run = _Run(output_dir, features, with_audio, progress, executor, (part_index, part_count),
                segment_frames(features, *segments))
     try:
-        if not dry_run:  # a missing bucket is said before any header is read
-            output_for(run.output_dir).prepare()
+        # a missing bucket or someone else's folder is said before any header is read
+        surveyed = None if dry_run else check_free(output_for(run.output_dir), run.output_dir)
         with _paused_gc():
             planned, reported, headers = _checked_inputs(run, audio_root, metadata_path, files, selection)
             plan = plan_shards(planned, run.features, with_audio, max_shard_bytes, max_shard_files)
         if dry_run:
             return _dry_run(run, plan, reported, headers.count)
-        return _write(run, plan, reported, headers, overwrite)
+        return _write(run, plan, reported, headers, overwrite, wait, surveyed)
     finally:
         executor.close()
         gc.unfreeze()
@@ -141,30 +143,55 @@ def _paths(audio_root: Any, output_dir: Any, client: Any) -> Tuple[str, str]:
     if client is not None:  # a worker's working directory is not this one's
         audio_root = os.path.abspath(audio_root)
         output_dir = output_dir if is_s3_url(output_dir) else os.path.abspath(output_dir)
+    _check_places(audio_root, output_dir)
     return audio_root, output_dir
 
 
+def _seen_from(output_dir: str) -> str:
+    """What a Dask worker must see of the output: its folder, or where it will be made."""
+    return output_dir if is_s3_url(output_dir) or os.path.isdir(output_dir) else os.path.dirname(output_dir)
+
+
+def _check_places(audio_root: str, output_dir: str) -> None:
+    """The shards never go into the audio folder itself: its files are the user's, not this run's."""
+    if not is_s3_url(output_dir) and os.path.realpath(output_dir) == os.path.realpath(audio_root):
+        raise SpgError(f"{output_dir}: is the audio folder; shards go into a folder of their own (e.g. "
+                       f"{os.path.join(os.path.dirname(os.path.realpath(audio_root)), 'shards')})")
+
+
 def _checked_part(part: Optional[Tuple[int, int]], max_bytes: Optional[int], max_files: Optional[int]) -> Tuple[int, int]:
+    """`part` as (i, N), after the shard limits and the part are checked: exact ints (not bools or floats: nan or
+    True would pass for a number further on) in range, each error naming its argument."""
+    limit = 2**63 - 1  # what a count stored in the state records and the index can be
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
     if max_bytes is None and max_files is None:
         raise ValueError("give max_shard_bytes and/or max_shard_files")
-    part_index, part_count = part or (0, 1)
-    if not 0 <= part_index < part_count:
-        raise ValueError(f"part must be i/N with 0 <= i < N, got {part_index}/{part_count}")
-    return part_index, part_count
+    for name, value in (("max_shard_bytes", max_bytes), ("max_shard_files", max_files)):
+        if value is not None and not (whole(value) and 1 <= value <= limit):
+            raise ValueError(f"{name} must be None or an int in [1, {limit}], got {value!r}")
+    if part is None:
+        return 0, 1
+    if not (isinstance(part, (tuple, list)) and len(part) == 2 and all(whole(v) for v in part)
+            and 0 <= part[0] < part[1] <= limit):
+        raise ValueError(f"part must be (i, N): two ints with 0 <= i < N (this run writes part i of N), got {part!r}")
+    return part[0], part[1]
 
 
 def _write(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput], headers: "_Headers",
-           overwrite: bool) -> WriteResult:
-    """Steps 3 and 4 of the module docstring, after claiming the folder; resumes what is finished."""
+           overwrite: bool, wait: bool, surveyed: Optional[Contents]) -> WriteResult:
+    """Steps 3 and 4 of the module docstring, holding the folder (claim.py); resumes what is finished."""
     out, mine = output_for(run.output_dir), run.mine(plan)
-    claim_output(out, run.output_dir, run_fingerprint(plan, run.features, run.with_audio), overwrite,
-                 _owned_by(*run.part))
-    headers.save(out)
-    records = finished_shards(out, mine)
-    pending = [k for k in mine if k not in records]
-    records.update(_write_pending(run, plan, pending, reported, dry_run=False))
-    records.update(finished_shards(out, [k for k in range(len(plan)) if k not in records]))  # other parts'
-    return _finish(run, out, plan, records, pending, reported, headers.count)
+    with claimed(out, run.output_dir, run.part, wait, surveyed) as claim:
+        claim.settle(run_fingerprint(plan, run.features, run.with_audio), overwrite, _owned_by(*run.part))
+        headers.save(out)
+        records = finished_shards(out, mine, claim.listed())
+        pending = [k for k in mine if k not in records]
+        records.update(_write_pending(run, plan, pending, reported, dry_run=False))
+        records.update(finished_shards(out, [k for k in range(len(plan)) if k not in records]))  # other parts'
+        return _finish(run, claim, plan, records, pending, reported, headers.count)
 
 
 def _executor(workers: Optional[int], client: Any, paths: List[str]) -> Any:
@@ -256,7 +283,7 @@ def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optio
                                        selection.audio_format)
     if selection.annot_format is not None:
         entries, unannotated = attach_annotations(entries, selection.annot_format, selection.annotations,
-                                                  selection.labels)
+                                                  selection.labels, audio_root, selection.allow_outside_root)
         reported += unannotated
     if not entries:
         raise SpgError(nothing_usable(len(reported), reported, "no audio files to shard"))
@@ -303,15 +330,16 @@ def _dry_run(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput],
                        expected_bytes=sum(r.bytes for r in records.values()), headers_read=headers_read)
 
 
-def _finish(run: _Run, out: Output, plan: List[List[PlannedFile]], records: Dict[int, ShardRecord],
+def _finish(run: _Run, claim: Claim, plan: List[List[PlannedFile]], records: Dict[int, ShardRecord],
             pending: List[int], reported: List[BadInput], headers_read: int) -> WriteResult:
     """Step 4 when every shard is recorded (by this run or other parts); the result either way."""
     rejected_early = [report_row(bad) for bad in reported]
     manifest = None
+    claim.check()
     if len(records) == len(plan):
-        manifest = finalize(out, [records[k] for k in range(len(plan))], run.features, run.with_audio,
+        manifest = finalize(claim.out, [records[k] for k in range(len(plan))], run.features, run.with_audio,
                             rejected_early, run.segments)
-        out.clean(lambda name: True)  # what killed workers left (the set is complete: no one is writing)
+        claim.clean_when_alone()  # what killed workers left
     processed = sum(len(plan[k]) for k in pending)
     seconds = sum(records[k].seconds for k in pending)
     return WriteResult(run.output_dir, manifest, len(pending), len(run.mine(plan)) - len(pending), processed, seconds,

@@ -18,7 +18,9 @@ from ..rules.frames import num_frames, resampled_length
 from .annotated import with_annotation_intervals
 from .inputs import FileEntry
 
-Header = Union[Tuple[int, int], str]  # (samples per channel, sample rate), or what is wrong with the file
+# (samples per channel, sample rate): audio.probe()'s AudioHeader, which may carry the samples its header declared
+# beyond those the file holds; or what is wrong with the file
+Header = Union[Tuple[int, int], str]
 
 
 SEGMENT_SECONDS = 300.0  # a long file is stored in segments owning this much each (the last: what is left)
@@ -43,17 +45,28 @@ class PlannedFile:
     frames: int  # expected, from the header (a segment: the frames it holds)
     seconds: float  # of the original audio (a segment: the part it owns)
     segment: Optional[Segment] = None
+    original_samples: int = 0  # per channel at the file's own rate (0: not known)
 
 
 def segment_frames(features: FeatureConfig, seconds: float = SEGMENT_SECONDS,
                    overlap_seconds: float = SEGMENT_OVERLAP_SECONDS) -> Tuple[int, int]:
-    """(frames a segment owns, frames it holds beyond them) at these feature parameters."""
+    """(frames a segment owns, frames it holds beyond them) at these feature parameters. Each is a finite number
+    of seconds whose frames fit the index's int64 columns, so inf, nan and absurd lengths are refused here, with
+    `segments` (write_shards' argument) named, instead of an OverflowError in the planner."""
     per_second = features.sample_rate / features.hop_length
-    owned, overlap = round(seconds * per_second), round(overlap_seconds * per_second)
-    if owned < 1 or overlap < 0:
-        raise ValueError(f"segments of {seconds} s overlapping by {overlap_seconds} s: need at least one frame "
-                         "owned and no negative overlap")
-    return owned, overlap
+    limit = 2**62  # frames; the index stores offsets and owned frames as int64
+    rules = (("segment length", seconds, 1, f"owning at least one frame ({1 / per_second:g} s)"),
+             ("overlap", overlap_seconds, 0, "with no negative overlap"))
+    counts = []
+    for what, value, least, rule in rules:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+        scaled = value * per_second if number else float("nan")
+        frames = round(scaled) if abs(scaled) <= limit else None  # nan and inf: None
+        if frames is None or frames < least:
+            raise ValueError(f"segments: the {what} must be a finite number of seconds, {rule} and at most 2**62 "
+                             f"frames ({limit / per_second:.3g} s), got {repr(value)[:40]}")
+        counts.append(frames)
+    return counts[0], counts[1]
 
 
 def segments_of(item: PlannedFile, features: FeatureConfig, segments: Tuple[int, int]) -> List[PlannedFile]:
@@ -81,7 +94,7 @@ def planned_file(number: int, entry: FileEntry, header: Header, features: Featur
         raise BadInput(entry.path, f"length {entry.length} in metadata disagrees with the audio's {length} samples")
     entry = with_annotation_intervals(entry, rate)
     samples = resampled_length(length, rate, features.sample_rate)
-    return PlannedFile(number, entry, num_frames(samples, features.hop_length), length / rate)
+    return PlannedFile(number, entry, num_frames(samples, features.hop_length), length / rate, original_samples=length)
 
 
 def plan_files(entries: List[FileEntry], headers: List[Header], features: FeatureConfig,
@@ -98,7 +111,19 @@ def plan_files(entries: List[FileEntry], headers: List[Header], features: Featur
             continue
         planned += segments_of(item, features, segments)
         rejected += [BadInput(entry.path, w, kind="warning") for w in item.entry.warnings[len(entry.warnings):]]
+        rejected += [BadInput(entry.path, w, kind="warning") for w in [shortfall(header)] if w]
     return planned, rejected
+
+
+def shortfall(header: Header) -> Optional[str]:
+    """The warning for a file shorter than its header says (a copy or a recording cut short): it is stored as
+    libsndfile reads it, the samples present, and the report says so."""
+    declared = getattr(header, "declared", None)
+    if declared is None or isinstance(header, str):
+        return None
+    held, rate = header
+    return (f"header says {declared} samples ({declared / rate:.2f} s), the file holds {held} ({held / rate:.2f} s); "
+            "stored as read")
 
 
 def estimated_bytes(item: PlannedFile, features: FeatureConfig, with_audio: bool) -> int:

@@ -1,5 +1,5 @@
-"""The output side of a run: claiming the folder, writing shards and their state records, telling which are
-finished, finishing.
+"""The output side of a run: writing shards and their state records, telling which are finished, finishing
+(claiming the folder first is claim.py's).
 
 Each shard is written piece by piece (hashed on the way, never joined in memory) under a temporary name and
 renamed when complete (storage/), then recorded in `.spg-state/` with the stamp (size and mtime, or size and
@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..format.codec import pack, unpack
 from ..format.features import FeatureConfig
 from ..format.index import MAX_VOCABULARY
 from ..format.index import encode as encode_index
-from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, SEGMENTED_FORMAT_VERSION, STATE_DIR,
+from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, SEGMENTED_FORMAT_VERSION, STATE_DIR,
                             shard_name)
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
@@ -31,9 +31,6 @@ from ..storage import Output, output_for
 from ..version import __version__
 from .featurize import FileResult
 from .report import count_kinds, nothing_usable, report_row
-
-RUN_MARKER = f"{STATE_DIR}/run.json"
-
 
 @dataclasses.dataclass
 class ShardRecord:
@@ -85,51 +82,31 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
-def claim_output(out: Output, output_dir: str, fingerprint: str, overwrite: bool, owned: Callable[[str], bool]) -> None:
-    """Refuse to mix two different jobs in one folder (made or checked by `out.prepare()`) unless asked to
-    overwrite; remove what a killed run left half-written of the names `owned` says are this run's
-    (temporary files; unfinished multipart uploads)."""
-    out.clean(owned)
-    previous = out.read(RUN_MARKER)
-    if previous is not None:
-        if _fingerprint_in(previous) == fingerprint:
-            return
-        if not overwrite:
-            raise SpgError(f"{output_dir}: holds shards of a different job (other inputs or parameters); "
-                           "use a new output folder or --overwrite")
-    elif any(name.startswith("shard-") for name in out.listing()) and not overwrite:
-        raise SpgError(f"{output_dir}: holds shards not written by spg-shard's state; use --overwrite")
-    if overwrite:
-        for name in out.listing():
-            if name.startswith("shard-") or name in (MANIFEST_NAME, INDEX_NAME, ROWS_INDEX_NAME):
-                out.remove(name)
-        for name in out.listing(STATE_DIR):
-            out.remove(f"{STATE_DIR}/{name}")
-    out.write(RUN_MARKER, json_bytes({"fingerprint": fingerprint, "spgdataset": __version__}))
+@dataclasses.dataclass
+class Listed:
+    """What a claim on the folder (claim.py) listed and read already, so that finished_shards asks for it once."""
+
+    stamps: Dict[str, str]  # {name: stamp} of the folder's files
+    recorded: Dict[str, str]  # {name: stamp} of the state folder's files
+    records: Dict[str, bytes]  # state records read, by their path in the folder
 
 
-def _fingerprint_in(marker: bytes) -> Optional[str]:
-    try:
-        found = json.loads(marker.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return found.get("fingerprint") if isinstance(found, dict) else None
-
-
-def finished_shards(out: Output, ks: Iterable[int]) -> Dict[int, ShardRecord]:
+def finished_shards(out: Output, ks: Iterable[int], listed: Optional[Listed] = None) -> Dict[int, ShardRecord]:
     """The shards among `ks` that are complete, with their records.
 
     A shard is complete when its record is there and the storage's stamp of its tar is the one the record
     holds: two listings (one request per 1,000 objects on S3) and the records read in parallel, instead of
     two requests per shard. Records written before stamps are checked by size and sha256 (in parallel) and
-    rewritten with their stamp, so the next rerun lists them too.
+    rewritten with their stamp, so the next rerun lists them too. `listed`: what the claim listed and read.
     """
     ks = list(ks)
     if not ks:
         return {}
-    stamps, recorded = out.listing(), out.listing(STATE_DIR)
+    stamps, recorded = (listed.stamps, listed.recorded) if listed else (out.listing(), out.listing(STATE_DIR))
     wanted = [k for k in ks if f"{shard_name(k)}.msgpack" in recorded]
-    found = out.read_many(state_path(k) for k in wanted)
+    known = listed.records if listed else {}
+    found = out.read_many(state_path(k) for k in wanted if state_path(k) not in known)
+    found.update({state_path(k): known[state_path(k)] for k in wanted if state_path(k) in known})
     done, unstamped = {}, []
     for k in wanted:
         record = ShardRecord.from_bytes(found[state_path(k)])

@@ -42,6 +42,7 @@ from tests.s3server import BUCKET, ENV_CLEARED, Moto  # noqa: E402
 pytestmark = pytest.mark.slow  # starts servers or processes
 
 SUMMARY_RE = re.compile(r"(\d+) shards written, (\d+) already complete")
+LEASE = 3  # seconds: SPG_S3_LOCK_LEASE of the CLI runs here, so that a killed run's lock runs out quickly
 
 
 # ---------------------------------------------------------------- the server: tests/s3server.py, fixtures in conftest.py
@@ -49,7 +50,7 @@ SUMMARY_RE = re.compile(r"(\d+) shards written, (\d+) already complete")
 
 def run_cli(moto: Moto, args: List[Any], timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
-    env.update(moto.env())
+    env.update(moto.env(), SPG_S3_LOCK_LEASE=str(LEASE))
     return subprocess.run([sys.executable, "-m", "spgdataset.write.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, **popen)
 
@@ -439,7 +440,8 @@ def counted_requests() -> Iterator[collections.Counter]:
 
 def test_a_rerun_lists_the_shards_instead_of_asking_for_each(aws, moto, corpus16k):
     """Resuming thousands of shards took two requests each (the record, a HEAD of the shard); now one listing
-    per 1,000 objects and the records (in parallel), and no HEAD at all."""
+    per 1,000 objects and the records (in parallel), and no HEAD at all. The folder is listed twice (before the
+    headers are read, and again under the writer's lock), and what it holds is read once."""
     root, meta = corpus16k
     url = f"s3://{BUCKET}/listed"
     first = write_shards(root, meta, url, workers=1, max_shard_files=1, progress=False)
@@ -448,8 +450,9 @@ def test_a_rerun_lists_the_shards_instead_of_asking_for_each(aws, moto, corpus16
     with counted_requests() as calls:
         again = write_shards(root, meta, url, workers=1, max_shard_files=1, progress=False)
     assert (again.shards_written, again.shards_reused, again.headers_read) == (0, shards, 0)
-    assert calls["HeadObject"] == 0 and calls["ListObjectsV2"] == 2, calls
-    assert calls["GetObject"] == shards + 2, calls  # the records, run.json and the saved headers
+    assert calls["HeadObject"] == 0 and calls["ListObjectsV2"] == 4, calls
+    assert calls["GetObject"] == shards + 4, calls  # the records, manifest, index's magic, run.json, saved headers
+    assert calls["PutObject"] == 3 and calls["DeleteObject"] == 1, calls  # the lock, index and manifest; the lock
     assert again.manifest == first.manifest
 
 
@@ -486,7 +489,7 @@ def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, hel
     plan_size = len(helpers.manifest(ref)["shards"])
     c = moto.client()
     env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
-    env.update(moto.env())
+    env.update(moto.env(), SPG_S3_LOCK_LEASE=str(LEASE))
 
     for attempt in range(3):  # a retry only if the run finished before the kill landed
         prefix = f"killed{attempt}"
@@ -512,6 +515,10 @@ def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, hel
     for name in shards:  # an object is whole or absent
         assert left[name] == reference[name], name
 
+    refused = run_cli(moto, [root, meta, f"s3://{BUCKET}/{prefix}", *flags])  # its lease has not run out yet
+    assert refused.returncode == 1 and "another spg-shard run is writing here (pid" in refused.stderr, refused.stderr
+    assert "a killed run's lock expires one lease after its last renewal" in refused.stderr
+    time.sleep(LEASE + 0.5)
     rerun = run_cli(moto, [root, meta, f"s3://{BUCKET}/{prefix}", *flags])
     assert rerun.returncode == 0, rerun.stderr
     written, reused = map(int, SUMMARY_RE.search(rerun.stdout).groups())
@@ -594,6 +601,49 @@ def test_a_remote_manifest_cannot_name_local_files(aws, moto, s3_shards, field, 
         SpectrogramDataset(url)
 
 
+# ---------------------------------------------------------------- sizes a manifest claims
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_claimed_size_is_refused_without_allocating_it(aws, moto, s3_shards, tmp_path, cached):
+    """A manifest claiming 5 GiB for a 100 KB object: the read takes what the object's ContentLength says (or
+    the cached copy's size), and the error names both sizes; in a process that could not hold 5 GiB."""
+    from tests.read.test_untrusted_index_and_values import FIVE_GIB, capped_read
+
+    url = _copy_prefix(moto, "corpus", "claims", lambda m: m["shards"][0].update(bytes=FIVE_GIB))
+    held = moto.client().head_object(Bucket=BUCKET, Key="claims/shard-000000.tar")["ContentLength"]
+    env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
+    env.update(moto.env())
+    if cached:  # the default limit, 10 GiB, has room for the claim
+        env["SPG_S3_CACHE_DIR"] = str(tmp_path / "cache")
+    seconds, message = capped_read(url, env)
+    assert f"claims/shard-000000.tar: {held} bytes, the manifest says {FIVE_GIB}" in message, message
+    assert seconds < 10
+
+
+def test_a_claimed_size_makes_the_cache_drop_or_evict_nothing(aws, moto, s3_shards, local_windows, tmp_path):
+    """The cache makes room for the object's size, not a manifest's claim, and keeps a copy whose sha256 is
+    its name whatever size a manifest gives it."""
+    from tests.read.test_untrusted_index_and_values import FIVE_GIB
+
+    cache = tmp_path / "cache"
+    s3.configure(cache_dir=str(cache), cache_bytes=FIVE_GIB + (64 << 10))  # a claim fits, with what is cached not
+    assert windows(s3_shards) == local_windows
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    assert len(before) >= 3
+    url = _copy_prefix(moto, "corpus", "claims-cached", lambda m: m["shards"][1].update(bytes=FIVE_GIB))
+    ds = SpectrogramDataset(url + "shard-000001.tar", window_content_ratio=0, output_configuration={"masks": []})
+    with pytest.raises(ShardError, match=rf"shard-000001.tar: \d+ bytes, the manifest says {FIVE_GIB}"):
+        list(ds)
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    evictions, corrupt = s3.stats["cache_evictions"], s3.stats["cache_corrupt"]
+    url = _copy_prefix(moto, "corpus", "claims-new", lambda m: m["shards"][0].update(bytes=FIVE_GIB, sha256="0" * 64))
+    with pytest.raises(ShardError, match=rf"shard-000000.tar: \d+ bytes, the manifest says {FIVE_GIB}"):
+        list(SpectrogramDataset(url + "shard-000000.tar", window_content_ratio=0, output_configuration={"masks": []}))
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before  # no room made, no partial copy left
+    assert (s3.stats["cache_evictions"], s3.stats["cache_corrupt"]) == (evictions, corrupt)
+
+
 class FrozenServer:
     """Accepts connections on 127.0.0.1, reads the requests, never answers (a hung S3 endpoint)."""
 
@@ -640,3 +690,37 @@ def test_a_frozen_server_is_given_up_on_in_bounded_time(aws):
         assert time.monotonic() - started < 2.5 + 1 + 1 + 1.5  # give_up_after + connect + read + slack
     finally:
         frozen.close()
+
+
+# ---------------------------------------------------------------- writer: one at a time on a prefix (a lease)
+
+
+def test_a_prefix_written_by_a_living_run_is_refused_and_a_dead_runs_lease_taken_over(aws, moto, corpus16k):
+    from spgdataset.storage.s3 import S3Output
+
+    root, meta = corpus16k
+    url = f"s3://{BUCKET}/leased"
+    s3.configure(lock_lease=2)
+    holder = json.dumps({"pid": 4242, "host": "elsewhere", "started": "today", "command": "spg-shard ..."}).encode()
+    alive = S3Output(url).try_lock(".spg-state/lock", holder)  # renewed every half second by its thread
+    assert alive is not None and S3Output(url).try_lock(".spg-state/lock", b"{}") is None
+    time.sleep(2.5)  # a living holder keeps its lease past the lease time
+    with pytest.raises(SpgError, match=r"another spg-shard run is writing here \(pid 4242 on elsewhere.*renewed"):
+        write_shards(root, meta, url, workers=1, progress=False)
+    alive._stop.set()  # the holder dies without removing its lock: the renewals stop
+    alive._thread.join()
+    assert moto.client().head_object(Bucket=BUCKET, Key="leased/.spg-state/lock")
+    time.sleep(2.5)
+    done = write_shards(root, meta, url, workers=1, progress=False)
+    assert done.manifest is not None
+    assert ".spg-state/lock" not in moto.objects("leased")  # released at the end
+
+
+def test_a_prefix_holding_other_objects_is_refused(aws, moto, corpus16k):
+    root, meta = corpus16k
+    c = moto.client()
+    c.put_object(Bucket=BUCKET, Key="mixed/results/summary.csv", Body=b"a,b")
+    c.put_object(Bucket=BUCKET, Key="mixed/shard-000000.tar", Body=b"someone else's")
+    with pytest.raises(SpgError, match=r"did not write \(results \(folder\), shard-000000.tar\)"):
+        write_shards(root, meta, f"s3://{BUCKET}/mixed", workers=1, overwrite=True, progress=False)
+    assert sorted(moto.objects("mixed")) == ["results/summary.csv", "shard-000000.tar"]

@@ -396,3 +396,49 @@ def test_format_names():
                                    "accepted: aud-seq, aud-txt, audacity, simple-seq, textgrid")
     with pytest.raises(SpgError, match="unknown annotation format 'raven'"):
         read_annotation("nowhere.txt", "raven")
+
+
+# ---------------------------------------------------------------- annotation files follow the audio's rules
+
+
+def test_an_annotation_linked_outside_the_root_is_refused_and_never_quoted(tmp_path):
+    """`a.wav.csv -> /etc/passwd` (here: a secret file outside the root) was read, and its first line printed and
+    stored in manifest.json's report."""
+    import json
+
+    from spgdataset import write_shards
+    from tests.helpers import wav
+
+    root = tmp_path / "audio"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    wav(root / "a.wav", 2.0)
+    (root / "a.wav.csv").symlink_to(secret)
+    wav(root / "b.wav", 2.0)
+    (root / "b.wav.csv").write_text("onset_s,offset_s,label\n0.1,0.5,x\n")
+    result = write_shards(root, None, tmp_path / "out", annot_format="simple-seq", workers=1, progress=False)
+    rows = {row["path"]: row for row in result.manifest["report"]["files"]}
+    assert rows["a.wav"]["kind"] == "bad"
+    assert "a link to a file outside the audio root" in rows["a.wav"]["problem"], rows
+    assert "root:x" not in (tmp_path / "out" / "manifest.json").read_text()
+    allowed = write_shards(root, None, tmp_path / "out2", annot_format="simple-seq", allow_outside_root=True,
+                           workers=1, progress=False)  # asked for: read, and its content quoted short, escaped
+    problem = {row["path"]: row for row in allowed.manifest["report"]["files"]}["a.wav"]["problem"]
+    assert "no column onset_s" in problem and "root:x:0:0:root:/root:/bin/bash" in json.dumps(problem)
+
+
+def test_file_content_in_a_message_is_a_short_escaped_excerpt(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("x" * 5000 + "\x1b[2J,label\n")
+    problem = problem_of(str(path), "simple-seq")
+    assert len(problem) < 200 and "\x1b" not in problem and problem.endswith('...)'), problem
+    grid = tmp_path / "a.TextGrid"
+    grid.write_text('File type = "ooTextFile"\nObject class = "' + "P\x07" * 100 + '"\n')
+    problem = problem_of(str(grid), "textgrid")
+    assert len(problem) < 200 and "\x07" not in problem and "\\x07" in problem, problem
+
+
+def problem_of(path: str, fmt: str) -> str:
+    with pytest.raises(BadInput) as raised:
+        read_annotation(path, fmt)
+    return raised.value.problem

@@ -164,3 +164,43 @@ def test_shard_tasks_keep_their_memory_in_a_dask_worker_environment(tmp_path):
     assert done.returncode == 0, done.stderr
     faults_per_file = float(done.stdout.strip().splitlines()[-1])
     assert faults_per_file < 100, faults_per_file  # ~290 without; ~40 with, the heap growing once per task
+
+
+class _Server:
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: silent (as an HTTP server waiting for a request) or
+    answering garbage (a length field of 2**64 - 1)."""
+
+    def __init__(self, answer: bytes) -> None:
+        import socket
+
+        self.answer, self.sock = answer, socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.address = "tcp://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.connections: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            if self.answer:
+                conn.sendall(self.answer)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"", "says nothing within 5 s, where a Dask scheduler greets at once"),
+    (b"\xff" * 64, "does not answer as a Dask scheduler"),
+])
+def test_a_server_that_does_not_speak_dask_is_one_line_within_seconds(answer, message, corpus16k, tmp_path, helpers):
+    root, meta = corpus16k
+    server = _Server(answer)
+    started = time.monotonic()
+    done = helpers.run_cli([root, meta, tmp_path / "out", "--scheduler", server.address], timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and server.address in lines[0], done.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()

@@ -114,3 +114,28 @@ def test_a_truncated_long_file_is_one_report_line_naming_it(tmp_path):
     item = PlannedFile(0, FileEntry("t.flac", str(path)), 0, 3.0)
     with pytest.raises(featurize_module.BadInput, match=r"t\.flac: corrupt or unreadable audio at sample \d+"):
         featurize_long(item, LOGMEL, with_audio=True, block_frames=40)
+
+
+def test_blocks_follow_the_decoded_values_not_the_seconds(tmp_path, monkeypatch):
+    """A segment (and a long file) is read in blocks of at most BLOCK_VALUES decoded values, so a high rate or many
+    channels cost the memory of a block, not of 5.5 minutes of them; the result is the one of a single block."""
+    (tmp_path / "audio").mkdir()
+    source(tmp_path / "audio", "hi.wav", 6.0, 96000, 4, "PCM_16")
+    args = dict(segments=(2.0, 0.5), workers=1, progress=False, with_audio=True)
+    whole = write_shards(tmp_path / "audio", None, tmp_path / "one", **args)
+    monkeypatch.setattr(featurize_module, "BLOCK_VALUES", 96000 * 4 // 10)  # a tenth of a second a block
+    blocks = write_shards(tmp_path / "audio", None, tmp_path / "many", **args)
+    assert len(whole.manifest["shards"]) == len(blocks.manifest["shards"])
+    one = {m["fname"]: m["data"] for s in whole.manifest["shards"] for m in tar_members(
+        (tmp_path / "one" / s["name"]).read_bytes(), s["name"])}
+    many = {m["fname"]: m["data"] for s in blocks.manifest["shards"] for m in tar_members(
+        (tmp_path / "many" / s["name"]).read_bytes(), s["name"])}
+    assert one.keys() == many.keys() and len([n for n in one if n.endswith(".spec.npy")]) == 3  # three segments
+    for name in one:
+        if name.endswith(".spec.npy"):
+            a, b = npy_view(one[name]).astype(np.float32), npy_view(many[name]).astype(np.float32)
+            np.testing.assert_allclose(a, b, atol=2e-2, rtol=2e-3)  # one float16 step, where resampling sums differ
+        elif name.endswith(".audio.flac"):
+            np.testing.assert_allclose(decode_flac(one[name]), decode_flac(many[name]), atol=2e-6)
+        else:
+            assert one[name] == many[name], name

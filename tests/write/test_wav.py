@@ -7,14 +7,20 @@ sizes, the extensible format, other sample formats, truncated and damaged header
 
 from __future__ import annotations
 
+import pickle
 import struct
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from spgdataset import write_shards
+from spgdataset.format.codec import pack
+from spgdataset.storage.local import LocalOutput
 from spgdataset.write import audio
+from spgdataset.write.headers import HEADERS_NAME, HeaderCache
 from spgdataset.write.wav import probe_wav, read_wav
+from tests.helpers import index_rows, report
 
 RATE = 16000
 
@@ -62,6 +68,10 @@ def hand_built(tmp_path):
         "rifx": riff(chunk(b"fmt ", fmt_body()), chunk(b"data", mono.tobytes()), form=b"RIFX"),
         "short-fmt": riff(chunk(b"fmt ", fmt_body()[:12]), chunk(b"data", mono.tobytes())),
         "empty": b"",
+        "zero-padding-after-data": riff(chunk(b"fmt ", fmt_body()), chunk(b"data", mono.tobytes())) + bytes(512),
+        "two-data-chunks": riff(chunk(b"fmt ", fmt_body()), *[chunk(b"data", mono.tobytes())] * 2),
+        "two-files-end-to-end": riff(chunk(b"fmt ", fmt_body()), chunk(b"data", mono.tobytes())) * 2,
+        "2000-channels": riff(chunk(b"fmt ", fmt_body(2000)), chunk(b"data", samples(10, 2000).tobytes())),
     }
     paths = {}
     for name, data in files.items():
@@ -70,7 +80,8 @@ def hand_built(tmp_path):
     return paths
 
 
-PLAIN = {"mono", "stereo", "odd-chunk-first", "chunks-after-data", "extensible", "fmt-18-bytes"}
+PLAIN = {"mono", "stereo", "odd-chunk-first", "chunks-after-data", "extensible", "fmt-18-bytes",
+         "zero-padding-after-data"}
 
 
 def libsndfile(path):
@@ -129,3 +140,96 @@ def test_a_damaged_wav_still_gets_libsndfiles_message(tmp_path):
         audio.read_audio(str(path), RATE, "damaged.wav")
     with pytest.raises(audio.BadInput, match="unreadable audio"):
         audio.probe(str(path), "damaged.wav")
+
+
+@pytest.mark.parametrize("name, tail, message", [
+    ("adjacent", lambda data: chunk(b"data", data), "SF_INFO struct incomplete"),
+    ("after-a-list", lambda data: chunk(b"LIST", b"INFOISFT\x04\x00\x00\x00test") + chunk(b"data", data),
+     "SF_INFO struct incomplete"),
+    ("after-an-odd-chunk", lambda data: chunk(b"abcd", b"xyz") + chunk(b"data", data), "SF_INFO struct incomplete"),
+    ("a-second-file", lambda data: riff(chunk(b"fmt ", fmt_body()), chunk(b"data", data)), "No 'RIFF' chunk marker"),
+])
+def test_a_second_data_chunk_is_refused_as_libsndfile_refuses_it(tmp_path, name, tail, message):
+    data = samples(1000, 1).tobytes()
+    path = tmp_path / f"{name}.wav"
+    first = riff(chunk(b"fmt ", fmt_body()), chunk(b"data", data))
+    path.write_bytes(first[:4] + struct.pack("<I", len(first) - 8 + len(tail(data))) + first[8:] + tail(data))
+    assert read_wav(str(path)) is None and probe_wav(str(path)) is None
+    assert libsndfile(path) is None
+    with pytest.raises(audio.BadInput, match=f"{name}.wav: corrupt or unreadable audio: .*{message}"):
+        audio.read_audio(str(path), RATE, f"{name}.wav")
+    with pytest.raises(audio.BadInput, match=f"{name}.wav: unreadable audio: .*{message}"):
+        audio.probe(str(path), f"{name}.wav")
+
+
+def test_more_channels_than_libsndfile_takes_are_refused_too(tmp_path):
+    for channels in (1024, 1025, 2000):
+        path = tmp_path / f"{channels}.wav"
+        path.write_bytes(riff(chunk(b"fmt ", fmt_body(channels)), chunk(b"data", samples(10, channels).tobytes())))
+        expected = libsndfile(path)
+        if channels <= 1024:  # libsndfile's limit: the fast path still reads these, and the same
+            fast = read_wav(str(path))
+            assert expected is not None and fast is not None and np.array_equal(fast[0], expected[0])
+            continue
+        assert expected is None and read_wav(str(path)) is None and probe_wav(str(path)) is None
+        with pytest.raises(audio.BadInput, match=f"{channels}.wav: unreadable audio: Too many channels specified"):
+            audio.probe(str(path), f"{channels}.wav")
+
+
+def test_a_walk_past_the_data_chunk_is_bounded(tmp_path):
+    """A file of many small chunks after its data goes to libsndfile rather than costing a seek per chunk."""
+    data = samples(1000, 1).tobytes()
+    many = riff(chunk(b"fmt ", fmt_body()), chunk(b"data", data), *[chunk(b"junk", b"ab")] * 100)
+    (tmp_path / "many.wav").write_bytes(many)
+    assert read_wav(str(tmp_path / "many.wav")) is None
+    assert np.array_equal(libsndfile(tmp_path / "many.wav")[0], samples(1000, 1))
+
+
+def truncated(tmp_path, name, declared_bytes, present, tag=1, bits=16):
+    """A WAV whose data chunk says `declared_bytes` and holds the bytes of `present` (an interrupted copy)."""
+    path = tmp_path / name
+    path.write_bytes(riff(chunk(b"fmt ", fmt_body(bits=bits, tag=tag)), chunk(b"data", present.tobytes(),
+                                                                                size=declared_bytes)))
+    return path
+
+
+def test_a_wav_shorter_than_its_header_is_reported_and_stored_as_read(tmp_path):
+    root = tmp_path / "audio"
+    root.mkdir()
+    noise = np.random.default_rng(5).normal(0, 0.1, 10 * RATE).astype(np.float32)
+    truncated(root, "short.wav", 2 * 40000, (noise[:RATE] * 32767).astype("<i2"))  # 2.5 s promised, 1 s there
+    truncated(root, "day.wav", 2 * 86400 * RATE, (noise * 32767).astype("<i2"))  # a day promised, 10 s there
+    truncated(root, "float.wav", 4 * 20000, noise[:8000].astype("<f4"), tag=3, bits=32)  # libsndfile's own path
+    truncated(root, "streaming.wav", 0xFFFFFFFF, (noise[:RATE] * 32767).astype("<i2"))  # length left unknown
+    result = write_shards(root, None, tmp_path / "out", workers=1, progress=False)
+    expected = {
+        "short.wav": "header says 40000 samples (2.50 s), the file holds 16000 (1.00 s); stored as read",
+        "day.wav": "header says 1382400000 samples (86400.00 s), the file holds 160000 (10.00 s); stored as read",
+        "float.wav": "header says 20000 samples (1.25 s), the file holds 8000 (0.50 s); stored as read"}
+    assert {path: (row["kind"], row["problem"]) for path, row in report(result).items()} == {
+        path: ("warning", problem) for path, problem in expected.items()}
+    rows = {row["path"]: row for row in index_rows(tmp_path / "out")}
+    assert {path: row["samples"] for path, row in rows.items()} == {
+        "short.wav": RATE, "day.wav": 10 * RATE, "float.wav": 8000, "streaming.wav": RATE}
+    assert rows["day.wav"]["frames"] == 1 + 10 * RATE // 160 and "offset" not in rows["day.wav"]  # 10 s: no segments
+    again = write_shards(root, None, tmp_path / "out", workers=1, progress=False)
+    assert again.headers_read == 0 and report(again) == report(result)  # the header cache keeps what was declared
+    short, streaming = audio.probe(str(root / "short.wav")), audio.probe(str(root / "streaming.wav"))
+    assert short == (RATE, RATE) and short.declared == 40000 and streaming.declared is None
+    assert pickle.loads(pickle.dumps(short)).declared == 40000  # as it travels back from a worker process
+
+
+def test_a_header_cache_without_declared_lengths_is_read_again(tmp_path):
+    """A cache written before headers carried their declared length would hide a short file's warning."""
+    path = truncated(tmp_path, "short.wav", 2 * 40000, samples(RATE, 1))
+    stat = path.stat()
+
+    def column(value: int) -> bytes:
+        return np.asarray([value], dtype="<i8").tobytes()
+
+    (tmp_path / ".spg-state").mkdir()
+    (tmp_path / HEADERS_NAME).write_bytes(pack({
+        "version": 1, "paths": ["short.wav"], "size": column(stat.st_size), "mtime": column(stat.st_mtime_ns),
+        "samples": column(RATE), "rate": column(RATE), "problems": {}}))
+    cache = HeaderCache.load(LocalOutput(str(tmp_path)))
+    assert cache.lookup("short.wav", (stat.st_size, stat.st_mtime_ns)) is None

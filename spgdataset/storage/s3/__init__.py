@@ -5,6 +5,7 @@ client.py    one boto3 client per process and settings; S3 errors as one-line me
 stream.py    GetObject as a stream that resumes (Range + If-Match) after a broken connection
 cache.py     an optional local shard cache (content-addressed, LRU); open_shard()
 output.py    the writer's output folder at a prefix (multipart uploads, sha256 as object metadata)
+lock.py      a writer's lock on a prefix: a lease made with conditional writes
 webdataset.py  webdataset's gopen handler for s3://, added by register_with_webdataset()
 """
 

@@ -27,7 +27,8 @@ log = logging.getLogger("spgdataset")
 
 def open_shard(url: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
     """A buffered stream over the shard at `url`: from the cache (when one is configured and the manifest's
-    `size` and `sha256` are given) if it holds a verified copy, else streamed from S3 (and cached)."""
+    `size` and `sha256` are given) if it holds a verified copy, else streamed from S3 (and cached when the
+    object's size is the manifest's)."""
     s = settings()
     if s.cache_dir and sha256 and size is not None:
         return ShardCache(s.cache_dir, s.cache_bytes).open(url, size, sha256)
@@ -55,19 +56,23 @@ class ShardCache:
         return os.path.join(self.directory, f"{sha256}.tar")
 
     def open(self, url: str, size: int, sha256: str) -> BinaryIO:
-        cached = self._verified(url, size, sha256)
+        cached = self._verified(url, sha256)
         if cached is not None:
             stats["cache_hits"] += 1
             return cached
         stats["cache_misses"] += 1
-        if size > self.limit:
-            return io.BufferedReader(S3Stream(url), buffer_size=BUFFER)
-        self.make_room(size)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=self.directory)
-        return io.BufferedReader(_Fill(S3Stream(url), os.fdopen(fd, "wb"), tmp, self, size, sha256),
-                                 buffer_size=BUFFER)
+        stream = S3Stream(url)
+        if stream.size != size or size > self.limit:  # another size than claimed: the reader says so, and no
+            return io.BufferedReader(stream, buffer_size=BUFFER)  # room is made (nothing evicted) for a claim
+        try:
+            self.make_room(size)
+            fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=self.directory)
+        except BaseException:
+            stream.close()
+            raise
+        return io.BufferedReader(_Fill(stream, os.fdopen(fd, "wb"), tmp, self, size, sha256), buffer_size=BUFFER)
 
-    def _verified(self, url: str, size: int, sha256: str) -> Optional[BinaryIO]:
+    def _verified(self, url: str, sha256: str) -> Optional[BinaryIO]:
         path = self.path(sha256)
         try:
             f = open(path, "rb", buffering=BUFFER)
@@ -76,8 +81,8 @@ class ShardCache:
         digest = hashlib.sha256()
         for block in iter(lambda: f.read(BUFFER), b""):
             digest.update(block)
-        if f.tell() == size and digest.hexdigest() == sha256:
-            f.seek(0)
+        if digest.hexdigest() == sha256:  # the shard named by that digest, whatever size a manifest claims for it
+            f.seek(0)  # (the reader compares sizes: a copy is never dropped because a manifest lied)
             try:
                 os.utime(path)  # most recently used
             except FileNotFoundError:  # evicted by another process meanwhile; our open handle still reads it
@@ -85,7 +90,7 @@ class ShardCache:
             return f
         f.close()
         stats["cache_corrupt"] += 1
-        log.warning("%s: cached copy %s is corrupt (size or sha256 differs from the manifest); fetching it again",
+        log.warning("%s: cached copy %s is corrupt (its sha256 is not the manifest's); fetching it again",
                     url, path)
         _remove(path)
         return None
@@ -130,6 +135,10 @@ class _Fill(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def reported_size(self) -> Optional[int]:
+        return self.stream.reported_size
 
     def readinto(self, buffer: Any) -> int:
         count = self.stream.readinto(buffer)

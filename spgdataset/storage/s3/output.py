@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from ...errors import SpgError
+from . import lock as lease_lock
 from .client import MISSING_CODES, client, error, error_code
 from .settings import settings
 from .stream import read_bytes
@@ -93,6 +95,54 @@ class S3Output:
         except Exception as exc:
             raise error(self.url_of(folder), exc) from None
 
+    def entries(self, folder: str = "") -> Dict[str, Tuple[str, str]]:
+        """{name: (kind, stamp)} directly under the prefix (or its `folder`): objects are "file" with their stamp,
+        deeper prefixes "folder"."""
+        prefix = self.prefix + (folder.strip("/") + "/" if folder else "")
+        try:
+            pages = client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                       Delimiter="/")
+            found: Dict[str, str] = {}
+            for page in pages:
+                found.update({o["Key"][len(prefix):]: ("file", f"{o['Size']}:{o['ETag']}")
+                              for o in page.get("Contents", [])})
+                found.update({p["Prefix"][len(prefix):].rstrip("/"): ("folder", "")
+                              for p in page.get("CommonPrefixes", [])})
+            return found
+        except Exception as exc:
+            raise error(self.url_of(folder), exc) from None
+
+    def read_head(self, name: str, size: int) -> Optional[bytes]:
+        """The first `size` bytes of an object (a range request); None when it is missing."""
+        try:
+            response = client().get_object(Bucket=self.bucket, Key=self.prefix + name, Range=f"bytes=0-{size - 1}")
+            return response["Body"].read(size)
+        except Exception as exc:
+            if error_code(exc) in MISSING_CODES:
+                return None
+            if error_code(exc) == "InvalidRange":  # an empty object has no byte 0
+                return b""
+            raise error(self.url_of(name), exc) from None
+
+    def try_lock(self, name: str, holder: bytes, shared: bool = False) -> Any:
+        """A lease on the object `name` (storage/s3/lock.py), or None while a living run holds it. S3 has no shared
+        locks: a shared one only checks that nobody holds `name` (the parts of a split run write side by side)."""
+        if shared:
+            return _Unheld() if self.lock_holder(name) is None else None
+        return lease_lock.acquire(self.bucket, self.prefix + name, holder)
+
+    def lock_holder(self, name: str) -> Optional[bytes]:
+        """What the holder of a living lease `name` wrote of itself (with its age); None when nobody holds it."""
+        found = lease_lock.lease(self.bucket, self.prefix + name)
+        if found is None or found[1] >= settings().lock_lease:
+            return None
+        try:
+            holder = json.loads(self.read(name) or b"{}")
+        except ValueError:
+            holder = {}
+        holder = holder if isinstance(holder, dict) else {}
+        return json.dumps(dict(holder, renewed=f"{found[1]:.0f} s ago")).encode()
+
     def stamp(self, name: str) -> Optional[str]:
         """The object's stamp from a HEAD; None when it is missing."""
         head = self._head(name)
@@ -117,6 +167,15 @@ class S3Output:
             client().delete_object(Bucket=self.bucket, Key=self.prefix + name)
         except Exception as exc:
             raise error(self.url_of(name), exc, doing="delete failed") from None
+
+
+class _Unheld:
+    """A shared lock on S3, which holds nothing (see S3Output.try_lock)."""
+
+    lost = False
+
+    def release(self) -> None:
+        pass
 
 
 class S3Object:

@@ -1,7 +1,7 @@
 """How to reach S3: settings from `configure(...)` in code, else from the environment.
 
 Environment: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (endpoint of an S3-compatible store), SPG_S3_CACHE_DIR and
-SPG_S3_CACHE_BYTES (local shard cache). Environment variables reach DataLoader workers and `spg-shard` runs by
+SPG_S3_CACHE_BYTES (local shard cache), SPG_S3_LOCK_LEASE (seconds a writer's lock outlives a killed run). Environment variables reach DataLoader workers and `spg-shard` runs by
 themselves; what `configure()` sets travels with a dataset into spawned workers (`overrides()` / `adopt()`).
 """
 
@@ -37,6 +37,7 @@ class S3Settings:
     max_concurrency: int = 4  # parts uploaded at once
     cache_dir: Optional[str] = None  # local shard cache; env SPG_S3_CACHE_DIR; None: no cache
     cache_bytes: int = 10 * GiB  # cache size limit in bytes; env SPG_S3_CACHE_BYTES (e.g. "50G")
+    lock_lease: float = 60.0  # seconds: a writer's lock on a prefix not renewed for this long was a dead run's
 
 
 _FIELDS = {f.name for f in dataclasses.fields(S3Settings)}
@@ -86,7 +87,19 @@ def settings() -> S3Settings:
         env["cache_dir"] = os.environ["SPG_S3_CACHE_DIR"]
     if os.environ.get("SPG_S3_CACHE_BYTES"):
         env["cache_bytes"] = parse_size(os.environ["SPG_S3_CACHE_BYTES"])
+    if os.environ.get("SPG_S3_LOCK_LEASE"):
+        env["lock_lease"] = _seconds(os.environ["SPG_S3_LOCK_LEASE"], "SPG_S3_LOCK_LEASE")
     return S3Settings(**{**env, **_overrides})
+
+
+def _seconds(value: str, name: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 1 <= seconds <= 86400:
+        raise SpgError(f"{name}={value!r}: expected seconds from 1 to 86400")
+    return seconds
 
 
 def parse_size(value: Any) -> int:

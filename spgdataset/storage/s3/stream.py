@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import time
 from typing import Any, Dict, Optional, Type
 
 from ...errors import ShardError, SpgError
+from ..local import read_at_most
 from .client import MISSING_CODES, EarlyEnd, backoff, client, error, first_line, is_transient, stats
 from .settings import MiB, settings
 from .urls import split_url
@@ -52,6 +54,12 @@ class S3Stream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def reported_size(self) -> Optional[int]:
+        """Bytes left in the object by its ContentLength (storage.local.read_at_most allocates that much, not
+        what a manifest claims)."""
+        return None if self.size is None else self.size - self.position
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -135,25 +143,15 @@ class S3Stream(io.RawIOBase):
 def read_bytes(url: str, missing_ok: bool = False, error_class: Type[SpgError] = SpgError,
                limit: Optional[int] = None) -> Optional[bytes]:
     """The whole object (small ones: manifest, index, state records); None if missing and `missing_ok`.
-    With `limit`, at most limit + 1 bytes are read (the caller tells a too large object by its length)."""
+    With `limit`, at most limit + 1 bytes are read (the caller tells a too large object by its length);
+    memory follows the object's size, not the limit."""
     try:
-        with S3Stream(url, error_class) as stream:
-            return _read_all(stream, limit)
+        with io.BufferedReader(S3Stream(url, error_class), buffer_size=BUFFER) as stream:
+            return read_at_most(stream, sys.maxsize if limit is None else limit)
     except SpgError as exc:
         if missing_ok and getattr(exc, "code", None) in MISSING_CODES:
             return None
         raise
-
-
-def _read_all(stream: S3Stream, limit: Optional[int]) -> bytes:
-    out = bytearray()
-    chunk = bytearray(BUFFER)
-    while limit is None or len(out) <= limit:
-        count = stream.readinto(chunk)
-        if not count:
-            break
-        out += chunk[:count]
-    return bytes(out if limit is None else out[: limit + 1])
 
 
 def prefix_exists(url: str) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 
 def printable(text: str) -> str:
@@ -17,6 +18,12 @@ def excerpt(text: str, limit: int = 40, quote: str = '"') -> str:
     """A short, escaped quotation of untrusted text (a file's content) for a message: at most `limit` characters,
     control characters escaped, so a report never carries more of a file than it needs to name the problem."""
     return f"{quote}{printable(text[:limit])}{'...' if len(text) > limit else ''}{quote}"
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr() of a value for a one-line message, cut to `limit` characters (a 400-digit integer, a long list)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def first_line(exc: BaseException) -> str:
@@ -46,6 +53,21 @@ class BadInput(SpgError):
 
 class ShardError(SpgError):
     """A shard is missing, truncated, corrupt, or disagrees with its manifest."""
+
+
+def integer_option(low: int, high: Optional[int] = None, why: str = "") -> Callable[[str], int]:
+    """argparse type of both CLIs: an integer in [low, high] (no upper end when None); out of range is a usage
+    error, which argparse words with the option's name."""
+    def parse(text: str) -> int:
+        try:
+            value: Optional[int] = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            expected = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {expected}{why}, got {text!r}")
+        return value
+    return parse
 
 
 def command_line(prog: str, run: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,

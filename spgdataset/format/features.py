@@ -65,7 +65,7 @@ class FeatureConfig:
         else:
             if self.transform_type not in TRANSFORM_TYPES:
                 problems.append(f"transform_type must be one of {TRANSFORM_TYPES}, got {self.transform_type!r}")
-            if self.thresh is not None and not _is_finite_number(self.thresh):
+            if self.thresh is not None and not is_plain_finite(self.thresh):
                 problems.append(f"thresh must be a finite number or None, got {self.thresh!r}")
             if self.transform_type is None and self.storage_dtype == "float16":
                 problems.append("a linear spectrogram without transform_type is raw power: store it as "
@@ -75,7 +75,7 @@ class FeatureConfig:
                 problems.append(f"{name} must be a positive integer of at most {most}, got {getattr(self, name)!r}")
         for name in ("f_min", "f_max", "log_eps"):
             value = getattr(self, name)
-            if not (value is None and name == "f_max") and not _is_finite_number(value):
+            if not (value is None and name == "f_max") and not is_plain_finite(value):
                 problems.append(f"{name} must be a finite number, got {value!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
             problems.append(f"storage_dtype must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
@@ -162,8 +162,9 @@ def _hz_to_mel(hz: float) -> float:
     return 2595.0 * math.log10(1.0 + hz / 700.0)
 
 
-def _is_finite_number(value: Any) -> bool:
-    """A float or int that is a finite float (an int past 1.8e308 would raise OverflowError where it is used)."""
+def is_plain_finite(value: Any) -> bool:
+    """A Python float or int (not a bool) that is a finite float: a configuration's or a manifest's number (an int
+    past 1.8e308 would raise OverflowError where it is used)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max

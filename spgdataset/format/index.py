@@ -351,8 +351,8 @@ def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, An
             return f"a file with frames outside 1..{MAX_FRAMES}"
         if (block_frames != 1 + index.samples[lo : lo + BLOCK] // hop_length).any():
             return f"frames do not follow from samples at hop {hop_length}"
-        if segmented and _tiling_problem(index, lo, min(lo + BLOCK, n)):
-            return _tiling_problem(index, lo, min(lo + BLOCK, n))
+        if segmented and (tiling := _tiling_problem(index, lo, min(lo + BLOCK, n))):
+            return tiling
         files += np.bincount(shard, minlength=s)
         _add_by_shard(frames, shard, block_frames)
         if frames.max() > MAX_TOTAL:  # no manifest count is larger; the next block cannot overflow int64

@@ -10,14 +10,12 @@ index) that names the file and the field.
 
 from __future__ import annotations
 
-import math
 import re
-import sys
 from typing import Any, Dict, List, Mapping
 
-from ..errors import ShardError, SpgError
+from ..errors import ShardError, SpgError, shown
 from ..rules.labels import from_json, label_token
-from .features import VALUE_LIMIT, FeatureConfig
+from .features import VALUE_LIMIT, FeatureConfig, is_plain_finite
 from .names import SEGMENTED_FORMAT_VERSION
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -38,21 +36,8 @@ def _is_count(value: Any, minimum: int = 0) -> bool:
     return type(value) is int and minimum <= value <= MAX_COUNT
 
 
-def _is_finite(value: Any) -> bool:
-    """A finite float or an int within float range (math.isfinite raises OverflowError past 1.8e308)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
-
-
-def _shown(value: Any) -> str:
-    """repr of a value for a one-line message: a 400-digit integer is cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _not_count(value: Any, minimum: int) -> str:
-    return f"{_shown(value)} is not an integer from {minimum} to 2**62"
+    return f"{shown(value, 40)} is not an integer from {minimum} to 2**62"
 
 
 def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
@@ -107,11 +92,11 @@ def _check_shards(shards: Any, fail: Any) -> None:
         if not is_sha256(shard.get("sha256")):
             raise fail(f"shards[{i}].sha256", f"{shard.get('sha256')!r} is not 64 lowercase hex digits")
         if "seconds" in shard and not _is_seconds(shard["seconds"]):
-            raise fail(f"shards[{i}].seconds", f"{_shown(shard['seconds'])} is not a number of seconds from 0 to 2**62")
+            raise fail(f"shards[{i}].seconds", f"{shown(shard['seconds'], 40)} is not a number of seconds from 0 to 2**62")
 
 
 def _is_seconds(value: Any) -> bool:
-    return _is_finite(value) and 0 <= value <= MAX_COUNT
+    return is_plain_finite(value) and 0 <= value <= MAX_COUNT
 
 
 def _check_segments(manifest: Dict[str, Any], fail: Any) -> None:
@@ -140,7 +125,7 @@ def _check_totals(manifest: Dict[str, Any], fail: Any) -> None:
             raise fail(f"totals.{field}", _not_count(totals[field], 0))
     for field in ("seconds", "hours"):
         if field in totals and not _is_seconds(totals[field]):
-            raise fail(f"totals.{field}", f"{_shown(totals[field])} is not a number from 0 to 2**62")
+            raise fail(f"totals.{field}", f"{shown(totals[field], 40)} is not a number from 0 to 2**62")
     if not (isinstance(report, dict) and isinstance(report.get("counts", {}), dict)
             and isinstance(report.get("files", []), list)):
         raise fail("report", "not {\"counts\": {kind: count}, \"files\": [rows]}")
@@ -175,12 +160,12 @@ def _check_stats(stats: Any, features: FeatureConfig, fail: Any) -> None:
         values = stats.get(name)
         if not isinstance(values, list) or len(values) != features.n_mels:
             raise fail(f"stats.{name}", f"need a list of n_mels={features.n_mels} numbers")
-        if not all(_is_finite(v) for v in values):
+        if not all(is_plain_finite(v) for v in values):
             raise fail(f"stats.{name}", "holds NaN, an infinity or a non-number (the shards' features were not "
                                         "finite; rewrite them with this spgdataset)")
         beyond = next((v for v in values if abs(v) > limit), None)
         if beyond is not None:
-            raise fail(f"stats.{name}", f"holds {_shown(beyond)}, beyond the {features.storage_dtype} storage range "
+            raise fail(f"stats.{name}", f"holds {shown(beyond, 40)}, beyond the {features.storage_dtype} storage range "
                                         f"(+-{limit:g})")
     if any(v < 0 for v in stats["std"]):
         raise fail("stats.std", "holds a negative value")

@@ -53,11 +53,16 @@ def is_our_tar_start(head: bytes) -> bool:
     if len(head) < tarfile.BLOCKSIZE:
         return False
     block = head[: tarfile.BLOCKSIZE]
-    stored = block[148:156].strip(b"\0 ")
-    if not _OCTAL.fullmatch(stored) or int(stored, 8) != sum(block[:148]) + 8 * 32 + sum(block[156:]):
+    if not _checksum_ok(block):
         return False
     fixed = block[100:124] == _FIXED_MODE and block[136:148] == _FIXED_TIME and block[257:263] == b"ustar\x00"
     return fixed and _OUR_MEMBER.fullmatch(block[:100].rstrip(b"\0")) is not None
+
+
+def _checksum_ok(header: bytes) -> bool:
+    """A tar header's stored checksum is the sum of its bytes with the checksum field read as spaces."""
+    stored = header[148:156].strip(b"\0 ") or b"0"
+    return _OCTAL.fullmatch(stored) is not None and int(stored, 8) == sum(header[:148]) + 8 * 32 + sum(header[156:])
 
 
 def tar_end(size: int) -> bytes:
@@ -79,8 +84,7 @@ def tar_members(data: Union[bytes, memoryview], url: str) -> Iterator[Dict[str, 
         header = bytes(view[offset : offset + 512])
         if header == bytes(512):
             return  # end-of-archive marker
-        stored = int(header[148:156].strip(b"\0 ") or b"0", 8)
-        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+        if not _checksum_ok(header):
             raise ValueError(f"bad tar header checksum at byte {offset}")
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
         prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")

@@ -19,7 +19,8 @@ from ..format.index import MAX_VOCABULARY
 from ..rules.splits import normalize_split
 from ..rules.windows import window_frames
 from .source import ShardSet
-from .states import is_finite_number, shown
+from ..errors import shown
+from .states import is_finite_number
 
 DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
 FEATURE_CHECKS = ("sample_rate", "hop_length", "n_mels", "n_fft")

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..rules.plan import resume_point
-from .states import POSITION, check_consumed, check_fields, shown
+from ..errors import shown
+from .states import POSITION, check_consumed, check_fields
 
 T = TypeVar("T")
 

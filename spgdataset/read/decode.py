@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 from webdataset.tariterators import group_by_keys
 
-from ..errors import ShardError, first_line
+from ..errors import ShardError, first_line, shown
 from ..format.codec import decode_flac, npy_view, unpack
 from ..format.features import VALUE_LIMIT, values_out_of_range
 from ..format.index import Index
@@ -184,7 +184,7 @@ def _check_record(url: str, key: str, info: Dict[str, Any], index: Index, positi
     and, in a set with segments, where the row stands in its recording (offset, owned)."""
     recorded = info.get("intervals") or {}
     if not isinstance(recorded, dict):
-        raise ShardError(f"{url}: sample {key!r}: intervals {_short(recorded)} is not an object of names")
+        raise ShardError(f"{url}: sample {key!r}: intervals {shown(recorded, 80)} is not an object of names")
     expected = {"path": index.paths[position], "frames": int(index.frames[position]),
                 "samples": int(index.samples[position]), "intervals": intervals,
                 "path_unit": int(index.path_unit[position]), "annotated": int(index.annotated[position])}
@@ -199,8 +199,8 @@ def _check_record(url: str, key: str, info: Dict[str, Any], index: Index, positi
     expected["segment (offset, owned)"] = None if index.offset is None else list(index.segment_of(position))
     for field, value in expected.items():
         if found.get(field) != value:
-            raise ShardError(f"{url}: sample {key!r}: {field} {_short(found.get(field))} disagrees with the "
-                             f"file index's {_short(value)}")
+            raise ShardError(f"{url}: sample {key!r}: {field} {shown(found.get(field), 80)} disagrees with the "
+                             f"file index's {shown(value, 80)}")
 
 
 def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, ...]]:
@@ -217,7 +217,3 @@ def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, .
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 import braceexpand
 
 from .. import storage
-from ..errors import ShardError, SpgError, first_line
+from ..errors import ShardError, SpgError, first_line, shown
 from ..format import index as columns
 from ..format.codec import unpack
 from ..format.manifest import check_manifest, check_rows
@@ -134,8 +134,7 @@ def _read_manifest(root: str, manifest_path: str) -> Dict[str, Any]:
         raise SpgError(f"{manifest_path}: not a manifest ({type(exc).__name__}: {first_line(exc)})") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if type(version) is not int or version not in READABLE_VERSIONS:  # not True, 1.0 or 10**400
-        shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:37] + "..."
-        raise SpgError(f"{manifest_path}: format_version {shown}, this spgdataset reads "
+        raise SpgError(f"{manifest_path}: format_version {shown(version, 40)}, this spgdataset reads "
                        f"{' and '.join(map(str, READABLE_VERSIONS))}")
     return check_manifest(manifest, manifest_path)
 
@@ -198,8 +197,8 @@ def _rows_index(path: str, manifest: Dict[str, Any]) -> columns.Index:
 
 def _check_digest(path: str, size: int, found: str, expected_size: int, expected: str) -> None:
     if size != expected_size or found != expected:
-        shown = size if size <= expected_size else f"more than {expected_size}"
-        raise ShardError(f"{path}: {shown} bytes with sha256 {found[:12]}..., the manifest says {expected_size} "
+        read = size if size <= expected_size else f"more than {expected_size}"
+        raise ShardError(f"{path}: {read} bytes with sha256 {found[:12]}..., the manifest says {expected_size} "
                          f"bytes, {expected[:12]}... (edited or replaced index)")
 
 

@@ -13,10 +13,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import shown
 from .schedule import STOP_POLICIES
 
 INT64_MAX = 2**63 - 1  # the shared tensors that hold the epoch and the resume point are int64
-SHOWN = 60  # characters of a refused value shown in a message
 
 Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what was expected
 
@@ -76,12 +76,6 @@ ROUTER_FIELDS: Dict[str, Check] = {
     **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
     "stop": text(STOP_POLICIES), "epoch_length": integer(1, none=True), "weights": list_of(real),
     "windows": list_of(integer(0)), "world_size": integer(1), "shards": list_of(text()), "plans": list_of(text())}
-
-
-def shown(value: Any) -> str:
-    """A value as one short line of a message."""
-    spelled = repr(value)
-    return spelled if len(spelled) <= SHOWN else spelled[: SHOWN - 3] + "..."
 
 
 def check_fields(state: Any, fields: Mapping[str, Check], what: str, exact: bool = True) -> None:

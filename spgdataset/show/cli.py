@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import SpgError, command_line
+from ..errors import SpgError, command_line, integer_option
 from ..read.config import content_ratio, window_length
 from ..read.dataset import SpectrogramDataset
 from .plot import plot_files
@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     chosen = p.add_mutually_exclusive_group()
     chosen.add_argument("--key", help="with --plot: the file of this sample key")
     chosen.add_argument("--path", help="with --plot: the file of this path (as in metadata.json)")
-    chosen.add_argument("--random", type=at_least(1), metavar="N", help="with --plot: N files drawn at random")
+    chosen.add_argument("--random", type=integer_option(1), metavar="N", help="with --plot: N files drawn at random")
     p.add_argument("--windows", action="store_true", help="with --plot: also show the windows the content rule keeps")
-    p.add_argument("--seed", type=at_least(0), default=0, help="with --random: the seed (default 0)")
+    p.add_argument("--seed", type=integer_option(0), default=0, help="with --random: the seed (default 0)")
     return p
 
 
@@ -68,19 +68,6 @@ def split_of(text: str, parser: argparse.ArgumentParser) -> Tuple[float, ...]:
     if not split or not all(math.isfinite(x) and x >= 0 for x in split) or sum(split) <= 0:
         parser.error(f"--split {text!r}: expected finite fractions >= 0, not all 0, like 0.8,0.1,0.1")
     return split
-
-
-def at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= low (argparse names the option in the error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-    return parse
 
 
 def describe(ds: SpectrogramDataset) -> str:

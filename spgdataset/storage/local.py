@@ -106,6 +106,12 @@ def temporary_name(path: str) -> str:
 _TEMPORARY = re.compile(r"\.(.+)\.tmp[0-9]+(-[0-9a-f]+)?")
 
 
+def temporary_of(name: str) -> Optional[str]:
+    """The name a temporary file (temporary_name's, or one of a run before the uuid) was writing; else None."""
+    match = _TEMPORARY.fullmatch(name)
+    return match.group(1) if match else None
+
+
 class AtomicFile:
     """A file written piece by piece under a temporary name and renamed when complete (`commit`): readers see
     all or nothing, and a large output is never held in memory. A failure is an SpgError naming `path`."""
@@ -177,8 +183,8 @@ class LocalOutput:
         folders = [""] + [e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
         for folder in folders:
             for name in os.listdir(os.path.join(self.root, folder)):
-                match = _TEMPORARY.fullmatch(name)
-                if match and owned(posixpath.join(folder, match.group(1))):
+                base = temporary_of(name)
+                if base is not None and owned(posixpath.join(folder, base)):
                     os.remove(os.path.join(self.root, folder, name))
 
     def read(self, name: str) -> Optional[bytes]:

@@ -31,6 +31,7 @@ from ..errors import SpgError, printable
 from ..format.names import BUILD_RECORD, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, STATE_DIR
 from ..format.tar import is_our_tar_start
 from ..storage import Output
+from ..storage.local import temporary_of
 from ..version import __version__
 from .shards import Listed, ShardRecord, json_bytes
 
@@ -43,7 +44,6 @@ JSON_LIMIT = 1 << 30  # bytes of a manifest (as a reader takes them), run marker
 _SHARD = re.compile(r"shard-[0-9]{6}\.tar")
 _RECORD = re.compile(r"shard-[0-9]{6}\.tar\.msgpack")
 _PART_LOCK = re.compile(r"lock-part-[0-9]+-of-[0-9]+")
-_TEMPORARY = re.compile(r"\.(.+)\.tmp[0-9]+(-[0-9a-f]+)?")
 _OUR_TOP = (MANIFEST_NAME, INDEX_NAME, ROWS_INDEX_NAME, BUILD_RECORD)
 _OUR_STATE = ("run.json", "headers.msgpack", LOCK)
 
@@ -69,7 +69,7 @@ class Contents:
 
     def removable(self) -> List[str]:
         """What an overwrite removes: the previous job's shard set and state, never the locks or a build record."""
-        return [name for name in self.ours if not _TEMPORARY.fullmatch(name.rsplit("/", 1)[-1])
+        return [name for name in self.ours if temporary_of(name.rsplit("/", 1)[-1]) is None
                 and name != BUILD_RECORD and not _is_lock(name.rsplit("/", 1)[-1])]
 
     def listed(self) -> Listed:
@@ -167,10 +167,9 @@ def _ours_by_name(name: str) -> bool:
 
 
 def _is_our_temporary(name: str) -> bool:
-    found = _TEMPORARY.fullmatch(name)
-    if found is None:
+    base = temporary_of(name)
+    if base is None:
         return False
-    base = found.group(1)
     return base in _OUR_TOP or base in _OUR_STATE or bool(_SHARD.fullmatch(base) or _RECORD.fullmatch(base)
                                                           or _PART_LOCK.fullmatch(base))
 

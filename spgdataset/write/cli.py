@@ -7,9 +7,9 @@ import math
 import os
 import re
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import SpgError, command_line
+from ..errors import SpgError, command_line, integer_option
 from ..format.features import FeatureConfig, load_config
 from .inputs import read_file_list
 from .job import DEFAULT_MAX_SHARD_BYTES, write_shards
@@ -23,19 +23,6 @@ FEATURE_FLAGS = {  # flag -> FeatureConfig field
 }
 LARGEST = 2**63 - 1  # counts and byte sizes are stored as int64
 CORES = os.cpu_count() or 1  # --workers and --scheduler local:N beyond this are a mistake, not more speed
-
-
-def count(low: int, high: int, why: str = "") -> Callable[[str], int]:
-    """argparse type: an integer in [low, high], or a usage error naming the option (argparse adds its name)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}{why}, got {text!r}")
-        return value
-    return parse
 
 
 def megabytes(text: str) -> float:
@@ -76,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-audio", action="store_true", help="also store the resampled mono audio (FLAC, lossless)")
     p.add_argument("--max-shard-mb", type=megabytes, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
                    help="shard size limit in MiB (default %(default)s)")
-    p.add_argument("--max-shard-files", type=count(1, LARGEST), help="shard size limit in files")
+    p.add_argument("--max-shard-files", type=integer_option(1, LARGEST), help="shard size limit in files")
     p.add_argument("--audio-format", metavar="EXT", help="take only audio files of this extension (wav, flac, ...)")
     p.add_argument("--annot-format", choices=["simple-seq", "aud-seq", "audacity", "textgrid"],
                    help="read each audio file's annotation file beside it (a.wav.csv or a.csv, ...): every label "
@@ -92,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-overlap-sec", type=float, default=30.0,
                    help="seconds a segment holds beyond what it owns: the longest window a reader may take from "
                         "such files (default %(default)s)")
-    p.add_argument("--workers", type=count(1, CORES, " (the cores of this machine)"),
+    p.add_argument("--workers", type=integer_option(1, CORES, " (the cores of this machine)"),
                    help="processes computing spectrograms (default: all cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on Dask instead: tcp://HOST:8786 (a running scheduler whose workers see AUDIO_ROOT and "

@@ -11,8 +11,8 @@ import hashlib
 import json
 from typing import List, Optional, Tuple, Union
 
-from ..errors import BadInput
-from ..format.features import FeatureConfig
+from ..errors import BadInput, shown
+from ..format.features import FeatureConfig, is_plain_finite
 from ..format.names import FORMAT_VERSION
 from ..rules.frames import num_frames, resampled_length
 from .annotated import with_annotation_intervals
@@ -59,12 +59,11 @@ def segment_frames(features: FeatureConfig, seconds: float = SEGMENT_SECONDS,
              ("overlap", overlap_seconds, 0, "with no negative overlap"))
     counts = []
     for what, value, least, rule in rules:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
-        scaled = value * per_second if number else float("nan")
+        scaled = value * per_second if is_plain_finite(value) else float("nan")
         frames = round(scaled) if abs(scaled) <= limit else None  # nan and inf: None
         if frames is None or frames < least:
             raise ValueError(f"segments: the {what} must be a finite number of seconds, {rule} and at most 2**62 "
-                             f"frames ({limit / per_second:.3g} s), got {repr(value)[:40]}")
+                             f"frames ({limit / per_second:.3g} s), got {shown(value, 40)}")
         counts.append(frames)
     return counts[0], counts[1]
 

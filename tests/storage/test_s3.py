@@ -42,7 +42,10 @@ from tests.s3server import BUCKET, ENV_CLEARED, Moto  # noqa: E402
 pytestmark = pytest.mark.slow  # starts servers or processes
 
 SUMMARY_RE = re.compile(r"(\d+) shards written, (\d+) already complete")
-LEASE = 3  # seconds: SPG_S3_LOCK_LEASE of the CLI runs here, so that a killed run's lock runs out quickly
+# seconds: SPG_S3_LOCK_LEASE of the CLI runs here. Short, so that a killed run's lock runs out within a test, yet
+# long enough that a second CLI process (which imports torch before it looks) meets a killed run's lock still alive
+# on a slow machine: at 3 s, CI's rerun started after the lease had run out and was not refused.
+LEASE = 12
 
 
 # ---------------------------------------------------------------- the server: tests/s3server.py, fixtures in conftest.py

@@ -3,17 +3,17 @@
 Where things are (docs/architecture.md has the whole map):
   rules/    the semantics as pure functions: frames and masks, windows, splits, labels, epoch plans
   format/   the shard format: names, tar, member codecs, feature parameters, manifest and index checks
-  storage/  where shards live: local folders and s3:// behind one small surface
+  storage/  where shards live: a local folder or an s3:// prefix, as one storage object (storage.at)
   write/    spg-shard: audio + metadata.json -> shards
   read/     SpectrogramDataset, SpectrogramDatasetRouter and their DataLoader
   show/     spg-inspect: a shard set as numbers and pictures
 """
 
+from . import s3
 from .errors import BadInput, ShardError, SpgError
 from .format.features import FeatureConfig
 from .read.dataset import SpectrogramDataset
 from .read.router import SpectrogramDatasetRouter
-from .storage import s3
 from .version import __version__
 from .write.job import WriteResult, write_shards
 

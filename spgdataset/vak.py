@@ -127,7 +127,7 @@ def make_spectrogram_files_from_audio_files(
     _make_output_dir(output_dir)
     jobs = [(os.path.basename(f), (f, str(output_dir), params)) for f in files]
     results = _run(jobs, dask_bag_kwargs)
-    written = []
+    written: List[str] = []
     for result in results:
         (skipped if isinstance(result, BadInput) else written).append(result)
     for bad in skipped:
@@ -261,8 +261,9 @@ def spect_file(audio_path: str, output_dir: str, params: SpectParams) -> Union[s
             raise BadInput(audio_path, f"audio too short: {len(audio)} samples, fft_size={params.fft_size} needs "
                                        f"{features.min_samples}")
         spect = LinearSpectrogram(features)(audio)
-        arrays = {params.spect_key: spect, params.freqbins_key: features.freq_bins(),
-                  params.timebins_key: features.time_bins(spect.shape[1]), params.audio_path_key: np.array(audio_path)}
+        arrays: Dict[str, Any] = {  # Any: to a type checker, savez's **arrays could be its allow_pickle flag
+            params.spect_key: spect, params.freqbins_key: features.freq_bins(),
+            params.timebins_key: features.time_bins(spect.shape[1]), params.audio_path_key: np.array(audio_path)}
         target = os.path.join(os.path.normpath(output_dir), os.path.basename(audio_path) + SPECT_NPZ_EXTENSION)
         temporary = f"{target}.{os.getpid()}.tmp"
         with open(temporary, "wb") as f:

@@ -449,7 +449,7 @@ def job_copy(args: argparse.Namespace, threads: Optional[int] = None, source: st
     """Random (80, 192) windows of a corpus-sized in-memory array, gathered into a float32 (64, 80, 192) batch.
 
     source="float16": index_select into a float16 batch, then copy_ into the float32 batch (index_select
-    cannot convert). source="float32": the array was converted to float32 beforehand (as batching.Chunk
+    cannot convert). source="float32": the array was converted to float32 beforehand (as chunks.Chunk
     does), one index_select straight into the float32 batch.
     """
     if threads:

@@ -139,18 +139,18 @@ def job_dask(args: argparse.Namespace) -> Dict[str, Any]:
 def job_resume(args: argparse.Namespace) -> Dict[str, Any]:
     """Write the shards if the prefix has no manifest; then time the finished-shard check and a whole rerun."""
     from spgdataset import write_shards
-    from spgdataset.storage import output_for, read_bytes
+    from spgdataset import storage
     from spgdataset.write import shards
 
     root, url = os.path.dirname(args.meta), args.target
     wrote = None
-    if read_bytes(f"{url}/manifest.json", 1 << 30, missing_ok=True) is None:
+    if storage.at(url).read_bytes("manifest.json", 1 << 30, missing_ok=True) is None:
         started = time.perf_counter()
         write_shards(root, args.meta, url, workers=2, max_shard_files=1, progress=False)
         wrote = time.perf_counter() - started
     started = time.perf_counter()
     if hasattr(shards, "finished_shards"):
-        done = len(shards.finished_shards(output_for(url), range(args.shards)))
+        done = len(shards.finished_shards(storage.at(url), range(args.shards)))
     else:  # 0.2: two requests per shard
         done = sum(shards.shard_done(url, k) for k in range(args.shards))
     check = time.perf_counter() - started

@@ -78,14 +78,6 @@ def npy_view(data: Union[bytes, memoryview]) -> np.ndarray:
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
-def encode_flac(audio: np.ndarray, sample_rate: int, exact_16bit: bool) -> bytes:
-    """Lossless storage: 16-bit FLAC when the source was 16-bit and untouched, else 24-bit."""
-    buf = io.BytesIO()
-    clipped = np.clip(audio, -1.0, 1.0 - 2.0**-23)
-    sf.write(buf, clipped, sample_rate, format="FLAC", subtype="PCM_16" if exact_16bit else "PCM_24")
-    return buf.getvalue()
-
-
 def decode_flac(data: bytes) -> np.ndarray:
     """FLAC bytes from a shard -> float32 mono samples."""
     audio, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)

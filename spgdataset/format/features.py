@@ -133,7 +133,8 @@ class FeatureConfig:
         return np.arange(frames) * (self.hop_length / self.sample_rate)
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "FeatureConfig":
+    def from_dict(cls, values: object) -> "FeatureConfig":
+        """From whatever a manifest or a config file holds: anything but an object of known names is refused."""
         if not isinstance(values, dict):
             raise ValueError(f"feature parameters must be an object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

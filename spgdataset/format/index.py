@@ -25,7 +25,7 @@ the index (a plan never needs it); `meta` outputs read it from the file's info.m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import msgpack
 import numpy as np
@@ -204,7 +204,7 @@ def _strings(values: List[str]) -> Tuple[np.ndarray, np.ndarray]:
     return offsets, np.frombuffer(b"".join(encoded), dtype="|u1")
 
 
-def _spans(prefix: str, per_file: List[Iterable[Sequence[int]]]) -> Dict[str, np.ndarray]:
+def _spans(prefix: str, per_file: List[Sequence[Sequence[int]]]) -> Dict[str, np.ndarray]:
     flat = [span for spans in per_file for span in spans]
     offsets = np.zeros(len(per_file) + 1, dtype="<i8")
     np.cumsum([len(spans) for spans in per_file], out=offsets[1:])
@@ -215,7 +215,7 @@ def _spans(prefix: str, per_file: List[Iterable[Sequence[int]]]) -> Dict[str, np
 
 def pack_columns(header: Dict[str, Any], columns: Dict[str, np.ndarray]) -> bytes:
     """Header and columns laid out as the module docstring says (offsets need the header's own length)."""
-    entries = [[name, array.dtype.str, int(array.size), 0] for name, array in columns.items()]
+    entries: List[List[Any]] = [[name, array.dtype.str, int(array.size), 0] for name, array in columns.items()]
     for _ in range(2):  # the offsets' digits change the header length at most once
         head = msgpack.packb(dict(header, columns=entries), use_bin_type=True)
         offset = _aligned(16 + len(head))
@@ -357,10 +357,10 @@ def check_values(index: Index, hop_length: int, shards: Sequence[Mapping[str, An
         _add_by_shard(frames, shard, block_frames)
         if frames.max() > MAX_TOTAL:  # no manifest count is larger; the next block cannot overflow int64
             return f"more than {MAX_TOTAL} frames in one shard"
-    for k, shard in enumerate(shards):
-        if files[k] != shard["files"] or frames[k] != shard["frames"]:
-            return (f"{files[k]} files, {int(frames[k])} frames in {shard['name']}; the manifest says "
-                    f"{shard['files']} files, {shard['frames']} frames")
+    for k, row in enumerate(shards):
+        if files[k] != row["files"] or frames[k] != row["frames"]:
+            return (f"{files[k]} files, {int(frames[k])} frames in {row['name']}; the manifest says "
+                    f"{row['files']} files, {row['frames']} frames")
     return None
 
 

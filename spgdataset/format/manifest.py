@@ -10,15 +10,15 @@ index) that names the file and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ShardError, SpgError, shown
 from ..rules.labels import from_json, label_token
 from .features import VALUE_LIMIT, FeatureConfig, is_plain_finite
-from .names import SEGMENTED_FORMAT_VERSION
+from .names import SEGMENTED_FORMAT_VERSION, is_sha256
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")  # no '/', '\\', ':' or leading '.'
 KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
 MAX_COUNT = 2**62  # counts, frames, bytes, seconds: int64 with room for a sum of two (numpy, the index columns)
@@ -26,10 +26,6 @@ MAX_COUNT = 2**62  # counts, frames, bytes, seconds: int64 with room for a sum o
 
 def is_plain_name(value: Any) -> bool:
     return isinstance(value, str) and PLAIN_NAME.fullmatch(value) is not None
-
-
-def is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and SHA256.fullmatch(value) is not None
 
 
 def _is_count(value: Any, minimum: int = 0) -> bool:
@@ -212,7 +208,8 @@ def _row_problem(row: Any, hop: int) -> Any:
         return f"key {row.get('key')!r} is not a sample key"
     if not isinstance(row.get("path"), str) or not isinstance(row.get("shard"), str):
         return "path or shard missing"
-    frames, samples = row.get("frames"), row.get("samples")
+    frames: Any = row.get("frames")
+    samples: Any = row.get("samples")
     if not (_is_count(frames, 1) and _is_count(samples)) or frames != 1 + samples // hop:
         return f"frames {frames!r} do not follow from samples {samples!r} at hop {hop}"
     intervals = row.get("intervals")
@@ -234,3 +231,47 @@ def _row_problem(row: Any, hop: int) -> Any:
     except TypeError as exc:
         return f"metadata: {exc}"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the manifest lists it."""
+
+    name: str
+    files: int
+    frames: int
+    bytes: int
+    sha256: str
+    seconds: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """manifest.json as a reader uses it: checked field by field (check_manifest), then typed. `raw` keeps the
+    checked object for the row checks and for what only spg-inspect shows (totals, report, created_by)."""
+
+    format_version: int
+    features: FeatureConfig
+    params: str  # the features' fingerprint, stored in every sample
+    with_audio: bool
+    shards: Tuple[ShardEntry, ...]
+    mean: Tuple[float, ...]  # per bin, over the corpus
+    std: Tuple[float, ...]
+    segments: Optional[Tuple[int, int]]  # (owned frames, overlap) of a long file's segments; None: whole files
+    index_name: Optional[str]  # the file index's name when not the default
+    index_bytes: Optional[int]
+    index_sha256: Optional[str]
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, data: Any, where: str) -> "Manifest":
+        """The manifest in `data` (parsed JSON), checked; SpgError naming `where` and the field otherwise."""
+        checked = check_manifest(data, where)
+        shards = tuple(ShardEntry(s["name"], s["files"], s["frames"], s["bytes"], s["sha256"], s.get("seconds"))
+                       for s in checked["shards"])
+        segments = checked.get("segments")
+        stats = checked["stats"]
+        return cls(checked["format_version"], FeatureConfig.from_dict(checked["features"]), checked["params"],
+                   bool(checked.get("with_audio", False)), shards, tuple(stats["mean"]), tuple(stats["std"]),
+                   None if segments is None else (segments["frames"], segments["overlap"]), checked.get("index"),
+                   checked.get("index_bytes"), checked.get("index_sha256"), checked)

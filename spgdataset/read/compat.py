@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
 from .dataset import SpectrogramDataset
@@ -16,17 +17,17 @@ def where(ds: SpectrogramDataset) -> str:
 
 def output_layout(ds: SpectrogramDataset) -> Dict[str, Any]:
     """The keys (and spectrogram dtype) of what a dataset yields: what must agree to mix windows in a batch."""
-    out = ds.outputs
-    masks = list(out["masks"] or []) + (["valid"] if ds.pad_short else [])
-    layout = {"spectrogram": bool(out["spectrogram"]), "audio": bool(out["audio"]), "masks": sorted(masks),
-              "meta": sorted(out["meta"] or []), "label": out["label"] is not None}
+    out = ds.config.outputs
+    masks = list(out.masks) + (["valid"] if ds.rule.pad_short else [])
+    layout = {"spectrogram": out.spectrogram, "audio": out.audio, "masks": sorted(masks), "meta": sorted(out.meta),
+              "label": out.label is not None}
     if layout["spectrogram"]:
         layout["dtype"] = ds.dtype
     return layout
 
 
 def _features(ds: SpectrogramDataset) -> Dict[str, Any]:
-    f = dict(ds.features)
+    f = dataclasses.asdict(ds.features)
     f["f_max"] = f.get("f_max") or f["sample_rate"] / 2  # None means sample_rate / 2
     f["f_min"] = f.get("f_min") or 0.0
     f.setdefault("kind", "logmel")  # manifests of log-mel shards leave the linear parameters out

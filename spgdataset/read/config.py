@@ -13,13 +13,14 @@ import difflib
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 
+from ..errors import shown
+from ..format.features import FeatureConfig
 from ..format.index import MAX_VOCABULARY
 from ..rules.splits import normalize_split
-from ..rules.windows import window_frames
+from ..rules.windows import WindowRule, window_frames
+from .options import Batching, DatasetArguments, DatasetConfig, Outputs, Placement, Reading, Split
 from .source import ShardSet
-from ..errors import shown
 from .states import is_finite_number
 
 DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
@@ -27,27 +28,54 @@ FEATURE_CHECKS = ("sample_rate", "hop_length", "n_mels", "n_fft")
 MAX_WINDOW_FRAMES = 2**31 - 1  # a window's frames times its mels stay far inside int64 (and inside memory)
 
 
-def check_features(shards: ShardSet, given: Mapping[str, Optional[int]]) -> Dict[str, Any]:
+def configure(shards: ShardSet, args: DatasetArguments) -> DatasetConfig:
+    """Every argument checked against the shard set, in the order a user fixes them, as typed values."""
+    features = check_features(shards, args)
+    rate, hop = features.sample_rate, features.hop_length
+    window = window_length("window_size_sec", args.window_size_sec, rate, hop)
+    step = window_length("window_offset_sec", args.window_offset_sec, rate, hop)
+    segments = shards.manifest.segments
+    if segments and window > segments[1]:
+        raise ValueError(f"window_size_sec={args.window_size_sec} is {window} frames; the long files of "
+                         f"{shards.root} are stored in segments that overlap by {segments[1]} frames, "
+                         "so a window can be at most that long (rewrite them with longer overlaps)")
+    ratio = content_ratio("window_content_ratio", args.window_content_ratio)
+    check_names(shards, args.output_configuration, args.content_intervals, args.split_key, args.check_names)
+    outputs = outputs_of(shards, args.output_configuration)
+    content = tuple(args.content_intervals if args.content_intervals is not None else outputs.masks)
+    rule = WindowRule(window, step, hop, content, ratio, bool(args.pad_short))
+    split = split_of(args.split, args.subset, args.split_key)
+    normalize = choice("normalize", args.normalize, (True, False, None, "global", "window"))
+    reading = Reading(choice("on_error", args.on_error, ("raise", "warn")), choice("verify", args.verify,
+                      (True, False, "always")), int(args.max_memory_cache),
+                      "global" if normalize is True else (normalize or None), args.dtype)
+    batching = Batching(args.batch_size, args.drop_last, args.num_workers, args.shuffle, args.seed,
+                        args.shuffle_buffer, args.file_buffer, max(1, int(args.batch_threads)))
+    return DatasetConfig(features, rule, outputs, split, batching, reading, Placement(args.rank, args.world_size))
+
+
+def check_features(shards: ShardSet, given: DatasetArguments) -> FeatureConfig:
     """The shards' feature parameters; the ones given (not None) must agree with them."""
-    features = shards.manifest["features"]
+    features = shards.manifest.features
     for name in FEATURE_CHECKS:
-        value = given.get(name)
-        if value is not None and value != features[name]:
-            raise ValueError(f"{name}={value} disagrees with the shards' {name}={features[name]} "
+        value, theirs = getattr(given, name), getattr(features, name)
+        if value is not None and value != theirs:
+            raise ValueError(f"{name}={value} disagrees with the shards' {name}={theirs} "
                              f"({shards.root}); leave it None to take the shards' value")
     return features
 
 
-def outputs_of(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    outputs = dict(DEFAULT_OUTPUTS)
+def outputs_of(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]]) -> Outputs:
+    outputs: Dict[str, Any] = dict(DEFAULT_OUTPUTS)
     outputs.update(output_configuration or {})
     unknown = sorted(set(outputs) - set(DEFAULT_OUTPUTS))
     if unknown:
         raise ValueError(f"unknown output_configuration keys: {unknown} (known: {sorted(DEFAULT_OUTPUTS)})")
-    if outputs["audio"] and not shards.manifest.get("with_audio"):
+    if outputs["audio"] and not shards.manifest.with_audio:
         raise ValueError(f"output_configuration asks for audio, but the shards in {shards.root} were "
                          "written without it (rerun spg-shard with --with-audio)")
-    return outputs
+    return Outputs(bool(outputs["spectrogram"]), bool(outputs["audio"]), tuple(outputs["masks"] or ()),
+                   tuple(outputs["meta"] or ()), outputs["label"])
 
 
 def check_names(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]],
@@ -85,8 +113,9 @@ def _suggestion(name: str, candidates: List[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def split_of(split: Sequence[float], subset: Optional[int]) -> Tuple[Tuple[float, ...], np.ndarray, int]:
-    """(split, its bounds, the subset): without `subset`, a split of several parts takes part 0 and says so."""
+def split_of(split: Sequence[float], subset: Optional[int], key: Optional[str]) -> Split:
+    """The split and its bounds, the subset and the key: without `subset`, a split of several parts takes part 0
+    and says so."""
     bounds = normalize_split(split)
     if subset is None:
         subset = 0
@@ -96,7 +125,7 @@ def split_of(split: Sequence[float], subset: Optional[int]) -> Tuple[Tuple[float
                           f"subset=1{', ..., ' + str(len(bounds) - 1) if len(bounds) > 2 else ''}", stacklevel=4)
     if not 0 <= subset < len(bounds):
         raise ValueError(f"subset={subset} but split {tuple(split)} has {len(bounds)} subsets")
-    return tuple(split), bounds, subset
+    return Split(tuple(split), bounds, subset, key)
 
 
 def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:

@@ -25,12 +25,14 @@ from ..errors import ShardError, first_line, shown
 from ..format.codec import decode_flac, npy_view, unpack
 from ..format.features import VALUE_LIMIT, values_out_of_range
 from ..format.index import Index
+from ..format.manifest import ShardEntry
 from ..format.names import AUDIO, INFO, SPEC
 from ..format.tar import tar_members
 from ..rules.splits import unit64
 from ..storage.local import read_at_most
-from .batching import FileRecord
 from .errorlog import SharedErrorLog
+from .options import Reading
+from .records import FileRecord
 from .source import ShardSet
 
 log = logging.getLogger("spgdataset")
@@ -42,15 +44,17 @@ class ShardReader:
     """Reads shards of one ShardSet for one dataset: its checks, its memory cache, its counters."""
 
     def __init__(self, shards: ShardSet, starts: Starts, labels: Callable[[int], int], audio: bool,
-                 verify: Any = True, on_error: str = "raise", error_log: Optional[SharedErrorLog] = None,
-                 cache_bytes: int = 0) -> None:
+                 reading: Reading, error_log: Optional[SharedErrorLog] = None) -> None:
+        """`starts`: the window rule for one file; `labels`: a file's label id; `audio`: decode the audio too;
+        `reading`: the checks, what a bad shard does and the memory cache's size."""
         self.shards, self.starts, self.labels, self.audio = shards, starts, labels, audio
-        self.verify, self.on_error, self.error_log = verify, on_error, error_log or SharedErrorLog(0)
-        features = shards.manifest["features"]
-        self.n_mels, self.dtype = features["n_mels"], np.dtype(features["storage_dtype"]).newbyteorder("<")
-        self.bounds = shards.index.shard_bounds(len(shards.manifest["shards"]))
+        self.verify, self.on_error = reading.verify, reading.on_error
+        self.error_log = error_log or SharedErrorLog(0)
+        features = shards.manifest.features
+        self.n_mels, self.dtype = features.n_mels, np.dtype(str(features.storage_dtype)).newbyteorder("<")
+        self.bounds = shards.index.shard_bounds(len(shards.manifest.shards))
         self.cache: Dict[int, FileRecord] = {}  # index position -> a checked file, kept across epochs
-        self.cache_bytes, self.cache_limit = 0, int(cache_bytes)
+        self.cache_bytes, self.cache_limit = 0, reading.max_memory_cache
         self.verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
         self.values_checked: Optional[np.ndarray] = None  # per index position: stored values checked (below)
         self.value_versions: Dict[str, Tuple[Any, ...]] = {}  # local shard -> the identity they were checked for
@@ -59,16 +63,16 @@ class ShardReader:
     def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
         """The files at index `positions` (in manifest shard k, in shard order): from the memory cache when it
         holds them all, else read; None when the shard was skipped (on_error="warn")."""
-        cached = [self.cache.get(p) for p in positions]
-        if all(c is not None for c in cached):
+        cached = [self.cache[p] for p in positions if p in self.cache]
+        if len(cached) == len(positions):
             return cached
-        records = self._read(self.shards.manifest["shards"][k], k, set(positions))
+        records = self._read(self.shards.manifest.shards[k], k, set(positions))
         if records is not None:
             for record, position in zip(records, positions):
                 self._remember(position, record)
         return records
 
-    def _read(self, shard: Dict[str, Any], k: int, wanted: Set[int]) -> Optional[List[FileRecord]]:
+    def _read(self, shard: ShardEntry, k: int, wanted: Set[int]) -> Optional[List[FileRecord]]:
         url = self.shards.url(shard)
         lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
         records: List[FileRecord] = []
@@ -102,25 +106,25 @@ class ShardReader:
             checked[[positions[record.key] - lo for record in records]] = True
         return records
 
-    def _bytes(self, url: str, shard: Dict[str, Any]) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
+    def _bytes(self, url: str, shard: ShardEntry) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
         """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256, and the
         identity of the local file it came from (None for a stream)."""
         stream = self.shards.open_shard(shard)
         try:
-            data = read_at_most(stream, shard["bytes"])
-            identity = _file_identity(stream, len(data), shard["sha256"])
+            data = read_at_most(stream, shard.bytes)
+            identity = _file_identity(stream, len(data), shard.sha256)
         finally:
             stream.close()
         self.opens += 1
-        if len(data) != shard["bytes"]:
-            size = f"more than {shard['bytes']}" if len(data) > shard["bytes"] else str(len(data))
-            raise ShardError(f"{url}: {size} bytes, the manifest says {shard['bytes']} (truncated, appended to "
+        if len(data) != shard.bytes:
+            size = f"more than {shard.bytes}" if len(data) > shard.bytes else str(len(data))
+            raise ShardError(f"{url}: {size} bytes, the manifest says {shard.bytes} (truncated, appended to "
                              "or replaced)")
         if self.verify and (self.verify == "always" or identity is None or self.verified.get(url) != identity):
             digest = hashlib.sha256(data).hexdigest()
-            if digest != shard["sha256"]:
+            if digest != shard.sha256:
                 raise ShardError(f"{url}: sha256 {digest[:12]}... disagrees with the manifest's "
-                                 f"{shard['sha256'][:12]}... ({len(data)} bytes: corrupt or replaced)")
+                                 f"{shard.sha256[:12]}... ({len(data)} bytes: corrupt or replaced)")
             if identity is not None:
                 self.verified[url] = identity
         return data, identity
@@ -141,11 +145,12 @@ class ShardReader:
     def _decode(self, url: str, sample: Dict[str, Any], position: int, check_values: bool) -> FileRecord:
         """One file of a shard, checked against its index entry and the manifest's features; its stored values
         when `check_values`."""
-        key, index = sample.get("__key__"), self.shards.index
+        key: Any = sample.get("__key__")
+        index = self.shards.index
         if INFO not in sample or SPEC not in sample:
             raise ShardError(f"{url}: sample {key!r} lacks {INFO if INFO not in sample else SPEC}")
         info = unpack(sample[INFO])
-        if not isinstance(info, dict) or info.get("params") != self.shards.manifest["params"]:
+        if not isinstance(info, dict) or info.get("params") != self.shards.manifest.params:
             raise ShardError(f"{url}: sample {key!r} was written with other feature parameters than the manifest's")
         frames, samples = int(index.frames[position]), int(index.samples[position])
         intervals = index.intervals_of(position)

@@ -8,13 +8,16 @@ reference to its batch.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .memory import tensor_nbytes
 from .ring import BatchRing
+
+if TYPE_CHECKING:  # stream.py makes loaders: the type only, not a cycle at import time
+    from .stream import EpochStream
 
 log = logging.getLogger("spgdataset")
 RING_BYTES = 512 << 20  # shared memory the ring may take
@@ -28,7 +31,7 @@ def as_is(batch: Any) -> Any:
 class RingFeed(IterableDataset):
     """What a DataLoader worker iterates: the dataset's stream, gathering batches into the ring's slots."""
 
-    def __init__(self, dataset: Any, ring: BatchRing) -> None:
+    def __init__(self, dataset: "EpochStream", ring: BatchRing) -> None:
         super().__init__()
         self.dataset, self.ring = dataset, ring
 
@@ -39,17 +42,14 @@ class RingFeed(IterableDataset):
         return len(self.dataset)
 
 
-def make_loader(source: Any, batch_size: Optional[int], num_workers: Optional[int], pin_memory: Optional[bool],
-                persistent_workers: Optional[bool], **kwargs: Any) -> "SpectrogramLoader":
-    """`loader()` of a dataset or a router: sets their batch size and worker count (given ones), then a
+def make_loader(source: "EpochStream", batch_size: Optional[int], num_workers: Optional[int],
+                pin_memory: Optional[bool], persistent_workers: Optional[bool], **kwargs: Any) -> "SpectrogramLoader":
+    """`loader()` of a dataset or a router: the stream takes the given batch size and worker count, then a
     SpectrogramLoader; with workers and a `ring_shape()` (the spectrogram batch), a batch ring sized for the
     prefetched batches and a few held ones, within RING_BYTES of shared memory."""
-    if batch_size is not None:
-        source.batch_size = batch_size
-    if source.batch_size is None:
+    if (batch_size if batch_size is not None else source.batch_size) is None:
         raise ValueError("loader() needs a batch_size (here or where the dataset was made)")
-    if num_workers is not None:
-        source.num_workers = num_workers
+    source.set_batching(batch_size, num_workers)
     ring, slot = None, source.ring_shape()  # (shape, dtype) of a batch's spectrogram, or None
     if source.num_workers > 0 and slot is not None:
         nbytes = tensor_nbytes(*slot)
@@ -68,7 +68,7 @@ class SpectrogramLoader:
     in this process.
     """
 
-    def __init__(self, dataset: Any, num_workers: int, pin_memory: Optional[bool] = None,
+    def __init__(self, dataset: "EpochStream", num_workers: int, pin_memory: Optional[bool] = None,
                  persistent_workers: Optional[bool] = None, ring: Optional[BatchRing] = None,
                  **dataloader_kwargs: Any) -> None:
         """Defaults: pinned memory on CUDA; with workers, 4 batches prefetched each and workers kept across

@@ -12,17 +12,21 @@ audio file its name, size and the sha256 of its first, middle and last 64 KiB.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from ..errors import SpgError
 from ..format.features import FeatureConfig
 from ..format.names import BUILD_RECORD, FORMAT_VERSION, MANIFEST_NAME
 from ..storage.local import open_regular, write_bytes_atomic
 from ..version import __version__
+
+if TYPE_CHECKING:
+    from .options import DatasetArguments
 
 # The reference's positions after audio_root, and its defaults for the feature parameters it names.
 POSITIONS = ("spectrograms_root", "index_root", "metadata_json_path", "sample_rate", "window_size_sec",
@@ -32,30 +36,33 @@ FEATURE_DEFAULTS = {"sample_rate": 16000, "hop_length": 160, "n_mels": 80, "n_ff
 SAMPLE = 64 << 10
 
 
-def is_reference_call(positional: Sequence[Any], options: Dict[str, Any]) -> bool:
-    return bool(positional) or any(options.get(name) is not None for name in ("audio_root", "spectrograms_root",
-                                                                               "index_root", "metadata_json_path"))
+def is_reference_call(positional: Sequence[Any], args: "DatasetArguments") -> bool:
+    return bool(positional) or any(value is not None for value in (args.audio_root, args.spectrograms_root,
+                                                                   args.index_root, args.metadata_json_path))
 
 
-def take_positions(source: Any, positional: Sequence[Any], options: Dict[str, Any],
-                   defaults: Dict[str, Any]) -> None:
-    """Put the reference's positional arguments into `options` (in place), as Python would bind them."""
+def take_positions(source: Any, positional: Sequence[Any], args: "DatasetArguments",
+                   defaults: Dict[str, Any]) -> "DatasetArguments":
+    """`args` with the reference's positional arguments in their places, as Python would bind them."""
     if len(positional) > len(POSITIONS):
         raise TypeError(f"SpectrogramDataset() takes at most {len(POSITIONS) + 1} positional arguments "
                         f"(the reference call), {len(positional) + 1} were given")
+    given: Dict[str, Any] = {}
     if source is not None:
-        if options.get("audio_root") is not None:
+        if args.audio_root is not None:
             raise TypeError("SpectrogramDataset() got multiple values for argument 'audio_root'")
-        options["audio_root"] = source
+        given["audio_root"] = source
     for name, value in zip(POSITIONS, positional):
-        if options.get(name) is not None and options.get(name) != defaults.get(name):
+        mine = getattr(args, name)
+        if mine is not None and mine != defaults.get(name):
             raise TypeError(f"SpectrogramDataset() got multiple values for argument {name!r}")
-        options[name] = value
+        given[name] = value
+    return dataclasses.replace(args, **given)
 
 
-def build(options: Dict[str, Any], progress: bool = True) -> str:
-    """Shards of `options["audio_root"]` in `spectrograms_root`, written unless the build record says the ones
-    there are current; returns the shard folder. Fills in the feature parameters the shards fix.
+def build(args: "DatasetArguments", progress: bool = True) -> Tuple[str, "DatasetArguments"]:
+    """Shards of `args.audio_root` in `args.spectrograms_root`, written unless the build record says the ones
+    there are current. Returns the shard folder, and `args` with the feature parameters the shards fix.
 
     Current means: the inputs' fingerprint is the recorded one, and manifest.json is the very file that build
     wrote (its sha256): a shard folder replaced by another corpus's is written again, not streamed. Every rank of
@@ -63,12 +70,15 @@ def build(options: Dict[str, Any], progress: bool = True) -> str:
     """
     from ..write.job import write_shards  # the reader imports the writer only for this call
 
-    audio_root, shards = options["audio_root"], options.get("spectrograms_root")
+    audio_root, shards = args.audio_root, args.spectrograms_root
     if shards is None:
         raise TypeError("the reference call needs spectrograms_root (where the shards go)")
-    index_root = options.get("index_root") or shards
-    metadata = options.get("metadata_json_path")
-    features = FeatureConfig(**{name: options.get(name) or default for name, default in FEATURE_DEFAULTS.items()})
+    if audio_root is None:
+        raise TypeError("the reference call needs audio_root (the folder of audio files)")
+    index_root = args.index_root or shards
+    metadata = args.metadata_json_path
+    given: Dict[str, Any] = {name: getattr(args, name) or default for name, default in FEATURE_DEFAULTS.items()}
+    features = FeatureConfig(**given)
     fingerprint = inputs_fingerprint(str(audio_root), None if metadata is None else str(metadata), features)
     record = os.path.join(str(index_root), BUILD_RECORD)
     manifest = os.path.join(str(shards), MANIFEST_NAME)
@@ -81,9 +91,8 @@ def build(options: Dict[str, Any], progress: bool = True) -> str:
         write_bytes_atomic(record, json.dumps({"fingerprint": fingerprint, "manifest_sha256": _sha256_of(manifest),
                                                "shards": os.path.abspath(str(shards)),
                                                "spgdataset": __version__}, indent=1).encode())
-    for name in FEATURE_DEFAULTS:  # the shards fix these now; as given they are only checks
-        options[name] = getattr(features, name)
-    return str(shards)
+    # the shards fix these now; as given they are only checks
+    return str(shards), dataclasses.replace(args, **{name: getattr(features, name) for name in FEATURE_DEFAULTS})
 
 
 def _staleness(recorded: Optional[Dict[str, Any]], fingerprint: str, manifest_sha256: Optional[str]) -> str:

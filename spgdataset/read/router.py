@@ -39,22 +39,21 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Any, Dict, Generator, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
 
 from ..rules.labels import merge_vocabularies
 from ..rules.plan import batches
-from .batching import batch_rows, batch_size_of, concat_batches
+from .batches import batch_rows, batch_size_of, concat_batches
 from .compat import agreed, check_compatible, check_windows, where
-from .cursor import EpochCursor, current_worker
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
-from .loader import SpectrogramLoader, make_loader
 from .schedule import STOP_POLICIES, normalize_weights, rechunk, schedule, schedule_phases, skip_schedule, stop_limits
-from .states import ROUTER_FIELDS, check_fields
+from .states import ROUTER_FIELDS
+from .stream import EpochStream, Items
+from .transport import PLAIN, Transport
 
 log = logging.getLogger("spgdataset")
 
@@ -70,14 +69,23 @@ class WorkerPlan(NamedTuple):
     passes: List[int]
 
 
-class SpectrogramDatasetRouter(IterableDataset):
+class SpectrogramDatasetRouter(EpochStream):
     """Windows (or batches) of several SpectrogramDatasets, interleaved at fixed rates (see module docstring).
 
-    `weights`: relative rates, default proportional to each dataset's `num_windows()`. `stop`:
-    "first_exhausted", "all_exhausted" or "resample" (needs `epoch_length`, windows per rank per epoch).
     Every item gets "dataset" (the index into `datasets`; a (B,) tensor in batches), and "label" ids index
     `label_vocabulary`, the sorted union of the datasets' vocabularies.
+
+    Args:
+        datasets: the SpectrogramDatasets to mix; they must agree on features, window, batch size and drop_last.
+            None given: an empty router (len() 0), as the reference's default.
+        weights: relative rates (default: proportional to each dataset's `num_windows()`).
+        seed: the schedule's phases derive from (seed, epoch, worker).
+        stop: "first_exhausted", "all_exhausted" or "resample" (module docstring).
+        epoch_length: with stop="resample" only, and required there: windows per rank per epoch.
     """
+
+    kind = "router"
+    state_fields = ROUTER_FIELDS
 
     def __init__(self, datasets: Sequence[SpectrogramDataset] = (), weights: Optional[Sequence[float]] = None,
                  seed: int = 0, stop: str = "first_exhausted", epoch_length: Optional[int] = None) -> None:
@@ -91,14 +99,13 @@ class SpectrogramDatasetRouter(IterableDataset):
         if weights is not None and len(weights) != len(self.datasets):
             raise ValueError(f"{len(weights)} weights for {len(self.datasets)} datasets")
         self.weights = normalize_weights(weights) if weights is not None and self.datasets else np.zeros(0)
-        check_windows(self.datasets, None if weights is None else self.weights, stop)
+        check_windows(self.datasets, None if weights is None else self.weights.tolist(), stop)
         if weights is None and self.datasets:
             self.weights = normalize_weights([ds.num_windows() for ds in self.datasets])
         self.seed = int(seed)
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
-        self.cursor = EpochCursor()
 
     # ------------------------------------------------------------ settings shared with the datasets
 
@@ -107,22 +114,29 @@ class SpectrogramDatasetRouter(IterableDataset):
         """The datasets' batch size (they must agree): None yields single windows."""
         return agreed(self.datasets, "batch_size")
 
-    @batch_size.setter
-    def batch_size(self, value: Optional[int]) -> None:
-        for ds in self.datasets:
-            ds.batch_size = value
-
     @property
     def drop_last(self) -> bool:
         return bool(agreed(self.datasets, "drop_last"))
 
     @property
-    def epoch(self) -> int:
-        return self.cursor.epoch
+    def num_workers(self) -> int:
+        """DataLoader workers, the same for the router and every dataset."""
+        return self._num_workers
+
+    @property
+    def batch_threads(self) -> int:
+        return max([ds.batch_threads for ds in self.datasets], default=1)
+
+    def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
+        """The given batch size and worker count, for the router and every dataset."""
+        for ds in self.datasets:
+            ds.set_batching(batch_size, num_workers)
+        if num_workers is not None:
+            self._num_workers = num_workers
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the router and of every dataset (reshuffles them and moves the phases)."""
-        self.cursor.set_epoch(epoch)
+        super().set_epoch(epoch)
         for ds in self.datasets:
             ds.set_epoch(epoch)
 
@@ -133,13 +147,14 @@ class SpectrogramDatasetRouter(IterableDataset):
         phases = schedule_phases(self.seed, epoch, worker, len(self.datasets))
         limits = stop_limits(windows, self.weights, phases, self.stop)
         if self.stop != "resample":
-            return WorkerPlan(windows, phases, limits, int(sum(limits)), [1] * len(self.datasets))
-        share = self.epoch_length * (worker + 1) // num_workers - self.epoch_length * worker // num_workers
+            return WorkerPlan(windows, phases, limits, sum(int(n or 0) for n in limits), [1] * len(self.datasets))
+        length = self.epoch_length or 0
+        share = length * (worker + 1) // num_workers - length * worker // num_workers
         return WorkerPlan(windows, phases, limits, int(share), self._passes_needed(num_workers))
 
     def _passes_needed(self, num_workers: int) -> List[int]:
         """P_i: the most passes dataset i can need in one epoch of any worker (the same in every worker)."""
-        passes, L, d = [1] * len(self.datasets), self.epoch_length, len(self.datasets)
+        passes, L, d = [1] * len(self.datasets), self.epoch_length or 0, len(self.datasets)
         for i, (ds, w) in enumerate(zip(self.datasets, self.weights)):
             if w == 0:
                 continue
@@ -161,14 +176,6 @@ class SpectrogramDatasetRouter(IterableDataset):
         return [batches(self.worker_plan(w, num_workers, epoch).total, size, self.drop_last)
                 for w in range(num_workers)]
 
-    def __len__(self) -> int:
-        """Items this rank yields this epoch (windows, or batches with batch_size), for `num_workers` workers.
-
-        The same on every rank. Under "first_exhausted" it can change between epochs by less than the
-        number of datasets in windows (the phases move the stop point); the other policies do not change.
-        """
-        return sum(self.worker_items(max(self.num_workers, 1)))
-
     # ------------------------------------------------------------ resume
 
     def plan_inputs(self) -> Dict[str, Any]:
@@ -179,53 +186,31 @@ class SpectrogramDatasetRouter(IterableDataset):
                 "shards": [ds.shard_digest() for ds in self.datasets],
                 "plans": [ds.windows_digest() for ds in self.datasets]}
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Where this rank is in the epoch, in items consumed, plus what the schedule depends on."""
-        return self.cursor.state_dict(self.plan_inputs())
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank. Every field is
-        checked (states.py), and the plan compared, before the router or any dataset changes."""
-        check_fields(state, ROUTER_FIELDS, "router")
-        plan = self.plan_inputs()
-        self.cursor.load_state_dict(state, plan, tuple(plan), "router",
-                                    lambda epoch: sum(self.worker_items(max(self.num_workers, 1), epoch)))
-        self.set_epoch(int(state["epoch"]))
-
     # ------------------------------------------------------------ reading
 
-    def stream(self, ring: Any = None) -> Iterator[Dict[str, Any]]:
-        """This process's part of the current epoch (batches are concatenated here, so no ring is used)."""
-        worker, num_workers, in_worker = current_worker()
-        if in_worker and self.num_workers not in (0, num_workers):
-            log.warning("router built with num_workers=%d but runs in %d workers; len() will be off",
-                        self.num_workers, num_workers)
-        epoch = self.cursor.epoch
-        role, skip = self.cursor.role(worker, num_workers, epoch, lambda n: self.worker_items(n, epoch))
-        return self.cursor.track(self.iter_epoch(epoch, role, num_workers, skip), epoch, counting=not in_worker)
-
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        return self.stream()
-
-    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1,
-                   skip_items: int = 0) -> Iterator[Dict[str, Any]]:
-        """Epoch `epoch` as worker `worker` of `num_workers` yields it, after its first `skip_items` items."""
+    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
+                   drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
+        """Epoch `epoch` as worker `worker` of `num_workers` yields it, after its first `skip_windows` windows.
+        `transport`: the mix's; the datasets' parts are built as it says, but read ahead only as a whole."""
         if not self.datasets:
             return
         plan = self.worker_plan(worker, num_workers, epoch)
-        size = self.batch_size or 1
-        taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_items * size,
+        taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_windows,
                                    len(self.datasets))
-        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i])) for i in range(len(self.datasets))]
-        items = self._batches(ids, streams, size) if self.batch_size else self._windows(ids, streams)
+        inner = transport.inner()
+        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner)
+                   for i in range(len(self.datasets))]
+        drop_last = self.drop_last if drop_last is None else drop_last
+        items = self._batches(ids, streams, self.batch_size, drop_last) if self.batch_size else \
+            self._windows(ids, streams)
         try:
             yield from items
         finally:
             for stream in streams:  # a dataset the epoch did not use up stops reading now
                 stream.close()
 
-    def _passes(self, i: int, plan: WorkerPlan, epoch: int, worker: int, num_workers: int,
-                skip: int) -> Generator[Dict[str, Any], None, None]:
+    def _passes(self, i: int, plan: WorkerPlan, epoch: int, worker: int, num_workers: int, skip: int,
+                transport: Transport) -> Generator[Dict[str, Any], None, None]:
         """Dataset i's items in this worker from window `skip` of the schedule on: one pass, or pass after
         pass at dataset epochs epoch * P_i + p for "resample"."""
         epochs: Iterable[int] = [epoch]
@@ -233,14 +218,14 @@ class SpectrogramDatasetRouter(IterableDataset):
             first, skip = divmod(skip, plan.windows[i])
             epochs = itertools.count(epoch * plan.passes[i] + first)
         for pass_epoch in epochs:
-            items = self.datasets[i].iter_epoch(pass_epoch, worker, num_workers, skip, drop_last=False)
+            items = self.datasets[i].iter_epoch(pass_epoch, worker, num_workers, skip, False, transport)
             skip, yielded = 0, False
             try:
                 for item in items:
                     yielded = True
                     yield item
             finally:
-                items.close()  # now, not at garbage collection: the dataset stops its read-ahead thread
+                items.close()  # now, not at garbage collection: the dataset stops reading and its gatherers
             if not yielded:  # a pass with nothing in it (e.g. every shard skipped): do not loop forever
                 return
 
@@ -252,7 +237,8 @@ class SpectrogramDatasetRouter(IterableDataset):
             item["label"] = self.label_maps[i][item["label"]]
         return item
 
-    def _windows(self, ids: Iterator[np.ndarray], streams: List[Iterator[Dict[str, Any]]]) -> Iterator[Dict[str, Any]]:
+    def _windows(self, ids: Iterator[np.ndarray],
+                 streams: Sequence[Iterator[Dict[str, Any]]]) -> Iterator[Dict[str, Any]]:
         for block in ids:
             for i in block.tolist():
                 item = next(streams[i], None)
@@ -261,14 +247,14 @@ class SpectrogramDatasetRouter(IterableDataset):
                     return
                 yield self._tag(item, i, batched=False)
 
-    def _batches(self, ids: Iterator[np.ndarray], streams: List[Iterator[Dict[str, Any]]],
-                 size: int) -> Iterator[Dict[str, Any]]:
+    def _batches(self, ids: Iterator[np.ndarray], streams: Sequence[Iterator[Dict[str, Any]]], size: int,
+                 drop_last: bool) -> Iterator[Dict[str, Any]]:
         takers = [Taker(s) for s in streams]
         for chunk in rechunk(ids, size):
-            if len(chunk) < size and self.drop_last:
+            if len(chunk) < size and drop_last:
                 return
             counts = np.bincount(chunk, minlength=len(takers))
-            parts = []
+            parts: List[Dict[str, Any]] = []
             for i in np.flatnonzero(counts).tolist():
                 got = takers[i].take(int(counts[i]))
                 if sum(batch_size_of(p) for p in got) < counts[i]:
@@ -277,42 +263,10 @@ class SpectrogramDatasetRouter(IterableDataset):
                 parts.extend(self._tag(p, i, batched=True) for p in got)
             yield concat_batches(parts)
 
-    # ------------------------------------------------------------ errors and loader
-
-    @property
-    def errors(self) -> List[str]:
-        """Messages of the shards the datasets skipped (on_error="warn"), in this process and its workers."""
-        return [message for ds in self.datasets for message in ds.errors]
-
-    @property
-    def skipped_shards(self) -> int:
-        return sum(ds.skipped_shards for ds in self.datasets)
+    # ------------------------------------------------------------ errors
 
     def error_logs(self) -> List[SharedErrorLog]:
         return [error_log for ds in self.datasets for error_log in ds.error_logs()]
-
-    def loader(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
-               pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
-               **kwargs: Any) -> SpectrogramLoader:
-        """A DataLoader over the router, as `SpectrogramDataset.loader`: batches are built (and mixed) in
-        the workers, workers persist across epochs, and state_dict()/load_state_dict() resume mid-epoch.
-        Sets batch_size and num_workers on the router and every dataset."""
-        return make_loader(self, batch_size, num_workers, pin_memory, persistent_workers, **kwargs)
-
-    def ring_shape(self) -> None:
-        """None: the router's batches are concatenated from its datasets' own, not gathered into slots."""
-        return None
-
-    @property
-    def num_workers(self) -> int:
-        """DataLoader workers, the same for the router and every dataset (setting it sets theirs)."""
-        return self._num_workers
-
-    @num_workers.setter
-    def num_workers(self, value: int) -> None:
-        self._num_workers = value
-        for ds in self.datasets:
-            ds.num_workers = value
 
 
 # ---------------------------------------------------------------- helpers
@@ -336,11 +290,12 @@ class Taker:
     """Any number of windows at a time out of a stream of batches."""
 
     def __init__(self, items: Iterator[Dict[str, Any]]) -> None:
-        self.items, self.batch, self.pos = items, None, 0
+        self.items, self.pos = items, 0
+        self.batch: Optional[Dict[str, Any]] = None
 
     def take(self, n: int) -> List[Dict[str, Any]]:
         """Slices totalling n windows (fewer only when the stream ends)."""
-        parts = []
+        parts: List[Dict[str, Any]] = []
         while n > 0:
             if self.batch is None or self.pos >= batch_size_of(self.batch):
                 self.batch, self.pos = next(self.items, None), 0

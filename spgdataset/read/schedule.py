@@ -81,6 +81,11 @@ def stop_limits(windows: Sequence[int], weights: np.ndarray, phases: np.ndarray,
             if weights[j] > 0 else 0 for j in range(len(weights))]
 
 
+def _more(limit: Optional[int], done: int) -> bool:
+    """A dataset has windows left past `done` under `limit` (None: no limit)."""
+    return limit is None or limit > done
+
+
 def schedule(weights: np.ndarray, phases: np.ndarray, limits: Sequence[Optional[int]],
              total: Optional[int] = None, block: int = SCHEDULE_BLOCK) -> Iterator[np.ndarray]:
     """Dataset index of each window of the epoch, in order, as consecutive int64 blocks.
@@ -90,7 +95,7 @@ def schedule(weights: np.ndarray, phases: np.ndarray, limits: Sequence[Optional[
     """
     d = len(weights)
     done = [0] * d
-    active = [i for i in range(d) if weights[i] > 0 and (limits[i] is None or limits[i] > 0)]
+    active = [i for i in range(d) if weights[i] > 0 and _more(limits[i], 0)]
     emitted, t = 0, 0.0
     while active and (total is None or emitted < total):
         upcoming = min(window_time(done[i], phases[i], weights[i]) for i in active)
@@ -98,9 +103,9 @@ def schedule(weights: np.ndarray, phases: np.ndarray, limits: Sequence[Optional[
         t_next = t + block
         ids, times = [], []
         for i in active:
-            hi = count_before(t_next, phases[i], weights[i])
-            if limits[i] is not None:
-                hi = min(hi, limits[i])
+            hi, limit = count_before(t_next, phases[i], weights[i]), limits[i]
+            if limit is not None:
+                hi = min(hi, limit)
             k = np.arange(done[i], hi, dtype=np.float64)
             times.append((k + phases[i]) / weights[i])
             ids.append(np.full(len(k), i, dtype=np.int64))
@@ -112,7 +117,7 @@ def schedule(weights: np.ndarray, phases: np.ndarray, limits: Sequence[Optional[
         emitted += len(out)
         if len(out):
             yield out
-        active = [i for i in active if limits[i] is None or done[i] < limits[i]]
+        active = [i for i in active if _more(limits[i], done[i])]
         t = t_next
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..format.index import Index
 from ..rules.splits import subsets, unit64
-from ..rules.windows import Spans, count_kept_spans
+from ..rules.windows import Spans, WindowRule, count_kept_spans
 
 
 @dataclasses.dataclass
@@ -30,18 +30,6 @@ class Selection:
 
     def total(self) -> int:
         return int(self.counts.sum())
-
-
-@dataclasses.dataclass
-class WindowRule:
-    """The window rule's parameters (frames, except ratio and hop)."""
-
-    window: int
-    step: int
-    hop_length: int
-    content_names: Sequence[str]
-    content_ratio: float
-    pad_short: bool
 
 
 def select(index: Index, num_shards: int, shards: Sequence[int], split_bounds: np.ndarray, subset: int,
@@ -75,19 +63,17 @@ def split_units(index: Index, split_key: Optional[str]) -> np.ndarray:
 
 def window_counts(index: Index, files: Optional[np.ndarray], rule: WindowRule) -> np.ndarray:
     """Kept windows of each of `files` (index positions; None: every file, columns read in place)."""
-    phase = owned = None
+    offset = owned = None
     if files is None:
         frames, annotated = index.frames, index.annotated
         ends = (lambda offsets: (offsets[:-1], offsets[1:]))
         if index.offset is not None:
-            phase, owned = -index.offset % rule.step, index.owned
+            offset, owned = index.offset, index.owned
     else:
         frames, annotated = index.frames[files], index.annotated[files]
         ends = (lambda offsets: (offsets[files], offsets[files + 1]))
         if index.offset is not None and index.owned is not None:
-            phase, owned = -index.offset[files] % rule.step, index.owned[files]
+            offset, owned = index.offset[files], index.owned[files]
     content = [Spans(*ends(spans.offsets), spans.start, spans.stop)
                for spans in (index.checked_spans(name) for name in rule.content_names if name in index.intervals)]
-    ratio = rule.content_ratio if rule.content_names else 0.0
-    return count_kept_spans(frames, annotated, content, rule.window, rule.step, rule.hop_length, ratio,
-                            rule.pad_short, phase=phase, owned=owned)
+    return count_kept_spans(rule, frames, annotated, content, offset, owned)

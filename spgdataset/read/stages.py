@@ -5,22 +5,21 @@
                                planned window ranges; windows of skipped shards made up at the end (fill_in)
     -> shuffle_files           a shuffle buffer over files
     -> batching.iterate_windows  chunks of files, windows shuffled per chunk, batches by one gather each
-    -> hand_off                 in a DataLoader worker: batches into shared slots (ring.py)
 
-SpectrogramDataset.iter_epoch composes them in a few lines; each is tested on its own.
+SpectrogramDataset.iter_epoch composes them in a few lines; each is tested on its own. How the items then
+travel (read ahead in a thread, into a DataLoader's shared slots) is the stream's choice (transport.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ShardError
 from ..rules.plan import Pieces
-from .batching import FileRecord
 from .prefetch import read_ahead
-from .ring import BatchRing
+from .records import FileRecord
 
 ShardPlan = List[Tuple[int, Pieces]]
 ReadShard = Callable[[int, Pieces], Optional[List[FileRecord]]]  # None: the shard was skipped
@@ -33,15 +32,18 @@ def restrict(records: Sequence[FileRecord], pieces: Pieces) -> Iterator[FileReco
 
 
 def planned_files(plan: ShardPlan, read: ReadShard, filled: Callable[[int], None] = lambda n: None,
-                  where: str = "") -> Iterator[FileRecord]:
-    """The planned files, shard by shard, each shard read one ahead of its use.
+                  where: str = "", ahead: bool = True) -> Iterator[FileRecord]:
+    """The planned files, shard by shard, each shard read one ahead of its use in a thread (`ahead`), or when
+    its turn comes.
 
     A shard skipped in warn mode (`read` gives None) leaves its windows out; they are made up at the end by
     `fill_in`, so that this worker still yields its planned count and every rank len() items (a rank that
     yields fewer batches hangs the others in their next all-reduce).
     """
     lost, done = 0, []
-    for (k, pieces), records in read_ahead(((k, pieces), read(k, pieces)) for k, pieces in plan):
+    shards: Iterator[Tuple[Tuple[int, Pieces], Optional[List[FileRecord]]]] = \
+        (((k, pieces), read(k, pieces)) for k, pieces in plan)
+    for (k, pieces), records in read_ahead(shards) if ahead else shards:
         if records is None:
             lost += int((pieces[:, 2] - pieces[:, 1]).sum())
             continue
@@ -86,9 +88,3 @@ def shuffle_files(files: Iterable[FileRecord], bufsize: int, seed: int) -> Itera
             yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
-
-
-def hand_off(items: Iterable[Dict[str, Any]], ring: Optional[BatchRing]) -> Iterator[Dict[str, Any]]:
-    """In a DataLoader worker: what crosses to the training process (slot numbers for batches in slots)."""
-    for item in items:
-        yield ring.pack(item) if ring is not None else item

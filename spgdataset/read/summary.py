@@ -57,17 +57,17 @@ class Summary:
 
 
 def summarize(ds: "SpectrogramDataset") -> Summary:
-    index = ds.shards.index
-    everything = select(index, len(ds.shards.manifest["shards"]), ds.shards.selected, normalize_split((1,)), 0, None,
+    index, split = ds.shards.index, ds.config.split
+    everything = select(index, len(ds.shards.manifest.shards), ds.shards.selected, normalize_split((1,)), 0, None,
                         ds.rule)
     files, counts = everything.files, everything.counts
-    part = subsets(split_units(index, ds.split_key)[files], ds.split_bounds) if len(ds.split_bounds) > 1 else \
+    part = subsets(split_units(index, split.key)[files], split.bounds) if len(split.bounds) > 1 else \
         np.zeros(len(files), dtype=np.int64)
     hours = index.audio_samples(files, ds.hop_length) / ds.sample_rate / 3600
     first = index.recordings(files)  # a long file's segments are one file
     rows = [{"subset": s, "files": int((first & (part == s)).sum()), "hours": float(hours[part == s].sum()),
-             "windows": int(counts[part == s].sum())} for s in range(len(ds.split_bounds))]
-    mine = part == ds.subset
+             "windows": int(counts[part == s].sum())} for s in range(len(split.bounds))]
+    mine = part == split.subset
     labels = []
     if ds.label_key is not None and ds.label_key in index.metadata:
         ids = index.metadata[ds.label_key].ids[files][mine]
@@ -77,11 +77,11 @@ def summarize(ds: "SpectrogramDataset") -> Summary:
                   for v, n, w in zip(ds.label_vocabulary, per_file, per_window)]
         if (ids < 0).any():
             labels.append({"value": None, "files": int((ids < 0).sum()), "windows": int(counts[mine][ids < 0].sum())})
-    short = (index.frames[files] < ds.window) & mine & (not ds.pad_short)
+    short = (index.frames[files] < ds.window) & mine & (not ds.rule.pad_short)
     no_content = (counts == 0) & mine & ~short
-    return Summary(ds.shards.root, dict(ds.features), len(ds.shards.selected), ds.window, ds.step,
-                   list(ds.content_intervals), ds.window_content_ratio, [float(x) for x in ds.split], ds.split_key,
-                   ds.subset, rows, ds.label_key, labels,
+    return Summary(ds.shards.root, ds.features.to_dict(), len(ds.shards.selected), ds.window, ds.step,
+                   list(ds.rule.content_names), ds.rule.content_ratio, [float(x) for x in split.parts], split.key,
+                   split.subset, rows, ds.label_key, labels,
                    {"shorter than one window": int(short.sum()), "with no window passing the content rule":
                     int(no_content.sum())})
 
@@ -90,35 +90,35 @@ def no_window_reason(ds: "SpectrogramDataset") -> Optional[str]:
     """Why this subset yields no window, with its counts (None when it yields some). From the selection already
     computed; only a subset that yields nothing pays one more pass over its columns (windows before the content
     rule), so opening a million files costs nothing more."""
-    selection, index = ds.selection, ds.shards.index
+    selection, index, split = ds.selection, ds.shards.index, ds.config.split
     if selection.total() > 0:
         return None
-    where = f"{ds.shards.root}: subset {ds.subset} of split {tuple(ds.split)}" if len(ds.split_bounds) > 1 else \
+    where = f"{ds.shards.root}: subset {split.subset} of split {split.parts}" if len(split.bounds) > 1 else \
         f"{ds.shards.root}: the dataset"
     files = int(index.recordings(selection.files).sum())
     if files == 0:
         return f"{where} has 0 files, so it yields no window (another split or subset, or other shards?)"
-    before = int(window_counts(index, selection.files, dataclasses.replace(ds.rule, content_names=[])).sum())
+    before = int(window_counts(index, selection.files, dataclasses.replace(ds.rule, content_names=())).sum())
     seconds = ds.window * ds.hop_length / ds.sample_rate
     if before == 0:
         return (f"{where} has {files:,} files and 0 windows of {ds.window} frames ({seconds:g} s) even before the "
                 "content rule: every file is shorter than one window (take a shorter window_size_sec, or "
                 "pad_short=True for one padded window per short file)")
-    absent = [name for name in ds.content_intervals if name not in index.intervals]
+    absent = [name for name in ds.rule.content_names if name not in index.intervals]
     missing = f" ({', '.join(map(repr, absent))} not in the shard set: {sorted(index.intervals)})" if absent else ""
     return (f"{where} has {files:,} files and {before:,} windows of {ds.window} frames before the content rule, 0 "
-            f"after: no window has {ds.window_content_ratio:.0%} of its frames in the content intervals "
-            f"{list(ds.content_intervals)}{missing} (lower window_content_ratio, or choose other content_intervals)")
+            f"after: no window has {ds.rule.content_ratio:.0%} of its frames in the content intervals "
+            f"{list(ds.rule.content_names)}{missing} (lower window_content_ratio, or choose other content_intervals)")
 
 
 def one_line(ds: "SpectrogramDataset") -> str:
     """repr(ds): what it streams, without counting anything again."""
-    index, files = ds.shards.index, ds.selection.files
+    index, files, split = ds.shards.index, ds.selection.files, ds.config.split
     hours = float(index.audio_samples(files, ds.hop_length).sum()) / ds.sample_rate / 3600
-    subset = f", subset {ds.subset} of {tuple(ds.split)}" if len(ds.split_bounds) > 1 else ""
+    subset = f", subset {split.subset} of {split.parts}" if len(split.bounds) > 1 else ""
     batches = f", {len(ds):,} batches of {ds.batch_size}" if ds.batch_size else ""
-    return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {int(index.recordings(files).sum()):,} files, {hours:.2f} h, "
-            f"{ds.num_windows():,} windows of {ds.window} frames{batches}; {ds.n_mels} mels at "
+    return (f"SpectrogramDataset({ds.shards.root!r}{subset}: {int(index.recordings(files).sum()):,} files, "
+            f"{hours:.2f} h, {ds.num_windows():,} windows of {ds.window} frames{batches}; {ds.n_mels} mels at "
             f"{ds.sample_rate} Hz, hop {ds.hop_length})")
 
 

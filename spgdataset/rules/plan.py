@@ -12,7 +12,7 @@ and every process agrees on them without talking.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def slot_range(total: int, rank: int, world_size: int, worker: int, num_workers:
     return base + worker * per_rank // workers, base + (worker + 1) * per_rank // workers
 
 
-def slot_pieces(order: Sequence[int], bounds: np.ndarray, counts: np.ndarray, lo: int,
+def slot_pieces(order: Union[Sequence[int], np.ndarray], bounds: np.ndarray, counts: np.ndarray, lo: int,
                 hi: int) -> List[Tuple[int, Pieces]]:
     """The shards (in `order`) and file window ranges that make up global windows [lo, hi).
 

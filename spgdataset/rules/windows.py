@@ -10,7 +10,9 @@ first `owned` frames, in its own frame numbers: each window of the file once, wh
 
 from __future__ import annotations
 
-from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
+import dataclasses
+
+from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,59 +46,63 @@ def window_content(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndar
     return cumulative[starts + window] - cumulative[starts]
 
 
-def kept_starts(
-    frames: int,
-    intervals: Optional[Mapping[str, Sequence[Sequence[int]]]],
-    window: int,
-    step: int,
-    hop_length: int,
-    content_names: Sequence[str],
-    content_ratio: float,
-    pad_short: bool = False,
-    phase: int = 0,
-    owned: Optional[int] = None,
-    annotated: Optional[bool] = None,
-) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class WindowRule:
+    """The window rule's parameters: window and step in frames, the content names and ratio, the hop (for
+    intervals in samples) and whether a file shorter than a window yields one padded window."""
+
+    window: int
+    step: int
+    hop_length: int
+    content_names: Tuple[str, ...] = ()
+    content_ratio: float = 0.0
+    pad_short: bool = False
+
+    @property
+    def filters(self) -> bool:
+        """Whether content decides anything (names chosen and a ratio above 0)."""
+        return bool(self.content_names) and self.content_ratio > 0
+
+    def phase(self, offset: Any) -> Any:
+        """The first window start of a segment that begins at frame `offset` of its file, in the segment's own
+        frames (the file's starts are multiples of `step`); an int or an array of them."""
+        return -offset % self.step
+
+
+def kept_starts(rule: WindowRule, frames: int, intervals: Optional[Mapping[str, Sequence[Sequence[int]]]],
+                offset: int = 0, owned: Optional[int] = None, annotated: Optional[bool] = None) -> np.ndarray:
     """Window starts of one file after the content-ratio filter (see module docstring).
 
     A file shorter than one window yields nothing, or with `pad_short` one window at 0 that the
-    reader pads (its padded frames count as non-content). `phase`, `owned`: a segment's (window_starts).
+    reader pads (its padded frames count as non-content). `offset`, `owned`: a segment's (window_starts).
     `annotated`: whether the file has interval names (default: whether `intervals` has any; a segment of an
     annotated file may hold no span of its own).
     """
-    if pad_short and 0 < frames < window:
+    window = rule.window
+    if rule.pad_short and 0 < frames < window:
         starts = np.zeros(1, dtype=np.int64)
     else:
-        starts = window_starts(frames, window, step, phase, owned)
+        starts = window_starts(frames, window, rule.step, rule.phase(offset), owned)
     annotated = bool(intervals) if annotated is None else annotated
-    if not annotated or not content_names or content_ratio <= 0 or len(starts) == 0:
+    if not annotated or not rule.filters or len(starts) == 0:
         return starts  # unannotated file, no content chosen, or no filter asked for
-    mask = union_mask(intervals or {}, content_names, max(frames, window), hop_length)
+    mask = union_mask(intervals or {}, rule.content_names, max(frames, window), rule.hop_length)
     mask[frames:] = False
-    return starts[window_content(mask, starts, window) >= content_ratio * window]
+    return starts[window_content(mask, starts, window) >= rule.content_ratio * window]
 
 
-def count_kept(
-    frames: Sequence[int],
-    intervals: Sequence[Optional[Mapping[str, Sequence[Sequence[int]]]]],
-    window: int,
-    step: int,
-    hop_length: int,
-    content_names: Sequence[str],
-    content_ratio: float,
-    pad_short: bool = False,
-) -> np.ndarray:
+def count_kept(rule: WindowRule, frames: Sequence[int],
+               intervals: Sequence[Optional[Mapping[str, Sequence[Sequence[int]]]]]) -> np.ndarray:
     """len(kept_starts(...)) for many files at once, given as per-file interval dicts (see count_kept_spans)."""
     annotated = np.array([bool(iv) for iv in intervals], dtype=bool)
     content = []
-    for name in content_names:
+    for name in rule.content_names:
         per_file = [list((iv or {}).get(name, ())) for iv in intervals]
         sizes = np.array([len(spans) for spans in per_file], dtype=np.int64)
         edges = np.array([s for spans in per_file for s in spans], dtype=np.int64).reshape(-1, 2)
         first = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         content.append(Spans(first, first + sizes, edges[:, 0], edges[:, 1]))
-    return count_kept_spans(frames, annotated, content, window, step, hop_length,
-                            content_ratio if content_names else 0.0, pad_short)
+    return count_kept_spans(rule, np.asarray(frames, dtype=np.int64), annotated, content)
 
 
 class Spans(NamedTuple):
@@ -109,18 +115,14 @@ class Spans(NamedTuple):
 
 
 def count_kept_spans(
+    rule: WindowRule,
     frames: np.ndarray,
     annotated: np.ndarray,
     content: Sequence[Spans],
-    window: int,
-    step: int,
-    hop_length: int,
-    content_ratio: float,
-    pad_short: bool = False,
+    offset: Optional[np.ndarray] = None,
+    owned: Optional[np.ndarray] = None,
     block_files: int = 1 << 20,
     block_windows: int = 1 << 17,
-    phase: Optional[np.ndarray] = None,
-    owned: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """len(kept_starts(...)) for every file, from columns: no Python loop per file, window or frame.
 
@@ -128,9 +130,12 @@ def count_kept_spans(
     go in blocks of `block_files`, and their windows, laid end to end, in blocks of about `block_windows`,
     so that memory stays bounded at any corpus size; in a block, content comes from one cumulative sum over
     merged span edges. kept_starts stays the rule; this is its count, and tests hold the two equal.
-    `phase`, `owned` (per file, None: whole files): segments of long files (window_starts). A segment is
-    counted as the file it would be without its first `phase` frames, its windows cut at `owned`.
+    `offset`, `owned` (per file, None: whole files): segments of long files (window_starts). A segment is
+    counted as the file it would be without its first `rule.phase(offset)` frames, its windows cut at `owned`.
     """
+    window, step, hop_length = rule.window, rule.step, rule.hop_length
+    content_ratio = rule.content_ratio if rule.filters else 0.0
+    phase = None if offset is None else rule.phase(np.asarray(offset))
     counts = np.empty(len(frames), dtype=np.int64)
     for lo in range(0, len(frames), block_files):
         whole = np.asarray(frames[lo : lo + block_files], dtype=np.int64)
@@ -139,7 +144,7 @@ def count_kept_spans(
         found = np.where(block >= window, (block - window) // step + 1, 0)
         if owned is not None:
             found = np.minimum(found, np.maximum(-(-(np.asarray(owned[lo : lo + block_files]) - shift) // step), 0))
-        if pad_short:
+        if rule.pad_short:
             found[(whole > 0) & (whole < window)] = 1
         if content_ratio > 0:
             files = lo + np.flatnonzero((np.asarray(annotated[lo : lo + block_files]) != 0) & (found > 0))

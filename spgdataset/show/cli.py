@@ -73,10 +73,10 @@ def split_of(text: str, parser: argparse.ArgumentParser) -> Tuple[float, ...]:
 def describe(ds: SpectrogramDataset) -> str:
     """The shard set (manifest and index) and the dataset's summary, as text."""
     manifest, index = ds.shards.manifest, ds.shards.index
-    totals = manifest.get("totals", {})
-    lines = [f"{ds.shards.root}: {index.files:,} files, {totals.get('hours', 0):.2f} h, {len(manifest['shards'])} "
-             f"shards, {totals.get('bytes', 0) / 2**20:,.1f} MiB (format {manifest['format_version']}, "
-             f"{manifest.get('created_by', 'spgdataset')}); with audio: {bool(manifest.get('with_audio'))}"]
+    totals = manifest.raw.get("totals", {})
+    lines = [f"{ds.shards.root}: {index.files:,} files, {totals.get('hours', 0):.2f} h, {len(manifest.shards)} "
+             f"shards, {totals.get('bytes', 0) / 2**20:,.1f} MiB (format {manifest.format_version}, "
+             f"{manifest.raw.get('created_by', 'spgdataset')}); with audio: {manifest.with_audio}"]
     lines.append("intervals: " + (", ".join(f"{n} ({int(np.diff(s.offsets).sum()):,} spans)"
                                            for n, s in sorted(index.intervals.items())) or "none"))
     for key, labels in sorted(index.metadata.items()):
@@ -90,7 +90,7 @@ def describe(ds: SpectrogramDataset) -> str:
     if index.free_form:
         lines.append(f"free-form metadata (not labels): {', '.join(index.free_form)}")
     lines.append(str(ds.summary()))
-    lines += report_lines(manifest.get("report") or {})
+    lines += report_lines(manifest.raw.get("report") or {})
     return "\n".join(lines)
 
 

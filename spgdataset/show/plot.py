@@ -13,7 +13,7 @@ from ..errors import SpgError
 from ..format.features import FeatureConfig
 
 if TYPE_CHECKING:
-    from ..read.batching import FileRecord
+    from ..read.records import FileRecord
     from ..read.dataset import SpectrogramDataset
 
 WIDTH, HEIGHT_PER_FILE, DPI = 10.0, 3.0, 100  # inches, inches, dots per inch: 1000 x 300 pixels per file
@@ -32,7 +32,7 @@ def _pyplot() -> Any:
 
 def read_files(ds: "SpectrogramDataset", positions: Sequence[int]) -> List["FileRecord"]:
     """The files at index `positions`, read from their shards (checked like any read)."""
-    bounds, out = ds.shards.index.shard_bounds(len(ds.shards.manifest["shards"])), []
+    bounds, out = ds.shards.index.shard_bounds(len(ds.shards.manifest.shards)), []
     for position in positions:
         shard = int(np.searchsorted(bounds, position, side="right") - 1)
         records = ds.reader.read(shard, [int(position)])
@@ -74,11 +74,10 @@ def _save(figure: Any, out: str) -> None:
                                                                                         optimize=True)
 
 
-def _spectrogram(axis: Any, record: "FileRecord", features: Dict[str, Any], seconds_per_frame: float) -> None:
+def _spectrogram(axis: Any, record: "FileRecord", config: FeatureConfig, seconds_per_frame: float) -> None:
     frames = record.spec.shape[1]
     axis.imshow(np.asarray(record.spec, dtype=np.float32), origin="lower", aspect="auto", cmap="magma",
                 extent=(0, frames * seconds_per_frame, 0, record.spec.shape[0]), interpolation="nearest")
-    config = FeatureConfig.from_dict(features)
     centres = config.freq_bins()
     ticks = np.linspace(0, len(centres) - 1, 5).round().astype(int)
     axis.set_yticks(ticks + 0.5, [f"{centres[t]:.0f}" for t in ticks])

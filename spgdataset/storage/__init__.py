@@ -1,18 +1,20 @@
-"""Where shards live: a local folder or an `s3://bucket/prefix`, behind one small surface.
+"""Where shards live: a local folder or an `s3://bucket/prefix`, as one object with one surface.
 
-Reading: `read_bytes` (manifest, index), `open_shard` (a shard as a stream), `folder_exists`.
-Writing: `output_for(url)` gives an `Output` (LocalOutput or S3Output) with the same methods.
+`at(url)` builds it (LocalStorage, storage/folder.py; S3Storage, storage/s3/prefix.py). A dataset reads its shard
+set through it (`read_bytes`, `read_checked`, `open_shard`, `exists`); a run writes its output through it
+(`create`/`commit`, `listing`, a writer's lock). An S3 storage holds its S3Settings as a value, read once when it
+is built: a pickled copy (a dataset in a spawned worker, a shard task on Dask) reaches S3 as its maker did.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Protocol, Tuple
+from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, Optional, Protocol, Tuple
 
-from ..errors import ShardError, SpgError
-from . import s3
-from .local import LocalOutput, open_regular, read_at_most
-from .s3 import is_s3_url
+from ..errors import SpgError
+from .folder import LocalStorage
+from .s3.prefix import S3Storage
+from .s3.settings import S3Settings, settings
+from .s3.urls import SCHEME, is_s3_url
 
 
 class Writing(Protocol):
@@ -24,21 +26,32 @@ class Writing(Protocol):
 
 
 class Held(Protocol):
-    """A writer's lock (`Output.try_lock`); `lost` when another run took it over (an S3 lease run out)."""
+    """A writer's lock (`Storage.try_lock`); `lost` when another run took it over (an S3 lease run out)."""
 
     lost: bool
 
     def release(self) -> None: ...
 
 
-class Output(Protocol):
-    """An output folder where every name is either absent or whole.
+class Storage(Protocol):
+    """A folder of shards where every name is either absent or whole; names are relative to `root`.
 
-    A stamp ("size:mtime" of a file, "size:ETag" of an object) identifies one version of a name; `listing`
-    gives the stamps of a whole folder at once, so a rerun checks its shards without reading them. `entries`
-    says what else is there (folders, links), so a writer can tell a folder holding someone else's files.
+    Reading takes at most a limit (+ 1 byte, so that the caller tells a source larger than it should be) and never
+    blocks on what is not a regular file. A stamp ("size:mtime" of a file, "size:ETag" of an object) identifies one
+    version of a name; `listing` gives the stamps of a whole folder at once, so a rerun checks its shards without
+    reading them. `entries` says what else is there (folders, links), so a writer can tell a folder holding
+    someone else's files.
     """
 
+    root: str
+
+    def url(self, name: str) -> str: ...
+    def exists(self) -> bool: ...
+    def read_bytes(self, name: str, limit: int, missing_ok: bool = False,
+                   what: str = "cannot read") -> Optional[bytes]: ...
+    def read_checked(self, name: str, limit: int, check: Callable[[int, str], None], what: str) -> Tuple[Any, Any]: ...
+    def open_shard(self, name: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO: ...
+    def holds_files(self, extensions: Collection[str]) -> bool: ...
     def prepare(self) -> None: ...
     def clean(self, owned: Callable[[str], bool]) -> None: ...
     def read(self, name: str) -> Optional[bytes]: ...
@@ -54,36 +67,19 @@ class Output(Protocol):
     def remove(self, name: str) -> None: ...
 
 
-def output_for(url: str) -> Output:
-    return s3.S3Output(url) if is_s3_url(url) else LocalOutput(url)
-
-
-def read_bytes(path: str, limit: int, missing_ok: bool = False, what: str = "cannot read") -> Optional[bytes]:
-    """The bytes of a local file or an s3:// object, at most `limit` + 1 of them (more than `limit`: the
-    caller tells the source is too large, without reading it whole); None when missing and `missing_ok`."""
-    if is_s3_url(path):
-        return s3.read_bytes(path, missing_ok=missing_ok, limit=limit)
-    try:
-        with open_regular(path) as f:
-            return read_at_most(f, limit)
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise SpgError(f"{path}: {what}: no such file") from None
-    except OSError as exc:
-        raise SpgError(f"{path}: {what}: {exc.strerror or exc}") from None
-
-
-def folder_exists(root: str) -> bool:
-    return s3.prefix_exists(root) if is_s3_url(root) else os.path.isdir(root)
-
-
-def open_shard(url: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
-    """A binary stream over one shard: a local regular file, or an S3 object streamed (resuming, cached when
-    a cache is configured and the manifest's size and sha256 are given)."""
+def at(url: str, s3_settings: Optional[S3Settings] = None) -> Storage:
+    """The storage of a folder or an s3:// prefix. On S3 it keeps `s3_settings`, by default what applies now
+    (`spgdataset.s3.configure()` over the environment): later configure() calls do not change it."""
     if is_s3_url(url):
-        return s3.open_shard(url, size, sha256)
-    try:
-        return open_regular(url, buffering=1 << 20)
-    except OSError as exc:
-        raise ShardError(f"{url}: cannot open shard: {exc.strerror or exc}") from None
+        return S3Storage(url, s3_settings or settings())
+    return LocalStorage(url)
+
+
+def check_url(url: str) -> None:
+    """`pathlib.Path("s3://b/x")` is "s3:/b/x": refused with that said, rather than taken as a local folder."""
+    if url.startswith(SCHEME[:-1]) and not is_s3_url(url):
+        raise SpgError(f"{url}: looks like an s3:// URL with one slash lost (pathlib.Path does that); "
+                       "pass the URL as a str")
+
+
+__all__ = ["Held", "LocalStorage", "S3Storage", "Storage", "Writing", "at", "check_url", "is_s3_url"]

@@ -2,24 +2,25 @@
 
 Reading: a FIFO blocks open() until a writer appears and a device (/dev/zero) never ends, so a path taken
 from a manifest, a metadata.json or a folder walk is opened without blocking and checked with fstat before a
-byte is read; anything but a regular file is an OSError whose strerror says what the path is instead.
+byte is read; anything but a regular file is an OSError whose strerror says what the path is instead. A file
+checked by its digest is memory-mapped only if it is still that very file (`hash_file`, `map_file`).
 
-Writing: every write goes to a temporary name in the same folder and is renamed when complete (LocalOutput,
-the writer's output folder; storage.s3.S3Output is its S3 twin).
+Writing: every write goes to a temporary name in the same folder and is renamed when complete (AtomicFile; the
+shard folder built on these is storage/folder.py's LocalStorage).
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
+import mmap
 import os
-import posixpath
 import re
 import stat
 import uuid
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, BinaryIO, Iterator, Optional, Tuple
 
-from ..errors import SpgError
+from ..errors import ShardError, SpgError
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -56,6 +57,48 @@ def open_regular(path: str, buffering: int = -1) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+@contextlib.contextmanager
+def reading(path: str, what: str) -> Iterator[None]:
+    """An OSError while reading `path` as one SpgError naming it and saying what was being read."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SpgError(f"{path}: {what}: no such file") from None
+    except OSError as exc:
+        raise SpgError(f"{path}: {what}: {exc.strerror or exc}") from None
+
+
+Identity = Tuple[int, int, int, int]  # (device, inode, size, mtime) of one version of a file
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def hash_file(path: str, limit: int, what: str) -> Tuple[int, str, Identity]:
+    """(bytes, sha256, identity) of a regular file, read in blocks, at most limit + 1 bytes: plain reads, so
+    checking a large file leaves none of its pages in this process's memory."""
+    digest, size = hashlib.sha256(), 0
+    with reading(path, what), open_regular(path) as f:
+        identity = identity_of(os.fstat(f.fileno()))
+        while size <= limit:
+            block = f.read(min(1 << 22, limit + 1 - size))
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest(), identity
+
+
+def map_file(path: str, identity: Identity) -> mmap.mmap:
+    """A read-only map of the file whose digest was checked: it must still be that very file (not replaced
+    since, in this process or, for a spawned worker, in its parent)."""
+    with open_regular(path) as f:
+        if identity_of(os.fstat(f.fileno())) != identity:
+            raise ShardError(f"{path}: the file index changed since it was checked")
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def read_at_most(stream: BinaryIO, limit: int) -> bytes:
@@ -159,146 +202,3 @@ def sha256_file(path: str) -> str:
 def stamp_of(stat: os.stat_result) -> str:
     """What identifies one version of a file without reading it: its size and modification time (ns)."""
     return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-class LocalOutput:
-    """An output folder on a local file system: a name is either absent or whole (AtomicFile).
-
-    Every written name has a stamp (size and mtime) that a listing gives back, so a rerun can tell that a
-    shard is the one its state record describes without hashing it again (terabytes at 10,000 hours).
-    """
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def prepare(self) -> None:
-        """Only checks: the folder is made when the run claims it (write/claim.py), after its inputs were found
-        usable, so a run that fails early leaves nothing behind."""
-        if os.path.lexists(self.root) and not os.path.isdir(self.root):
-            raise SpgError(f"{self.root}: is a file, not a folder for the shards")
-
-    def clean(self, owned: Callable[[str], bool]) -> None:
-        """Remove what a killed run left half-written (temporary files) here and in the subfolders, for the
-        names `owned` says are this run's (not another part's of a split run, which may be writing)."""
-        folders = [""] + [e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
-        for folder in folders:
-            for name in os.listdir(os.path.join(self.root, folder)):
-                base = temporary_of(name)
-                if base is not None and owned(posixpath.join(folder, base)):
-                    os.remove(os.path.join(self.root, folder, name))
-
-    def read(self, name: str) -> Optional[bytes]:
-        try:
-            with open(os.path.join(self.root, name), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def read_many(self, names: Iterable[str]) -> Dict[str, Optional[bytes]]:
-        return {name: self.read(name) for name in names}
-
-    def write(self, name: str, *parts: Any, sha256: Optional[str] = None) -> str:
-        writer = self.create(name)
-        for part in parts:
-            writer.write(part)
-        return writer.commit(sha256)
-
-    def create(self, name: str) -> AtomicFile:
-        path = os.path.join(self.root, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return AtomicFile(path)
-
-    def entries(self, folder: str = "") -> Dict[str, Tuple[str, str]]:
-        """{name: (kind, stamp)} of everything directly in the folder (or its `folder`): kind "file" (with its
-        stamp), "folder", or what else it is ("a symlink", "a FIFO", ...; stamp ""), so that a check of what the
-        folder holds misses nothing."""
-        try:
-            found = list(os.scandir(os.path.join(self.root, folder)))
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
-        kinds = {e.name: _entry_kind(e) for e in found}
-        return {e.name: (kinds[e.name], stamp_of(e.stat(follow_symlinks=False)) if kinds[e.name] == "file" else "")
-                for e in found}
-
-    def read_head(self, name: str, size: int) -> Optional[bytes]:
-        """The first `size` bytes of a regular file; None when it is not one or cannot be read."""
-        try:
-            with open_regular(os.path.join(self.root, name), buffering=0) as f:
-                return read_at_most(f, size - 1)  # memory as bytes arrive, never `size` up front
-        except OSError:
-            return None
-
-    def try_lock(self, name: str, holder: bytes, shared: bool = False) -> Optional["LocalLock"]:
-        """An flock on the file `name` (made if absent), or None when another process holds it. The kernel
-        releases it when its holder dies, however it dies, so a lock file left behind never blocks a rerun.
-        An exclusive holder writes `holder` (who it is) into the file, for the message of the one refused."""
-        path = os.path.join(self.root, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise SpgError(f"{path}: cannot open the lock file: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder, 0)
-        return LocalLock(fd)
-
-    def lock_holder(self, name: str) -> Optional[bytes]:
-        """What the holder of the lock file `name` wrote of itself, when someone holds it exclusively; else None."""
-        try:
-            fd = os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 4096, 0)
-        finally:
-            os.close(fd)  # closing also drops a shared lock taken only to look
-        return None
-
-    def listing(self, folder: str = "") -> Dict[str, str]:
-        """{name: stamp} of the files directly in the folder (or its `folder`)."""
-        try:
-            entries = list(os.scandir(os.path.join(self.root, folder)))
-        except FileNotFoundError:
-            return {}
-        return {e.name: stamp_of(e.stat(follow_symlinks=False)) for e in entries if e.is_file(follow_symlinks=False)}
-
-    def matches(self, name: str, size: int, sha256: str) -> bool:
-        """For state records written before stamps: the file is there with this size and sha256."""
-        path = os.path.join(self.root, name)
-        return os.path.exists(path) and os.path.getsize(path) == size and sha256_file(path) == sha256
-
-    def remove(self, name: str) -> None:
-        os.remove(os.path.join(self.root, name))
-
-
-class LocalLock:
-    """An flock held on an open lock file until `release` (or the process's end)."""
-
-    lost = False  # an flock is never taken away from a living holder
-
-    def __init__(self, fd: int) -> None:
-        self.fd: Optional[int] = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the flock
-            self.fd = None
-
-
-def _entry_kind(entry: "os.DirEntry[str]") -> str:
-    if entry.is_symlink():
-        return "a symlink"
-    if entry.is_dir(follow_symlinks=False):
-        return "folder"
-    if entry.is_file(follow_symlinks=False):
-        return "file"
-    return kind_of(entry.stat(follow_symlinks=False).st_mode)
-

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from ..errors import SpgError, printable
 from ..format.names import BUILD_RECORD, INDEX_NAME, MANIFEST_NAME, ROWS_INDEX_NAME, STATE_DIR
 from ..format.tar import is_our_tar_start
-from ..storage import Output
+from ..storage import Storage
 from ..storage.local import temporary_of
 from ..version import __version__
 from .shards import Listed, ShardRecord, json_bytes
@@ -85,14 +85,15 @@ class Contents:
         return self.top == top and unlocked(self.state) == unlocked(state)
 
 
-def survey(out: Output, earlier: Optional[Contents] = None) -> Contents:
+def survey(out: Storage, earlier: Optional[Contents] = None) -> Contents:
     """Sort the folder's entries into ours and not ours (module docstring), reading what tells them apart; when
     the folder lists as it did for `earlier`, that survey is taken as it is (two listings, nothing read)."""
     top = out.entries()
     state = out.entries(STATE_DIR) if top.get(STATE_DIR, ("",))[0] == "folder" else {}
     if earlier is not None and earlier.same_as(top, state):
         return dataclasses.replace(earlier, top=top, state=state)
-    ours, foreign = [], []
+    ours: List[str] = []
+    foreign: List[str] = []
     manifest = _our_json(_small(out, MANIFEST_NAME), "created_by") if top.get(MANIFEST_NAME, ("",))[0] == "file" \
         else None
     listed = {s.get("name") for s in (manifest or {}).get("shards", []) if isinstance(s, dict)}
@@ -116,7 +117,7 @@ def survey(out: Output, earlier: Optional[Contents] = None) -> Contents:
     return Contents(top, state, ours, foreign, marker, records, has_set)
 
 
-def _records(out: Output, state: Dict[str, Tuple[str, str]], needed: bool) -> Dict[str, bytes]:
+def _records(out: Storage, state: Dict[str, Tuple[str, str]], needed: bool) -> Dict[str, bytes]:
     """The state records, read only when they tell something: when no run marker vouches for them, or a shard is
     there that the manifest does not name (a finished set's rerun reads them later, in finished_shards)."""
     if not needed:
@@ -129,7 +130,7 @@ def _is_lock(name: str) -> bool:
     return name == LOCK or bool(_PART_LOCK.fullmatch(name))
 
 
-def _ours_at_top(out: Output, name: str, our_manifest: bool, shards: Set[Any]) -> bool:
+def _ours_at_top(out: Storage, name: str, our_manifest: bool, shards: Set[Any]) -> bool:
     if _SHARD.fullmatch(name):
         return name in shards or is_our_tar_start(out.read_head(name, 512) or b"")
     if name == MANIFEST_NAME:
@@ -143,19 +144,19 @@ def _ours_at_top(out: Output, name: str, our_manifest: bool, shards: Set[Any]) -
     return _is_our_temporary(name)
 
 
-def _ours_in_state(out: Output, path: str, name: str) -> bool:
+def _ours_in_state(out: Storage, path: str, name: str) -> bool:
     if name == "run.json":
         return False  # a marker that reads is ours by name (survey); one that does not is not
     if name == "headers.msgpack":
         head = out.read_head(path, 1 + len(HEADERS_START)) or b""
         return len(head) > 1 and 0x80 <= head[0] <= 0x8F and head[1:] == HEADERS_START
     if _is_lock(name):
-        head = out.read_head(path, 4096)
-        return head == b"" or _our_json(head, "pid") is not None
+        holder = out.read_head(path, 4096)
+        return holder == b"" or _our_json(holder, "pid") is not None
     return _is_our_temporary(name)
 
 
-def _small(out: Output, name: str) -> Optional[bytes]:
+def _small(out: Storage, name: str) -> Optional[bytes]:
     """A JSON file's bytes, at most JSON_LIMIT of them: a larger file of that name is not one of ours."""
     data = out.read_head(name, JSON_LIMIT + 1)
     return None if data is None or len(data) > JSON_LIMIT else data
@@ -214,7 +215,7 @@ def _lock_names(part: Tuple[int, int]) -> List[Tuple[str, bool]]:
     return [(f"{STATE_DIR}/{LOCK}", True), (f"{STATE_DIR}/lock-part-{part[0]}-of-{part[1]}", False)]
 
 
-def _live_parts(out: Output, state: Dict[str, Tuple[str, str]], mine: Optional[str] = None) -> List[str]:
+def _live_parts(out: Storage, state: Dict[str, Tuple[str, str]], mine: Optional[str] = None) -> List[str]:
     """Descriptions of the parts of split runs holding their locks now (besides `mine`), among the state
     folder's entries `state`."""
     names = [f"{STATE_DIR}/{n}" for n, (kind, _) in state.items() if kind == "file" and _PART_LOCK.fullmatch(n)]
@@ -222,7 +223,7 @@ def _live_parts(out: Output, state: Dict[str, Tuple[str, str]], mine: Optional[s
     return [describe_holder(h) for h in holders if h is not None]
 
 
-def _try_locks(out: Output, part: Tuple[int, int], earlier: Optional[Contents]) -> Tuple[List[Any], Any]:
+def _try_locks(out: Storage, part: Tuple[int, int], earlier: Optional[Contents]) -> Tuple[List[Any], Any]:
     """(the locks of `part`, the folder surveyed under them), or ([], who holds what we need)."""
     held: List[Any] = []
     holder = holder_bytes(part)
@@ -246,14 +247,14 @@ def _try_locks(out: Output, part: Tuple[int, int], earlier: Optional[Contents]) 
     return held, contents
 
 
-def _busy(out: Output, name: str) -> str:
+def _busy(out: Storage, name: str) -> str:
     holder = out.lock_holder(name)
     lease = b'"renewed"' in (holder or b"")  # an S3 lease outlives a killed holder, an flock does not
     expiry = " (a killed run's lock expires one lease after its last renewal)" if lease else ""
     return describe_holder(holder) + expiry
 
 
-def take_locks(out: Output, output_dir: str, part: Tuple[int, int], wait: bool,
+def take_locks(out: Storage, output_dir: str, part: Tuple[int, int], wait: bool,
                earlier: Optional[Contents] = None) -> Tuple[List[Any], Contents]:
     """The writer's locks on `output_dir` and the folder surveyed under them; SpgError naming the run that holds
     them, or (wait) once it ended."""
@@ -275,7 +276,7 @@ def take_locks(out: Output, output_dir: str, part: Tuple[int, int], wait: bool,
 class Claim:
     """A run's hold on its output folder: its locks, and what the folder held when they were taken."""
 
-    out: Output
+    out: Storage
     output_dir: str
     part: Tuple[int, int]
     locks: List[Any]
@@ -326,7 +327,7 @@ class Claim:
             alone.release()
 
 
-def check_free(out: Output, output_dir: str) -> Contents:
+def check_free(out: Storage, output_dir: str) -> Contents:
     """Before a run reads its inputs: the storage is there (a bucket) and the folder holds nothing of anyone
     else. Nothing is created here: the folder is made when the run claims it."""
     out.prepare()
@@ -336,7 +337,7 @@ def check_free(out: Output, output_dir: str) -> Contents:
 
 
 @contextlib.contextmanager
-def claimed(out: Output, output_dir: str, part: Tuple[int, int], wait: bool,
+def claimed(out: Storage, output_dir: str, part: Tuple[int, int], wait: bool,
             earlier: Optional[Contents] = None) -> Iterator[Claim]:
     """The folder locked for this run and surveyed again under the lock (another run may have written meanwhile;
     when nothing changed since `earlier`, its survey stands)."""

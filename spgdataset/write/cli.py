@@ -208,7 +208,7 @@ def summary(result) -> str:
     if result.dry_run:
         hours = result.audio_seconds_processed / 3600
         per_hour = result.expected_bytes / hours / 2**20 if hours else 0.0
-        kinds = {}
+        kinds: Dict[str, int] = {}
         for row in result.rejected:
             kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
         return (f"spg-shard: dry run: {result.files_processed} files ({hours:.2f} h audio) checked in "
@@ -219,15 +219,16 @@ def summary(result) -> str:
              f"processed in {format_duration(result.wall_seconds)}, {rate:.0f}x real time; "
              f"{result.shards_written} shards written, {result.shards_reused} already complete"]
     if result.manifest is None:
-        lines.append(f"part done; manifest.json is written by the run that completes the last shard of {result.output_dir}")
+        lines.append("part done; manifest.json is written by the run that completes the last shard of "
+                     f"{result.output_dir}")
     else:
         t, counts = result.manifest["totals"], result.manifest["report"]["counts"]
         per_hour = t["bytes"] / t["hours"] / 2**20 if t["hours"] else 0.0
         lines.append(f"{result.output_dir}: {t['files']} files, {t['hours']:.2f} h, {t['shards']} shards, "
                      f"{t['bytes'] / 2**20:.1f} MiB ({per_hour:.1f} MiB per audio hour); "
                      f"{counts.get('bad', 0)} bad, {counts.get('filtered', 0)} filtered"
-                     + "".join(f", {counts[kind]} {kind}{'s' * (counts[kind] != 1)}" for kind in ("duplicate", "warning")
-                             if counts.get(kind))
+                     + "".join(f", {counts[kind]} {kind}{'s' * (counts[kind] != 1)}"
+                               for kind in ("duplicate", "warning") if counts.get(kind))
                      + " (see manifest.json 'report')")
     return "\n".join(lines)
 

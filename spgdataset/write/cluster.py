@@ -16,7 +16,7 @@ import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import SpgError
-from ..storage.s3 import is_s3_url
+from ..storage import is_s3_url
 from ..version import __version__
 from .executors import Job
 
@@ -133,7 +133,8 @@ def _check_speaks_dask(scheduler: str, timeout: float = HANDSHAKE_SECONDS) -> No
             head = _received(sock, 16)
     except socket.timeout:
         raise SpgError(f"--scheduler {scheduler}: the server there says nothing within {timeout:g} s, where a Dask "
-                       "scheduler greets at once (an HTTP server? the dashboard's port, not the scheduler's?)") from None
+                       "scheduler greets at once (an HTTP server? the dashboard's port, not the "
+                       "scheduler's?)") from None
     except OSError as exc:
         raise SpgError(f"cannot reach the Dask scheduler at {scheduler}: {exc.strerror or exc}") from None
     total, frames = struct.unpack("<QQ", head) if len(head) == 16 else (0, 0)

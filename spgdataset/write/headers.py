@@ -15,7 +15,7 @@ import numpy as np
 
 from ..format.codec import pack, unpack
 from ..format.names import STATE_DIR
-from ..storage import Output
+from ..storage import Storage
 from .audio import AudioHeader
 from .inputs import FileEntry
 from .plan import Header
@@ -36,7 +36,7 @@ class HeaderCache:
         self.known = known or {}
 
     @classmethod
-    def load(cls, out: Output) -> "HeaderCache":
+    def load(cls, out: Storage) -> "HeaderCache":
         """The saved headers; an empty cache when there are none or they do not read (they are only a
         shortcut: a damaged file costs a re-read, never a wrong plan)."""
         try:
@@ -49,7 +49,7 @@ class HeaderCache:
         found = self.known.get(path)
         return found[2] if found is not None and stat is not None and found[:2] == stat else None
 
-    def save(self, out: Output, entries: List[FileEntry], stats: List[Stat], headers: List[Header]) -> None:
+    def save(self, out: Storage, entries: List[FileEntry], stats: List[Stat], headers: List[Header]) -> None:
         rows = [(e.path, s, h) for e, s, h in zip(entries, stats, headers) if s is not None]
         out.write(HEADERS_NAME, pack(_encode(rows)))
 
@@ -106,7 +106,8 @@ def read_headers(entries: List[FileEntry], executor: Any, cache: HeaderCache,
     jobs = [(f"spg-headers-{j // HEADER_JOB:06d}", ([(entries[i].abspath, entries[i].path)
                                                     for i in todo[j : j + HEADER_JOB]],))
             for j in range(0, len(todo), HEADER_JOB)]
-    reporter = Progress(len(todo), 0.0, label="spg-shard: headers", enabled=progress and len(todo) >= SHOW_PROGRESS_FROM)
+    reporter = Progress(len(todo), 0.0, label="spg-shard: headers",
+                        enabled=progress and len(todo) >= SHOW_PROGRESS_FROM)
     for number, found in executor.run(header_task, jobs):
         start = number * HEADER_JOB
         for i, header in zip(todo[start : start + HEADER_JOB], found):

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import BadInput, SpgError
+from ..format.names import AUDIO_EXTENSIONS
 from ..storage.local import open_regular
 from .annotations import Annotation
 
-AUDIO_EXTENSIONS = {
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-    ".au", ".snd", ".caf", ".w64", ".rf64", ".sd2", ".voc", ".wv",
-}
 SCALAR = (str, int, float, bool, type(None))
 
 

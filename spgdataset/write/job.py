@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from ..errors import BadInput, SpgError
 from ..format.features import FeatureConfig
-from ..storage import Output, output_for, s3
-from ..storage.s3 import is_s3_url
+from .. import storage
+from ..storage import Storage, is_s3_url
 from .annotated import attach_annotations
 from .annotations import labelset_to_set
 from .executors import local_executor
@@ -64,6 +64,7 @@ class _Run:
     """One call's settings, as the stages need them."""
 
     output_dir: str
+    out: Storage  # output_dir's storage, with the S3 settings of this call: what the shard tasks write through
     features: FeatureConfig
     with_audio: bool
     progress: bool
@@ -103,30 +104,47 @@ def write_shards(
 ) -> WriteResult:
     """Write the shards of `audio_root` (+ optional metadata.json) into `output_dir`; resumes by default.
 
-    `files`: paths (relative to `audio_root`) to take instead of the metadata keys or a folder walk.
-    `part=(i, n)`: write only shards i, i+n, i+2n, ... (for job arrays); the part that completes the
-    set writes the manifest. `workers`: local processes computing spectrograms (default: all cores).
-    `client`: a `dask.distributed.Client`; its cluster's workers then read the headers and write the shards
-    (they must see `audio_root` and `output_dir`: a shared file system, or s3://). The output is the same.
-    `annot_format` ("simple-seq", "aud-seq", "textgrid"): each file's annotation, beside it or from `annotations`
-    {stored path: file}, its labels as interval names. `labelset` (vak's: "abc", a list) skips files with other
-    labels; `keep={key: values}` keeps files whose metadata[key] is one of them; `audio_format`: "wav" files only.
-    `segments=(seconds, overlap)`: longer files are stored in segments owning `seconds` and holding `overlap` more.
-    `allow_outside_root`: take input names leading outside `audio_root` (`../x.wav`, a symlink out), else refused.
-    `dry_run`: check everything (every file decoded and featurised, as a run does: the report a run would give)
-    and add up the bytes the shards would take, but write nothing. One run writes into `output_dir` at a time
-    (claim.py): another is refused, or with `wait=True` waits. Someone else's folder (or `audio_root`) is refused.
+    One run writes into `output_dir` at a time (claim.py): another is refused, or with `wait=True` waits.
+    Someone else's folder (or `audio_root`) is refused. The output is the same whoever computes it.
+
+    Args:
+        audio_root: the folder of audio files; every input path is inside it.
+        metadata_path: metadata.json ({path: {"intervals": ..., "metadata": ..., "length": ...}}), or None to walk
+            `audio_root`.
+        output_dir: a folder or s3://bucket/prefix, empty or holding spgdataset's own files.
+        files: paths (relative to `audio_root`) to take instead of the metadata keys or a folder walk.
+        features: the spectrogram's parameters (default: 80-mel log-mel at 16 kHz, hop 160).
+        with_audio: store each file's audio too (FLAC, at the feature rate), for readers that want it.
+        max_shard_bytes, max_shard_files: a shard closes when either is reached.
+        labelset: vak's ("abc", a list): files with other labels are skipped.
+        keep: {key: values}: only files whose metadata[key] is one of the values.
+        annot_format: "simple-seq", "aud-seq" or "textgrid": each file's annotation, beside it or from
+            `annotations` ({stored path: annotation file}), its labels as interval names.
+        audio_format: "wav": only .wav files.
+        workers: local processes computing spectrograms (default: all cores).
+        part: (i, n): write only shards i, i+n, i+2n, ... (job arrays); the part that completes the set writes
+            the manifest.
+        overwrite: write every shard again (removing only spgdataset's own files).
+        progress: the progress line on stderr (files, audio hours, throughput, ETA).
+        allow_outside_root: take input names leading outside `audio_root` (`../x.wav`, a symlink out).
+        dry_run: check everything (every file decoded and featurised, as a run does: the report a run would give)
+            and add up the bytes the shards would take, but write nothing.
+        client: a `dask.distributed.Client`; its cluster's workers then read the headers and write the shards
+            (they must see `audio_root` and `output_dir`: a shared file system, or s3://).
+        segments: (seconds, overlap): longer files are stored in segments owning `seconds` and holding `overlap`
+            more.
+        wait: wait for another run writing here instead of refusing.
     """
     selection = _Selection.of(keep, labelset, annot_format, annotations, audio_format, allow_outside_root)
     part_index, part_count = _checked_part(part, max_shard_bytes, max_shard_files)
-    audio_root, output_dir = _paths(audio_root, output_dir, client)
+    audio_root, output_dir, out = _paths(audio_root, output_dir, client)
     executor = _executor(workers, client, [audio_root] + ([] if dry_run else [_seen_from(output_dir)]))
     features = features or FeatureConfig()
-    run = _Run(output_dir, features, with_audio, progress, executor, (part_index, part_count),
+    run = _Run(output_dir, out, features, with_audio, progress, executor, (part_index, part_count),
                segment_frames(features, *segments))
     try:
         # a missing bucket or someone else's folder is said before any header is read
-        surveyed = None if dry_run else check_free(output_for(run.output_dir), run.output_dir)
+        surveyed = None if dry_run else check_free(run.out, run.output_dir)
         with _paused_gc():
             planned, reported, headers = _checked_inputs(run, audio_root, metadata_path, files, selection)
             plan = plan_shards(planned, run.features, with_audio, max_shard_bytes, max_shard_files)
@@ -138,13 +156,15 @@ def write_shards(
         gc.unfreeze()
 
 
-def _paths(audio_root: Any, output_dir: Any, client: Any) -> Tuple[str, str]:
+def _paths(audio_root: Any, output_dir: Any, client: Any) -> Tuple[str, str, Storage]:
+    """The audio folder and the output as the run names them, and the output's storage (with the S3 settings that
+    apply now: configure() over the environment)."""
     audio_root, output_dir = os.fspath(audio_root), os.fspath(output_dir)
     if client is not None:  # a worker's working directory is not this one's
         audio_root = os.path.abspath(audio_root)
         output_dir = output_dir if is_s3_url(output_dir) else os.path.abspath(output_dir)
     _check_places(audio_root, output_dir)
-    return audio_root, output_dir
+    return audio_root, output_dir, storage.at(output_dir)
 
 
 def _seen_from(output_dir: str) -> str:
@@ -159,7 +179,8 @@ def _check_places(audio_root: str, output_dir: str) -> None:
                        f"{os.path.join(os.path.dirname(os.path.realpath(audio_root)), 'shards')})")
 
 
-def _checked_part(part: Optional[Tuple[int, int]], max_bytes: Optional[int], max_files: Optional[int]) -> Tuple[int, int]:
+def _checked_part(part: Optional[Tuple[int, int]], max_bytes: Optional[int],
+                  max_files: Optional[int]) -> Tuple[int, int]:
     """`part` as (i, N), after the shard limits and the part are checked: exact ints (not bools or floats: nan or
     True would pass for a number further on) in range, each error naming its argument."""
     limit = 2**63 - 1  # what a count stored in the state records and the index can be
@@ -183,7 +204,7 @@ def _checked_part(part: Optional[Tuple[int, int]], max_bytes: Optional[int], max
 def _write(run: _Run, plan: List[List[PlannedFile]], reported: List[BadInput], headers: "_Headers",
            overwrite: bool, wait: bool, surveyed: Optional[Contents]) -> WriteResult:
     """Steps 3 and 4 of the module docstring, holding the folder (claim.py); resumes what is finished."""
-    out, mine = output_for(run.output_dir), run.mine(plan)
+    out, mine = run.out, run.mine(plan)
     with claimed(out, run.output_dir, run.part, wait, surveyed) as claim:
         claim.settle(run_fingerprint(plan, run.features, run.with_audio), overwrite, _owned_by(*run.part))
         headers.save(out)
@@ -243,7 +264,7 @@ class _Headers:
     found: List[Any]
     count: int  # read from the files in this run
 
-    def save(self, out: Output) -> None:
+    def save(self, out: Storage) -> None:
         if self.count:
             self.cache.save(out, self.entries, self.stats, self.found)
 
@@ -288,7 +309,7 @@ def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optio
     if not entries:
         raise SpgError(nothing_usable(len(reported), reported, "no audio files to shard"))
     reported += [BadInput(e.path, warning, kind="warning") for e in entries for warning in e.warnings]
-    cache = HeaderCache.load(output_for(run.output_dir))
+    cache = HeaderCache.load(run.out)
     found, stats, count = read_headers(entries, run.executor, cache, run.progress)
     planned, unreadable = plan_files(entries, found, run.features, run.segments)
     reported += unreadable
@@ -303,12 +324,9 @@ def _write_pending(run: _Run, plan: List[List[PlannedFile]], pending: List[int],
                    dry_run: bool) -> Dict[int, ShardRecord]:
     """One task per shard of `pending`, with a progress line; their records."""
     reporter = Progress(sum(len(plan[k]) for k in pending), sum(p.seconds for k in pending for p in plan[k]),
-                        enabled=run.progress)
-    reporter.bad = sum(bad.kind == "bad" for bad in reported)
-    reporter.filtered = sum(bad.kind == "filtered" for bad in reported)
-    settings = s3.overrides()
-    jobs = [(f"spg-shard-{k:06d}", (run.output_dir, k, plan[k], run.features, run.with_audio, dry_run, settings))
-            for k in pending]
+                        enabled=run.progress, bad=sum(bad.kind == "bad" for bad in reported),
+                        filtered=sum(bad.kind == "filtered" for bad in reported))
+    jobs = [(f"spg-shard-{k:06d}", (run.out, k, plan[k], run.features, run.with_audio, dry_run)) for k in pending]
     records = {}
     for number, record in run.executor.run(shard_task, jobs):
         k = pending[number]

@@ -16,12 +16,14 @@ class Progress:
     """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every `interval` seconds."""
 
     def __init__(self, total_files: int, total_seconds: float, label: str = "spg-shard",
-                 stream: Optional[TextIO] = None, enabled: bool = True, interval: float = 10.0) -> None:
+                 stream: Optional[TextIO] = None, enabled: bool = True, interval: float = 10.0, bad: int = 0,
+                 filtered: int = 0) -> None:
+        """`bad`, `filtered`: inputs already counted out before this stage (the line shows them from the start)."""
         self.total_files, self.total_seconds = total_files, total_seconds
         self.label, self.enabled, self.interval = label, enabled, interval
         self.stream = stream or sys.stderr
         self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.files = self.bad = self.filtered = 0  # bad: broken inputs; filtered: left out on purpose
+        self.files, self.bad, self.filtered = 0, bad, filtered  # bad: broken inputs; filtered: left out on purpose
         self.seconds = 0.0
         self.start = self.last_draw = time.monotonic()
 

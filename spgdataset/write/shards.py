@@ -27,10 +27,13 @@ from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, SEGMENTED
                             shard_name)
 from ..format.tar import tar_end
 from ..rules.labels import to_json, vocabularies
-from ..storage import Output, output_for
+from ..storage import Storage
 from ..version import __version__
 from .featurize import FileResult
 from .report import count_kinds, nothing_usable, report_row
+
+Encoded = bytes  # a record's msgpack: ShardRecord has a field named `bytes`, which hides the type in its body
+
 
 @dataclasses.dataclass
 class ShardRecord:
@@ -50,7 +53,7 @@ class ShardRecord:
     stat_frames: Optional[int] = None  # frames sum/sumsq cover, when not all (segments' overlaps count once)
 
     @classmethod
-    def from_bytes(cls, data: Optional[bytes]) -> Optional["ShardRecord"]:
+    def from_bytes(cls, data: Optional[Encoded]) -> Optional["ShardRecord"]:
         """The record, or None when the bytes are not one (a damaged record means: write the shard again)."""
         try:
             record = cls(**unpack(data)) if data is not None else None
@@ -58,7 +61,7 @@ class ShardRecord:
             return None
         return record if record is not None and record.well_formed() else None
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self) -> Encoded:
         return pack({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})  # asdict deep-copies rows
 
     def well_formed(self) -> bool:
@@ -69,7 +72,8 @@ class ShardRecord:
                 and isinstance(self.report, list) and len(self.index) == self.files
                 and all(isinstance(row, dict) for row in self.index + self.report)
                 and all(isinstance(v, list) for v in lists) and isinstance(self.stamp, (str, type(None)))
-                and (self.stat_frames is None or (type(self.stat_frames) is int and 0 <= self.stat_frames <= self.frames)))
+                and (self.stat_frames is None
+                     or (type(self.stat_frames) is int and 0 <= self.stat_frames <= self.frames)))
 
 
 def state_path(k: int) -> str:
@@ -91,7 +95,7 @@ class Listed:
     records: Dict[str, bytes]  # state records read, by their path in the folder
 
 
-def finished_shards(out: Output, ks: Iterable[int], listed: Optional[Listed] = None) -> Dict[int, ShardRecord]:
+def finished_shards(out: Storage, ks: Iterable[int], listed: Optional[Listed] = None) -> Dict[int, ShardRecord]:
     """The shards among `ks` that are complete, with their records.
 
     A shard is complete when its record is there and the storage's stamp of its tar is the one the record
@@ -120,9 +124,8 @@ def finished_shards(out: Output, ks: Iterable[int], listed: Optional[Listed] = N
         matching = list(pool.map(lambda kr: out.matches(kr[1].name, kr[1].bytes, kr[1].sha256), unstamped))
     for (k, record), ok in zip(unstamped, matching):
         if ok:
-            record.stamp = stamps[record.name]
-            out.write(state_path(k), record.to_bytes())
-            done[k] = record
+            done[k] = dataclasses.replace(record, stamp=stamps[record.name])
+            out.write(state_path(k), done[k].to_bytes())
     return done
 
 
@@ -139,52 +142,52 @@ class _Measuring:
         pass
 
 
-def write_shard(output_dir: str, k: int, results: Iterable[Union[FileResult, BadInput]],
+def write_shard(out: Storage, k: int, results: Iterable[Union[FileResult, BadInput]],
                 dry_run: bool = False) -> ShardRecord:
     """Shard k of the plan from its files' results (consumed one by one: a file's pieces are written and
     dropped before the next is computed), then its state record. `dry_run`: measure, write nothing."""
-    out = output_for(output_dir)
-    record = ShardRecord(name=shard_name(k))
-    digest, writing = hashlib.sha256(), None
-    total = total_sq = None
-    stat_frames = 0
+    name, digest, writing = shard_name(k), hashlib.sha256(), None
+    report: List[Dict[str, str]] = []
+    index: List[Dict[str, Any]] = []
+    size = frames = stat_frames = 0
+    seconds, total, total_sq, sha256, stamp = 0.0, None, None, None, None
     try:
         for result in results:
             if isinstance(result, BadInput):
-                record.report.append(report_row(result))
+                report.append(report_row(result))
                 continue
             if writing is None:
-                writing = _Measuring() if dry_run else out.create(record.name)
+                writing = _Measuring() if dry_run else out.create(name)
             for piece in result.members:
                 digest.update(piece)
                 writing.write(piece)
-                record.bytes += memoryview(piece).nbytes
-            record.files, record.frames = record.files + 1, record.frames + result.index["frames"]
+                size += memoryview(piece).nbytes
+            frames += result.index["frames"]
             stat_frames += result.index["frames"] if result.stat_frames is None else result.stat_frames
-            record.seconds += result.seconds
+            seconds += result.seconds
             total = result.sum if total is None else total + result.sum
             total_sq = result.sumsq if total_sq is None else total_sq + result.sumsq
-            record.index.append(dict(result.index, shard=record.name))
+            index.append(dict(result.index, shard=name))
         if writing is not None:
-            end = tar_end(record.bytes)
+            end = tar_end(size)
             digest.update(end)
             writing.write(end)
-            record.bytes += len(end)
-            record.sha256 = digest.hexdigest()
-            record.stamp = writing.commit(record.sha256)
+            size += len(end)
+            sha256 = digest.hexdigest()
+            stamp = writing.commit(sha256)
     except BaseException:
         if writing is not None:
             writing.discard()
         raise
-    if total is not None:
-        record.sum, record.sumsq = [float(v) for v in total], [float(v) for v in total_sq]
-    record.stat_frames = stat_frames if stat_frames != record.frames else None
+    sums = None if total is None or total_sq is None else ([float(v) for v in total], [float(v) for v in total_sq])
+    record = ShardRecord(name, len(index), frames, seconds, size, sha256, sums and sums[0], sums and sums[1],
+                         index, report, stamp, stat_frames if stat_frames != frames else None)
     if not dry_run:
         out.write(state_path(k), record.to_bytes())
     return record
 
 
-def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, with_audio: bool,
+def finalize(out: Storage, records: List[ShardRecord], features: FeatureConfig, with_audio: bool,
              rejected_early: List[Dict[str, str]], segments: Tuple[int, int]) -> Dict[str, Any]:
     """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
     report = sorted(rejected_early + [row for r in records for row in r.report], key=lambda row: row["path"])
@@ -211,8 +214,9 @@ def finalize(out: Output, records: List[ShardRecord], features: FeatureConfig, w
 def _manifest(good: List[ShardRecord], files: int, features: FeatureConfig, with_audio: bool) -> Dict[str, Any]:
     frames = sum(r.frames for r in good)
     stat_frames = sum(r.frames if r.stat_frames is None else r.stat_frames for r in good)
-    mean = np.sum([r.sum for r in good], axis=0) / stat_frames
-    std = np.sqrt(np.maximum(np.sum([r.sumsq for r in good], axis=0) / stat_frames - mean**2, 0.0))
+    mean = np.asarray([r.sum for r in good], dtype=np.float64).sum(axis=0) / stat_frames
+    std = np.sqrt(np.maximum(np.asarray([r.sumsq for r in good], dtype=np.float64).sum(axis=0) / stat_frames - mean**2,
+                             0.0))
     seconds = sum(r.seconds for r in good)
     return {
         "format_version": FORMAT_VERSION,

@@ -14,13 +14,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import torch
 
 from ..errors import BadInput
 from ..format.features import FeatureConfig
-from ..storage import s3
+from ..storage import Storage
 from .audio import probe
 from .featurize import featurize_or_report
 from .plan import Header, PlannedFile
@@ -80,14 +80,13 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def shard_task(output_dir: str, k: int, files: List[PlannedFile], features: FeatureConfig, with_audio: bool,
-               dry_run: bool, s3_settings: Dict[str, Any]) -> ShardRecord:
-    """Shard k: its files featurised one after the other and written as they come; its record.
-    `s3_settings`: what configure() set in the process that started the run (a worker has its own)."""
-    s3.adopt(s3_settings)
+def shard_task(out: Storage, k: int, files: List[PlannedFile], features: FeatureConfig, with_audio: bool,
+               dry_run: bool) -> ShardRecord:
+    """Shard k: its files featurised one after the other and written as they come; its record. `out` is the
+    run's storage, pickled with the S3 settings of the process that started the run."""
     with one_torch_thread(), _ALLOCATOR:
         results = (featurize_or_report(item, features, with_audio) for item in files)
-        return write_shard(output_dir, k, results, dry_run)
+        return write_shard(out, k, results, dry_run)
 
 
 def header_task(files: List[Tuple[str, str]]) -> List[Header]:

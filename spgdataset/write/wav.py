@@ -13,9 +13,10 @@ declared_frames() reads what any WAV's header promises, for the header stage to 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
-from typing import BinaryIO, Iterator, Optional, Tuple
+from typing import BinaryIO, Iterator, Optional, Tuple, cast
 
 import numpy as np
 
@@ -91,8 +92,9 @@ def read_wav(path: str) -> Optional[Tuple[np.ndarray, int]]:
         have = max(0, min(len(head) - offset, size))
         data[:have] = head[offset : offset + have]
         view = memoryview(data)
+        raw = cast(io.RawIOBase, stream)  # buffering=0: the file itself, whose readinto takes what is there
         while have < size:
-            got = stream.readinto(view[have:])
+            got = raw.readinto(view[have:])
             if not got:  # the file shrank while being read
                 return None
             have += got

@@ -298,7 +298,7 @@ def test_normalize_global_and_window(shards, stored, manifest):
     for item in ds:
         f, start = stored[item["key"]], int(item["start"])
         want = (f.spec[:, start : start + W].astype(np.float32) - mean[:, None]) / std[:, None]
-        # the reader may hold normalised float16-stored frames in float16 (batching.py): allow that rounding
+        # the reader may hold normalised float16-stored frames in float16 (chunks.py): allow that rounding
         np.testing.assert_allclose(item["spectrogram"].numpy(), want, rtol=6e-4, atol=1e-6)
         n += 1
     assert n == len(ds)
@@ -853,4 +853,4 @@ def test_brace_expanded_shard_lists(shards, stored, selection, names):
     assert sum(expected.values()) > 0
     assert windows_of(ds) == expected
     assert collections.Counter(collect(ds)) == expected
-    assert [s["name"] for s in ds.shards.shards] == names
+    assert [s.name for s in ds.shards.shards] == names

@@ -106,7 +106,7 @@ def test_check_names_false_accepts_a_name_the_data_has_not(shards):
 def test_a_split_without_a_subset_says_which_part_it_took(shards):
     with pytest.warns(UserWarning, match=r"this dataset is subset 0 .*subset=1, \.\.\., 2"):
         ds = SpectrogramDataset(shards, split=(0.8, 0.1, 0.1))
-    assert ds.subset == 0
+    assert ds.config.split.subset == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SpectrogramDataset(shards, split=(0.8, 0.1, 0.1), subset=2)

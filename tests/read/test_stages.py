@@ -13,7 +13,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from spgdataset import ShardError, SpectrogramDataset
-from spgdataset.read.batching import FileRecord
+from spgdataset.read.records import FileRecord
 from spgdataset.read.cursor import EpochCursor
 from spgdataset.read.stages import planned_files, restrict, shuffle_files
 from spgdataset.rules.plan import resume_point

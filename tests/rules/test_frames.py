@@ -24,7 +24,7 @@ from spgdataset.rules.frames import (
     rescale_sample,
     union_mask,
 )
-from spgdataset.rules.windows import kept_starts, window_content, window_frames, window_starts
+from spgdataset.rules.windows import WindowRule, kept_starts, window_content, window_frames, window_starts
 
 HOP = 160
 
@@ -248,7 +248,7 @@ def test_content_ratio_filter_matches_brute_force():
         names = [["speech"], ["speech", "noise"], ["noise"], ["absent"]][case % 4]
         ratio = float(rng.choice([0.0, 0.1, 0.5, 0.75, 1.0, float(rng.random())]))
         pad_short = bool(case % 3 == 0)
-        got = kept_starts(frames, intervals, window, step, hop, names, ratio, pad_short=pad_short).tolist()
+        got = kept_starts(WindowRule(window, step, hop, tuple(names), ratio, pad_short), frames, intervals).tolist()
         expected = brute_kept(frames, intervals, window, step, hop, names, ratio, pad_short)
         assert got == expected, dict(frames=frames, intervals=intervals, window=window, step=step, hop=hop,
                                      names=names, ratio=ratio, pad_short=pad_short)
@@ -261,17 +261,17 @@ def test_content_ratio_filter_matches_brute_force():
 def test_content_ratio_examples():
     # 30 frames, hop 160, speech over frames 5..14 (samples [800, 2400)), W=10, S=5
     intervals = {"speech": [[800, 2400]]}
-    assert kept_starts(30, intervals, 10, 5, HOP, ["speech"], 1.0).tolist() == [5]
-    assert kept_starts(30, intervals, 10, 5, HOP, ["speech"], 0.5).tolist() == [0, 5, 10]
-    assert kept_starts(30, intervals, 10, 5, HOP, ["speech"], 0.0).tolist() == [0, 5, 10, 15, 20]
-    assert kept_starts(30, None, 10, 5, HOP, ["speech"], 1.0).tolist() == [0, 5, 10, 15, 20]
-    assert kept_starts(30, intervals, 10, 5, HOP, ["noise"], 0.1).tolist() == []
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 1.0), 30, intervals).tolist() == [5]
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.5), 30, intervals).tolist() == [0, 5, 10]
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.0), 30, intervals).tolist() == [0, 5, 10, 15, 20]
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 1.0), 30, None).tolist() == [0, 5, 10, 15, 20]
+    assert kept_starts(WindowRule(10, 5, HOP, ("noise",), 0.1), 30, intervals).tolist() == []
     # a stop one sample later reaches frame 15 (centre 2400): window 10 gets 6/10
-    assert kept_starts(30, {"speech": [[800, 2401]]}, 10, 5, HOP, ["speech"], 0.6).tolist() == [5, 10]
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.6), 30, {"speech": [[800, 2401]]}).tolist() == [5, 10]
     # short file: nothing, or one padded window whose padding is not content
-    assert kept_starts(6, intervals, 10, 5, HOP, ["speech"], 0.1).tolist() == []
-    assert kept_starts(6, {"speech": [[0, 10**6]]}, 10, 5, HOP, ["speech"], 0.6, pad_short=True).tolist() == [0]
-    assert kept_starts(6, {"speech": [[0, 10**6]]}, 10, 5, HOP, ["speech"], 0.7, pad_short=True).tolist() == []
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.1), 6, intervals).tolist() == []
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.6, True), 6, {"speech": [[0, 10**6]]}).tolist() == [0]
+    assert kept_starts(WindowRule(10, 5, HOP, ("speech",), 0.7, True), 6, {"speech": [[0, 10**6]]}).tolist() == []
 
 
 @pytest.mark.parametrize("pad_short", [False, True])
@@ -296,8 +296,9 @@ def test_count_kept_equals_the_per_file_rule(pad_short, ratio, names):
                 cuts = np.sort(rng.integers(0, max(n, 1) * hop + 3 * hop, size=2 * int(rng.integers(0, 5))))
                 spans[name] = [[int(a), int(b)] for a, b in cuts.reshape(-1, 2) if a < b]
             intervals.append(spans)
-    got = count_kept(frames, intervals, window, step, hop, names, ratio, pad_short)
-    expected = [len(kept_starts(n, iv, window, step, hop, names, ratio, pad_short)) for n, iv in zip(frames, intervals)]
+    rule = WindowRule(window, step, hop, names, ratio, pad_short)
+    got = count_kept(rule, frames, intervals)
+    expected = [len(kept_starts(rule, n, iv)) for n, iv in zip(frames, intervals)]
     assert got.tolist() == expected
 
 
@@ -321,9 +322,10 @@ def test_columnar_counts_in_small_blocks_equal_the_per_file_rule(seed):
     lo = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     edges = np.array([s for spans in per_file for s in spans], dtype=np.int64).reshape(-1, 2)
     content = [Spans(lo, lo + sizes, edges[:, 0], edges[:, 1])]
-    got = count_kept_spans(frames, annotated, content, window, step, hop, ratio, pad_short,
-                           block_files=int(rng.integers(1, 9)), block_windows=int(rng.integers(1, 30)))
+    rule = WindowRule(window, step, hop, ("speech",), ratio, pad_short)
+    got = count_kept_spans(rule, frames, annotated, content, block_files=int(rng.integers(1, 9)),
+                           block_windows=int(rng.integers(1, 30)))
     for i, f in enumerate(frames.tolist()):
         intervals = {"speech": [list(s) for s in per_file[i]]} if annotated[i] else {}
-        want = len(kept_starts(f, intervals, window, step, hop, ["speech"], ratio, pad_short))
+        want = len(kept_starts(rule, f, intervals))
         assert got[i] == want, (i, f, intervals, window, step, hop, ratio, pad_short)

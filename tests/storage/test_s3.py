@@ -33,9 +33,11 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")  # the server runs in a subprocess; this only says it is installed
 
-from spgdataset import ShardError, SpectrogramDataset, SpgError, s3, write_shards  # noqa: E402
+from spgdataset import ShardError, SpectrogramDataset, SpgError, s3, storage, write_shards  # noqa: E402
 from spgdataset.demo import make_corpus  # noqa: E402
-from spgdataset.storage import open_shard  # noqa: E402
+from spgdataset.storage.s3.cache import ShardCache  # noqa: E402
+from spgdataset.storage.s3.client import backoff, client  # noqa: E402
+from spgdataset.storage.s3.stream import S3Stream  # noqa: E402
 from tests.helpers import index_rows  # noqa: E402
 from tests.s3server import BUCKET, ENV_CLEARED, Moto  # noqa: E402
 
@@ -49,6 +51,16 @@ LEASE = 12
 
 
 # ---------------------------------------------------------------- the server: tests/s3server.py, fixtures in conftest.py
+
+
+def open_shard(url: str) -> Any:
+    """A shard's stream as a dataset opens one (without the manifest's size and sha256: never from the cache)."""
+    folder, _, name = url.rpartition("/")
+    return storage.at(folder).open_shard(name)
+
+
+def manifest_of(url: str) -> Dict[str, Any]:
+    return json.loads(storage.at(url).read_bytes("manifest.json", 1 << 30))
 
 
 def run_cli(moto: Moto, args: List[Any], timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess:
@@ -243,7 +255,7 @@ def test_stream_resumes_at_the_byte_where_it_broke(aws, moto, s3_shards, run16k,
     s3.configure(retry_base_delay=0.01, read_timeout=0.5)
     try:
         with caplog.at_level(logging.INFO, logger="spgdataset"):
-            stream = s3.S3Stream(s3_shards + name)
+            stream = S3Stream(s3_shards + name, s3.settings())
             data = b"".join(iter(lambda: stream.read(4096), b""))
     finally:
         proxy.close()
@@ -259,7 +271,7 @@ def test_stream_resumes_at_the_byte_where_it_broke(aws, moto, s3_shards, run16k,
 def test_dropped_connections_still_yield_every_window_once(aws, moto, s3_shards, local_windows):
     proxy = FaultProxy(moto.port, FAULTS)
     aws(endpoint=proxy.endpoint)
-    s3.configure(retry_base_delay=0.02, read_timeout=1.0)  # the forked workers inherit this
+    s3.configure(retry_base_delay=0.02, read_timeout=1.0)  # the dataset's storage takes it into the workers
     try:
         got = windows(s3_shards, num_workers=2)
     finally:
@@ -348,12 +360,12 @@ def _cache_state(folder: Path) -> Tuple[int, List[Path]]:
 def test_cache_keeps_under_its_limit_and_refetches_a_corrupt_copy(aws, s3_shards, run16k, local_windows, tmp_path,
                                                                   caplog):
     shards = SpectrogramDataset(run16k[0]).shards.shards
-    limit = int(1.5 * max(s["bytes"] for s in shards))  # room for one or two shards, not all
+    limit = int(1.5 * max(s.bytes for s in shards))  # room for one or two shards, not all
     cache = tmp_path / "cache"
     s3.configure(cache_dir=str(cache), cache_bytes=limit)
     got: Dict[Tuple[str, int], bytes] = {}
     for shard in shards:  # one shard at a time, so the limit is checked after each
-        got.update(windows(s3_shards + shard["name"]))
+        got.update(windows(s3_shards + shard.name))
         used, cached = _cache_state(cache)
         assert used <= limit and cached
     assert got == local_windows
@@ -387,7 +399,7 @@ def test_cache_through_env_in_dataloader_workers(aws, monkeypatch, s3_shards, lo
     assert windows(s3_shards, num_workers=2) == local_windows
     assert windows(s3_shards, num_workers=2) == local_windows  # second epoch from the cache
     used, cached = _cache_state(cache)
-    manifest = json.loads(s3.read_bytes(s3_shards + "manifest.json"))
+    manifest = manifest_of(s3_shards)
     assert sorted(p.stem for p in cached) == sorted(s["sha256"] for s in manifest["shards"])
     assert not [p for p in cache.iterdir() if p.suffix == ".tmp"]
 
@@ -397,7 +409,7 @@ def test_configure_reaches_spawned_workers(aws, s3_shards, local_windows, tmp_pa
     cache = tmp_path / "cache"
     s3.configure(cache_dir=str(cache), cache_bytes="64M", retry_base_delay=0.05)
     assert windows(s3_shards, num_workers=2, multiprocessing_context="spawn") == local_windows
-    manifest = json.loads(s3.read_bytes(s3_shards + "manifest.json"))
+    manifest = manifest_of(s3_shards)
     assert sorted(p.stem for p in _cache_state(cache)[1]) == sorted(s["sha256"] for s in manifest["shards"])
 
 
@@ -431,7 +443,7 @@ def counted_requests() -> Iterator[collections.Counter]:
     def count(model, **_):
         calls[model.name] += 1
 
-    clients = [s3.client(), s3.client(attempts=1)]  # API calls; streams (GetObject) retry on their own
+    clients = [client(s3.settings()), client(s3.settings(), attempts=1)]  # API calls; streams retry on their own
     for c in clients:
         c.meta.events.register("before-call.s3", count)
     try:
@@ -534,11 +546,12 @@ def test_killed_write_to_s3_then_rerun_finishes_the_same_job(moto, tmp_path, hel
 
 
 def test_a_forked_child_makes_its_own_client(aws):
-    parent = s3.client()
-    assert s3.client() is parent
+    settings = s3.settings()
+    parent = client(settings)
+    assert client(settings) is parent and client(s3.settings()) is parent  # one per process and settings value
     pid = os.fork()
     if pid == 0:  # child: a new client, never the parent's (whose sockets it shares)
-        os._exit(0 if s3.client() is not parent and s3.client() is s3.client() else 1)
+        os._exit(0 if client(settings) is not parent and client(settings) is client(settings) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
@@ -560,7 +573,7 @@ def test_settings_from_env_and_configure(monkeypatch):
 def test_backoff_grows_and_is_capped():
     config = s3.S3Settings(retry_base_delay=0.5, retry_max_delay=4.0)
     for failures, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
-        delays = [s3.backoff(failures, config) for _ in range(50)]
+        delays = [backoff(failures, config) for _ in range(50)]
         assert all(cap / 2 <= d <= cap for d in delays)
 
 
@@ -590,7 +603,7 @@ def test_a_remote_manifest_cannot_make_the_cache_delete_a_local_file(aws, moto, 
     with pytest.raises(SpgError, match=r"evil-sha/manifest.json: shards\[0\].sha256"):
         SpectrogramDataset(url)
     with pytest.raises(ShardError, match="not a sha256"):  # and the cache refuses such a name on its own
-        s3.ShardCache(str(cache), 1 << 30).open(url + "shard-000000.tar", 100, "../victim/victim")
+        ShardCache(s3.settings()).open(url + "shard-000000.tar", 100, "../victim/victim")
     assert victim.read_bytes() == b"precious"
 
 
@@ -699,14 +712,12 @@ def test_a_frozen_server_is_given_up_on_in_bounded_time(aws):
 
 
 def test_a_prefix_written_by_a_living_run_is_refused_and_a_dead_runs_lease_taken_over(aws, moto, corpus16k):
-    from spgdataset.storage.s3 import S3Output
-
     root, meta = corpus16k
     url = f"s3://{BUCKET}/leased"
     s3.configure(lock_lease=2)
     holder = json.dumps({"pid": 4242, "host": "elsewhere", "started": "today", "command": "spg-shard ..."}).encode()
-    alive = S3Output(url).try_lock(".spg-state/lock", holder)  # renewed every half second by its thread
-    assert alive is not None and S3Output(url).try_lock(".spg-state/lock", b"{}") is None
+    alive = storage.at(url).try_lock(".spg-state/lock", holder)  # renewed every half second by its thread
+    assert alive is not None and storage.at(url).try_lock(".spg-state/lock", b"{}") is None
     time.sleep(2.5)  # a living holder keeps its lease past the lease time
     with pytest.raises(SpgError, match=r"another spg-shard run is writing here \(pid 4242 on elsewhere.*renewed"):
         write_shards(root, meta, url, workers=1, progress=False)

@@ -138,6 +138,7 @@ def test_an_unreachable_scheduler_is_one_line(corpus16k, tmp_path, helpers):
 SHARD_TASK_FAULTS = """
 import json, resource, sys
 from spgdataset.format.features import FeatureConfig
+from spgdataset.storage import at
 from spgdataset.write.headers import HeaderCache, read_headers
 from spgdataset.write.executors import InProcess
 from spgdataset.write.inputs import collect_inputs
@@ -146,9 +147,9 @@ from spgdataset.write.tasks import shard_task
 entries, _ = collect_inputs(sys.argv[1], sys.argv[2])
 headers, _, _ = read_headers(entries, InProcess(), HeaderCache(), progress=False)
 planned, _ = plan_files(entries, headers, FeatureConfig())
-shard_task(sys.argv[3], 0, planned[:2], FeatureConfig(), False, False, {})  # warm: imports, filters
+shard_task(at(sys.argv[3]), 0, planned[:2], FeatureConfig(), False, False)  # warm: imports, filters
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-shard_task(sys.argv[3], 1, planned, FeatureConfig(), False, False, {})
+shard_task(at(sys.argv[3]), 1, planned, FeatureConfig(), False, False)
 print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / len(planned)))
 """
 

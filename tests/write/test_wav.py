@@ -16,7 +16,7 @@ import soundfile as sf
 
 from spgdataset import write_shards
 from spgdataset.format.codec import pack
-from spgdataset.storage.local import LocalOutput
+from spgdataset.storage.folder import LocalStorage
 from spgdataset.write import audio
 from spgdataset.write.headers import HEADERS_NAME, HeaderCache
 from spgdataset.write.wav import probe_wav, read_wav
@@ -231,5 +231,5 @@ def test_a_header_cache_without_declared_lengths_is_read_again(tmp_path):
     (tmp_path / HEADERS_NAME).write_bytes(pack({
         "version": 1, "paths": ["short.wav"], "size": column(stat.st_size), "mtime": column(stat.st_mtime_ns),
         "samples": column(RATE), "rate": column(RATE), "problems": {}}))
-    cache = HeaderCache.load(LocalOutput(str(tmp_path)))
+    cache = HeaderCache.load(LocalStorage(str(tmp_path)))
     assert cache.lookup("short.wav", (stat.st_size, stat.st_mtime_ns)) is None

@@ -1,4 +1,4 @@
-"""A local cache of S3 shards, and `open_shard`: a shard from the cache when it holds a verified copy, else S3.
+"""A local cache of S3 shards, and `shard_stream`: a shard from the cache when it holds a verified copy, else S3.
 
 Shards are kept on local disk under their sha256 from the manifest, hashed again before a cached copy is used
 (a corrupt one is dropped and fetched again), filled while the shard is streamed to its first reader
@@ -17,26 +17,26 @@ import time
 from typing import Any, BinaryIO, Optional
 
 from ...errors import ShardError
-from ...format.manifest import is_sha256
+from ...format.names import is_sha256
 from .client import stats
-from .settings import settings
+from .settings import S3Settings
 from .stream import BUFFER, S3Stream
 
 log = logging.getLogger("spgdataset")
 
 
-def open_shard(url: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
-    """A buffered stream over the shard at `url`: from the cache (when one is configured and the manifest's
-    `size` and `sha256` are given) if it holds a verified copy, else streamed from S3 (and cached when the
-    object's size is the manifest's)."""
-    s = settings()
+def shard_stream(url: str, s: S3Settings, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
+    """A buffered stream over the shard at `url`: from the cache (when `s` has one and the manifest's `size` and
+    `sha256` are given) if it holds a verified copy, else streamed from S3 (and cached when the object's size is
+    the manifest's)."""
     if s.cache_dir and sha256 and size is not None:
-        return ShardCache(s.cache_dir, s.cache_bytes).open(url, size, sha256)
-    return io.BufferedReader(S3Stream(url), buffer_size=BUFFER)
+        return ShardCache(s).open(url, size, sha256)
+    return io.BufferedReader(S3Stream(url, s), buffer_size=BUFFER)
 
 
 class ShardCache:
-    """A folder of shards named `<sha256>.tar`, least recently used (by mtime) evicted past `limit` bytes.
+    """The folder `cache_dir` of shards named `<sha256>.tar`, least recently used (by mtime) evicted past
+    `cache_bytes`; missing shards are streamed with the same settings.
 
     Content-addressed, so a shard rewritten under the same name is a different entry, and a cached copy is
     checked against its name (the manifest's sha256) every time before it is used.
@@ -44,9 +44,11 @@ class ShardCache:
 
     STALE_SECONDS = 600  # a temporary file untouched this long was left by a killed process
 
-    def __init__(self, directory: str, limit: int) -> None:
-        self.directory, self.limit = directory, int(limit)
-        os.makedirs(directory, exist_ok=True)
+    def __init__(self, s: S3Settings) -> None:
+        if not s.cache_dir:
+            raise ValueError("ShardCache needs settings with a cache_dir")
+        self.settings, self.directory, self.limit = s, s.cache_dir, int(s.cache_bytes)
+        os.makedirs(self.directory, exist_ok=True)
 
     def path(self, sha256: str) -> str:
         """`<sha256>.tar` in the cache folder; the digest comes from a manifest, so it is checked to be one
@@ -61,7 +63,7 @@ class ShardCache:
             stats["cache_hits"] += 1
             return cached
         stats["cache_misses"] += 1
-        stream = S3Stream(url)
+        stream = S3Stream(url, self.settings)
         if stream.size != size or size > self.limit:  # another size than claimed: the reader says so, and no
             return io.BufferedReader(stream, buffer_size=BUFFER)  # room is made (nothing evicted) for a claim
         try:

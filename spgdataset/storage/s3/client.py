@@ -7,9 +7,10 @@ its retries are a documented config (`standard` mode); and its transfer manager 
 uploads. s3fs would add fsspec and aiobotocore (an async fork of botocore pinned to exact botocore versions)
 for the same few requests. boto3 is imported only when an s3:// URL is used (`pip install "spgdataset[s3]"`).
 
-A client is never used across a fork (DataLoader workers): clients are keyed by os.getpid(), so a forked
-child makes its own; no lock is held while one is made (a lock held by another thread at a fork would
-deadlock the child).
+Every function takes the settings as a value (a storage object's, storage.at): nothing here reads configure()
+or the environment. A client is never used across a fork (DataLoader workers): clients are keyed by
+os.getpid() and the settings they were made with, so a forked child makes its own; no lock is held while one is
+made (a lock held by another thread at a fork would deadlock the child).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import re
 from typing import Any, Dict, Optional, Tuple, Type
 
 from ... import errors
-from ...errors import SpgError
-from .settings import S3Settings, settings
+from ...errors import ShardError, SpgError
+from .settings import S3Settings
 from .urls import is_s3_url, split_url
 
 # Counters of this process (tests, benchmarks, debugging): resumed streams, cache hits/misses/evictions...
@@ -44,10 +45,9 @@ def _boto3() -> Any:
     return boto3
 
 
-def client(config: Optional[S3Settings] = None, attempts: Optional[int] = None) -> Any:
+def client(s: S3Settings, attempts: Optional[int] = None) -> Any:
     """The boto3 S3 client of this process for these settings (created on first use). `attempts`: botocore's
     total attempts per request (default `api_attempts`; streams use 1 and retry themselves)."""
-    s = config or settings()
     attempts = s.api_attempts if attempts is None else attempts
     key = (os.getpid(), s.endpoint_url, s.region_name, s.profile_name, s.addressing_style, s.connect_timeout,
            s.read_timeout, attempts)
@@ -113,14 +113,26 @@ def is_transient(exc: BaseException) -> bool:
                             EarlyEnd))
 
 
-def error(url: str, exc: BaseException, cls: Type[SpgError] = SpgError, doing: str = "") -> SpgError:
-    """An SpgError (or ShardError) naming the URL and saying what went wrong, in one line; `.code` is the S3
-    error code when there is one (NoSuchKey, AccessDenied, ...)."""
+class S3Error(SpgError):
+    """An SpgError from S3, with S3's error code (NoSuchKey, AccessDenied, ...) when it gave one."""
+
+    def __init__(self, message: str, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class S3ShardError(S3Error, ShardError):
+    """The same about a shard: a ShardError, which a dataset may skip (on_error="warn")."""
+
+
+def error(s: S3Settings, url: str, exc: BaseException, cls: Type[SpgError] = SpgError, doing: str = "") -> SpgError:
+    """An SpgError (a ShardError when `cls` is one) naming the URL (and the endpoint of `s`) and saying what went
+    wrong, in one line, with the S3 error code when there is one (S3Error.code)."""
     from botocore import exceptions as bex
 
     if isinstance(exc, SpgError):
         return exc
-    endpoint = settings().endpoint_url
+    endpoint = s.endpoint_url
     head = f"{url}: {doing + ': ' if doing else ''}"
     code = error_code(exc) or _upload_error_code(exc)
     if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
@@ -132,10 +144,8 @@ def error(url: str, exc: BaseException, cls: Type[SpgError] = SpgError, doing: s
         text = explained.format(bucket=bucket) if explained else (_message(exc) or "request failed")
         text += f" ({code}{', endpoint ' + endpoint if endpoint else ''})"
     else:
-        text = f"{type(exc).__name__}: {first_line(exc)}{' (endpoint ' + endpoint + ')' if endpoint else ''}"
-    made = cls(head + text)
-    made.code = code  # type: ignore[attr-defined]
-    return made
+        text = f"{type(exc).__name__}: {first_line(exc, s)}{' (endpoint ' + endpoint + ')' if endpoint else ''}"
+    return (S3ShardError if issubclass(cls, ShardError) else S3Error)(head + text, code)
 
 
 def _upload_error_code(exc: BaseException) -> Optional[str]:
@@ -149,10 +159,10 @@ def _message(exc: BaseException) -> str:
     return response.get("Error", {}).get("Message", "") if isinstance(response, dict) else ""
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, s: S3Settings) -> str:
     """errors.first_line, saying what a read timeout means (botocore's text names no URL)."""
     if type(exc).__name__ == "ReadTimeoutError":
-        return f"no data for {settings().read_timeout:g} s (read timeout)"
+        return f"no data for {s.read_timeout:g} s (read timeout)"
     return errors.first_line(exc)
 
 

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Optional, Tuple
 
 from .client import MISSING_CODES, client, error, error_code
-from .settings import settings
+from .settings import S3Settings
 
 log = logging.getLogger("spgdataset")
 CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
@@ -25,10 +25,10 @@ CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "40
 class S3Lock:
     """A lease held on `key` of `bucket` (see the module docstring), renewed in a thread until `release`."""
 
-    def __init__(self, bucket: str, key: str, etag: str, body: bytes) -> None:
-        self.bucket, self.key, self.etag, self.body = bucket, key, etag, body
+    def __init__(self, bucket: str, key: str, etag: str, body: bytes, s: S3Settings) -> None:
+        self.bucket, self.key, self.etag, self.body, self.settings = bucket, key, etag, body, s
         self.lost = False
-        self.period = settings().lock_lease / 4
+        self.period = s.lock_lease / 4
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="spg-s3-lock", daemon=True)
         self._thread.start()
@@ -36,7 +36,7 @@ class S3Lock:
     def _renew(self) -> None:
         while not self._stop.wait(self.period):
             try:
-                self.etag = client().put_object(Bucket=self.bucket, Key=self.key, Body=self.body,
+                self.etag = client(self.settings).put_object(Bucket=self.bucket, Key=self.key, Body=self.body,
                                                 IfMatch=self.etag)["ETag"]
             except Exception as exc:
                 if error_code(exc) in CONFLICT_CODES or error_code(exc) in MISSING_CODES:
@@ -53,39 +53,39 @@ class S3Lock:
         self._thread.join()
         if not self.lost:
             try:
-                client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+                client(self.settings).delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
             except Exception:  # a lock left behind expires after one lease
                 log.info("s3://%s/%s: could not remove the writer's lock; it expires by itself", self.bucket, self.key)
 
 
-def acquire(bucket: str, key: str, body: bytes) -> Optional[S3Lock]:
+def acquire(bucket: str, key: str, body: bytes, s: S3Settings) -> Optional[S3Lock]:
     """The lock on `key`, or None while a living run holds it."""
     url = f"s3://{bucket}/{key}"
-    c = client()
+    c = client(s)
     try:
-        return S3Lock(bucket, key, c.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"], body)
+        return S3Lock(bucket, key, c.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"], body, s)
     except Exception as exc:
         if error_code(exc) not in CONFLICT_CODES:
-            raise error(url, exc, doing="cannot take the writer's lock") from None
-    found = lease(bucket, key)
-    if found is None or found[1] < settings().lock_lease:
+            raise error(s, url, exc, doing="cannot take the writer's lock") from None
+    found = lease(bucket, key, s)
+    if found is None or found[1] < s.lock_lease:
         return None  # alive (or released a moment ago: the caller tries again)
     try:  # the holder died: take its lock over, unless another newcomer did first
-        return S3Lock(bucket, key, c.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=found[0])["ETag"], body)
+        return S3Lock(bucket, key, c.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=found[0])["ETag"], body, s)
     except Exception as exc:
         if error_code(exc) in CONFLICT_CODES or error_code(exc) in MISSING_CODES:
             return None
-        raise error(url, exc, doing="cannot take the writer's lock") from None
+        raise error(s, url, exc, doing="cannot take the writer's lock") from None
 
 
-def lease(bucket: str, key: str) -> Optional[Tuple[str, float]]:
+def lease(bucket: str, key: str, s: S3Settings) -> Optional[Tuple[str, float]]:
     """(ETag, seconds since it was last renewed, by the server's clock) of a lock object; None when absent."""
     try:
-        head = client().head_object(Bucket=bucket, Key=key)
+        head = client(s).head_object(Bucket=bucket, Key=key)
     except Exception as exc:
         if error_code(exc) in MISSING_CODES:
             return None
-        raise error(f"s3://{bucket}/{key}", exc) from None
+        raise error(s, f"s3://{bucket}/{key}", exc) from None
     return head["ETag"], _age(head)
 
 

@@ -1,8 +1,10 @@
 """How to reach S3: settings from `configure(...)` in code, else from the environment.
 
 Environment: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (endpoint of an S3-compatible store), SPG_S3_CACHE_DIR and
-SPG_S3_CACHE_BYTES (local shard cache), SPG_S3_LOCK_LEASE (seconds a writer's lock outlives a killed run). Environment variables reach DataLoader workers and `spg-shard` runs by
-themselves; what `configure()` sets travels with a dataset into spawned workers (`overrides()` / `adopt()`).
+SPG_S3_CACHE_BYTES (local shard cache), SPG_S3_LOCK_LEASE (seconds a writer's lock outlives a killed run).
+configure() and the environment are read once, where a storage object is built (`storage.at`): from then on the
+settings are a value held by the object, which carries them into DataLoader workers and the writer's tasks
+(forked, spawned or on Dask).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ _overrides: Dict[str, Any] = {}
 
 
 def configure(**changes: Any) -> S3Settings:
-    """Set S3 settings for this process (and, through a dataset, its spawned workers); returns them all.
+    """Set S3 settings for this process's datasets and runs made from now on; returns them all.
 
     `configure(endpoint_url="http://127.0.0.1:9000", cache_dir="/scratch/shards", cache_bytes=50 * 2**30)`.
     A value of None removes a setting made here, so the environment or the default applies again.
@@ -61,23 +63,13 @@ def configure(**changes: Any) -> S3Settings:
     return settings()
 
 
-def overrides() -> Dict[str, Any]:
-    """What configure() set in this process (a copy)."""
-    return dict(_overrides)
-
-
-def adopt(values: Dict[str, Any]) -> None:
-    """Take settings from the process that opened a dataset, unless this process configured its own."""
-    if values and not _overrides:
-        configure(**values)
-
-
 def clear() -> None:
     """Forget what configure() set (tests)."""
     _overrides.clear()
 
 
 def settings() -> S3Settings:
+    """What applies now: configure()'s settings over the environment's over the defaults."""
     env: Dict[str, Any] = {}
     if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Type
 from ...errors import ShardError, SpgError
 from ..local import read_at_most
 from .client import MISSING_CODES, EarlyEnd, backoff, client, error, first_line, is_transient, stats
-from .settings import MiB, settings
+from .settings import MiB, S3Settings
 from .urls import split_url
 
 log = logging.getLogger("spgdataset")
@@ -38,11 +38,11 @@ class S3Stream(io.RawIOBase):
     `Range: bytes=<offset>-` and `If-Match: <ETag>` (a replaced object is an error, never a splice of two).
     """
 
-    def __init__(self, url: str, error_class: Type[SpgError] = ShardError) -> None:
+    def __init__(self, url: str, s: S3Settings, error_class: Type[SpgError] = ShardError) -> None:
         super().__init__()
         self.url, self.error_class = url, error_class
         self.bucket, self.key = split_url(url)
-        self.settings = settings()
+        self.settings = s
         self.position = 0  # bytes delivered so far
         self.size: Optional[int] = None  # from the first response
         self.etag: Optional[str] = None
@@ -114,17 +114,18 @@ class S3Stream(io.RawIOBase):
             except Exception as exc:
                 if not is_transient(exc):
                     self._drop()
-                    raise error(self.url, exc, self.error_class) from None
+                    raise error(self.settings, self.url, exc, self.error_class) from None
                 self._drop()
                 self._failures += 1
                 waited = time.monotonic() - self._progress_at
                 if self._failures > self.settings.max_retries or waited >= self.settings.give_up_after:
                     at = f"at byte {self.position} of {self.size}" if self.size is not None else "opening it"
-                    raise error(self.url, exc, self.error_class,
+                    raise error(self.settings, self.url, exc, self.error_class,
                                 f"gave up after {self._failures} failed attempts and {waited:.0f} s without "
                                 f"progress {at}") from None
                 delay = min(backoff(self._failures, self.settings), self.settings.give_up_after - waited)
-                log.info("%s: %s at byte %d; retrying in %.2f s", self.url, first_line(exc), self.position, delay)
+                log.info("%s: %s at byte %d; retrying in %.2f s", self.url, first_line(exc, self.settings),
+                         self.position, delay)
                 time.sleep(delay)
 
     def _drop(self) -> None:
@@ -140,26 +141,15 @@ class S3Stream(io.RawIOBase):
         super().close()
 
 
-def read_bytes(url: str, missing_ok: bool = False, error_class: Type[SpgError] = SpgError,
-               limit: Optional[int] = None) -> Optional[bytes]:
+def read_object(url: str, s: S3Settings, missing_ok: bool = False, limit: Optional[int] = None) -> Optional[bytes]:
     """The whole object (small ones: manifest, index, state records); None if missing and `missing_ok`.
     With `limit`, at most limit + 1 bytes are read (the caller tells a too large object by its length);
     memory follows the object's size, not the limit."""
     try:
-        with io.BufferedReader(S3Stream(url, error_class), buffer_size=BUFFER) as stream:
+        with io.BufferedReader(S3Stream(url, s, SpgError), buffer_size=BUFFER) as stream:
             return read_at_most(stream, sys.maxsize if limit is None else limit)
     except SpgError as exc:
         if missing_ok and getattr(exc, "code", None) in MISSING_CODES:
             return None
         raise
 
-
-def prefix_exists(url: str) -> bool:
-    """Whether any object lies under `url` taken as a folder."""
-    bucket, key = split_url(url)
-    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-    try:
-        response = client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except Exception as exc:
-        raise error(url, exc) from None
-    return bool(response.get("KeyCount"))

@@ -1,0 +1,164 @@
+"""Chunks: several decoded files laid end to end in one tensor, their windows arranged in a shuffled order.
+
+Why (docs/design.md, "Performance shape"): neighbouring 1.92 s windows every 0.1 s share 95% of their frames,
+so windows are never materialised one by one. Each chunk's spectrograms are converted (float16 -> output
+dtype) and normalised once, window starts are shuffled inside the chunk, and each batch is one `index_select`
+on a strided view of that tensor, straight into the batch's memory (transport.py: OutputTensors).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..rules.frames import interval_mask
+from .memory import ChunkMemory
+from .records import FileRecord, WindowSpec
+from .transport import OutputTensors
+
+
+class Chunk:
+    """Several files laid end to end in one tensor, plus the references of their windows."""
+
+    def __init__(self, files: List[FileRecord], spec: WindowSpec, memory: Optional[ChunkMemory] = None) -> None:
+        self.files, self.spec = files, spec
+        self.memory = memory or ChunkMemory(keep=0)
+        W = spec.window
+        lengths = np.array([max(f.frames, W) for f in files], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self.total = int(lengths.sum())
+        counts = np.array([len(f.starts) for f in files], dtype=np.int64)
+        self.file_of = np.repeat(np.arange(len(files)), counts)
+        self.local_start = np.concatenate([f.starts for f in files]) if files else np.zeros(0, np.int64)
+        self.file_start = np.concatenate([f.starts + f.offset for f in files]) if files else np.zeros(0, np.int64)
+        self.global_start = torch.from_numpy(self.local_start + offsets[self.file_of])
+        self.count = int(counts.sum())
+        self.data = self._spectrograms(offsets, lengths) if spec.spectrogram else None
+        self.masks = {name: self._mask(offsets, name) for name in spec.masks}
+        if spec.valid_mask:
+            valid = np.zeros(self.total, dtype=bool)
+            for f, off in zip(files, offsets):
+                valid[off : off + f.frames] = True
+            self.masks["valid"] = torch.from_numpy(valid)
+        self.audio = self._audio(offsets) if spec.audio else None
+        self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
+
+    def _spectrograms(self, offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """The chunk's frames in one tensor of the output dtype, normalised once here, not per window.
+
+        Converting float16 -> float32 per frame here (once) rather than per window in each batch
+        (about 19 times) leaves the batch a single gather; tools/bench.py measures both.
+        """
+        spec = self.spec
+        normalise = spec.mean is not None
+        hold = torch.float32 if normalise or spec.per_window_norm or spec.dtype == torch.bfloat16 else spec.dtype
+        data = self.memory.empty((spec.n_mels, self.total), hold)
+        with warnings.catch_warnings():  # views of immutable tar bytes: read-only is fine, we only read
+            warnings.simplefilter("ignore", UserWarning)
+            for f, off, length in zip(self.files, offsets, lengths):
+                data[:, off : off + f.frames].copy_(torch.from_numpy(f.spec))
+                if length > f.frames:
+                    data[:, off + f.frames : off + length].fill_(spec.pad_value)
+        if spec.mean is not None and spec.std is not None:
+            data.sub_(spec.mean[:, None]).div_(spec.std[:, None])
+        return data
+
+    def _mask(self, offsets: np.ndarray, name: str) -> torch.Tensor:
+        mask = np.zeros(self.total, dtype=bool)
+        for f, off in zip(self.files, offsets):
+            spans = f.intervals.get(name)
+            if spans:
+                mask[off : off + f.frames] = interval_mask(spans, f.frames, self.spec.hop_length)
+        return torch.from_numpy(mask)
+
+    def _audio(self, offsets: np.ndarray) -> torch.Tensor:
+        hop = self.spec.hop_length
+        audio = np.zeros((self.total + 1) * hop, dtype=np.float32)
+        for f, off in zip(self.files, offsets):
+            if f.audio is None:
+                raise ValueError(f"{f.path}: decoded without its audio")
+            samples = f.audio[: (f.frames + 1) * hop]
+            audio[off * hop : off * hop + len(samples)] = samples
+        return torch.from_numpy(audio)
+
+    def arrange(self, order: np.ndarray) -> None:
+        """Put the windows in `order` (a permutation of 0..count-1); take() then slices it.
+
+        Everything per-window that is not a gather (starts, file ids, keys, paths, labels, meta) is permuted
+        here once per chunk, so a batch costs a few slices plus one index_select per tensor output.
+        """
+        files = self.file_of[order]
+        self._starts = self.global_start[torch.from_numpy(order)]
+        self._local = torch.from_numpy(self.file_start[order])  # the start in the recording, as items report it
+        self._labels = self.labels[torch.from_numpy(files)]
+        picked = files.tolist()
+        self._keys = [self.files[i].key for i in picked]
+        self._paths = [self.files[i].path for i in picked]
+        self._meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
+
+    def take(self, lo: int, hi: int, outputs: OutputTensors) -> Dict[str, Any]:
+        """Windows lo..hi of the arranged order, as one batch dict."""
+        spec, W = self.spec, self.spec.window
+        starts = self._starts[lo:hi]
+        batch: Dict[str, Any] = {}
+        if self.data is not None:
+            view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
+            x = torch.index_select(view, 0, starts, out=outputs.empty((len(starts), spec.n_mels, W), self.data.dtype))
+            if spec.per_window_norm:
+                mean = x.mean(dim=(1, 2), keepdim=True)
+                std = x.std(dim=(1, 2), keepdim=True)
+                x = (x - mean) / (std + 1e-5)
+            batch["spectrogram"] = x.to(spec.dtype)
+        if self.audio is not None:
+            n = W * spec.hop_length
+            view = self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
+            batch["audio"] = torch.index_select(view, 0, starts * spec.hop_length,
+                                                out=outputs.empty((len(starts), n), torch.float32))
+        if self.masks:
+            batch["masks"] = {
+                name: torch.index_select(m.as_strided((self.total - W + 1, W), (1, 1)), 0, starts)
+                for name, m in self.masks.items()
+            }
+        if spec.label:
+            batch["label"] = self._labels[lo:hi].clone()
+        if spec.meta:
+            batch["meta"] = {k: values[lo:hi] for k, values in self._meta.items()}
+        batch["key"] = self._keys[lo:hi]
+        batch["path"] = self._paths[lo:hi]
+        batch["start"] = self._local[lo:hi].clone()
+        return batch
+
+
+def arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,
+                     rng: Optional[np.random.Generator], skip_windows: int,
+                     memory: ChunkMemory) -> Iterator[Tuple[Chunk, int]]:
+    """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built."""
+    for group in file_groups(files, chunk_windows):
+        count = sum(len(f.starts) for f in group)
+        order = rng.permutation(count) if rng is not None else np.arange(count)
+        if skip_windows >= count:
+            skip_windows -= count
+            continue
+        chunk = Chunk(group, spec, memory)
+        chunk.arrange(order)
+        yield chunk, skip_windows
+        skip_windows = 0
+
+
+def file_groups(files: Iterator[FileRecord], chunk_windows: int) -> Iterator[List[FileRecord]]:
+    """Consecutive files holding at least `chunk_windows` windows (the last group may hold fewer)."""
+    pending: List[FileRecord] = []
+    windows = 0
+    for record in files:
+        if len(record.starts) == 0:
+            continue
+        pending.append(record)
+        windows += len(record.starts)
+        if windows >= chunk_windows:
+            yield pending
+            pending, windows = [], 0
+    if pending:
+        yield pending

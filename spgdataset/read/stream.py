@@ -1,0 +1,150 @@
+"""The epoch-stream protocol that SpectrogramDataset and SpectrogramDatasetRouter share, written once.
+
+A stream has epochs; one worker's part of an epoch is `iter_epoch(epoch, worker, num_workers, skip_windows,
+drop_last, transport)`, a pure function of its arguments that leaves out the first `skip_windows` windows (the
+one skip unit: windows, also when items are batches). What depends on where it runs is added here by
+`stream()`: which DataLoader worker this is and which role it plays after a restart (cursor.py), how its items
+travel (transport.py), and the count of items consumed. Position (`state_dict` / `load_state_dict`), the
+epoch, `len()` and `loader()` are the same for both; the loader (loader.py) is typed against this class.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+from torch.utils.data import IterableDataset
+
+from .cursor import EpochCursor, current_worker
+from .errorlog import SharedErrorLog
+from .loader import SpectrogramLoader, make_loader
+from .ring import BatchRing
+from .states import Check, check_fields
+from .transport import PLAIN, Transport
+
+log = logging.getLogger("spgdataset")
+Items = Generator[Dict[str, Any], None, None]  # what iter_epoch gives: closing it stops its reading at once
+READ_AHEAD = 4  # items built ahead of the training loop in the training process
+
+
+class EpochStream(IterableDataset):
+    """An IterableDataset of epochs, resumable mid-epoch, with or without DataLoader workers.
+
+    A subclass says what it is (`kind`, `state_fields`) and provides `iter_epoch`, `worker_items`,
+    `plan_inputs`, `error_logs`, `ring_shape`, `set_batching` and the batching properties.
+    """
+
+    kind = "stream"  # named in messages: "dataset" or "router"
+    state_fields: Mapping[str, Check] = {}  # what a saved state must hold (states.py)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
+
+    # ------------------------------------------------------------ what a stream provides
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        raise NotImplementedError
+
+    @property
+    def num_workers(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def batch_threads(self) -> int:
+        return 1
+
+    def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
+        """Change the batch size and DataLoader worker count (the given ones): what `loader()` asks for."""
+        raise NotImplementedError
+
+    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
+                   drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
+        raise NotImplementedError
+
+    def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
+        """Items (batches, or windows without batch_size) each of `num_workers` workers yields in `epoch`."""
+        raise NotImplementedError
+
+    def plan_inputs(self) -> Dict[str, Any]:
+        """What the epoch's order depends on: a saved state must agree."""
+        raise NotImplementedError
+
+    def error_logs(self) -> List[SharedErrorLog]:
+        raise NotImplementedError
+
+    def ring_shape(self) -> Optional[Tuple[Tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) of a batch's spectrogram, which the loader's workers gather into shared slots; None:
+        no slots."""
+        return None
+
+    # ------------------------------------------------------------ written once
+
+    @property
+    def epoch(self) -> int:
+        return self.cursor.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle: every order in an epoch derives from (seed, epoch, rank, worker)."""
+        self.cursor.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Items this rank yields this epoch (windows, or batches with batch_size), the same on every rank."""
+        return sum(self.worker_items(max(self.num_workers, 1)))
+
+    def transport(self, in_worker: bool, ring: Optional[BatchRing], worker: int) -> Transport:
+        """How items travel from here: one thread into shared memory in a worker; in the training process
+        `batch_threads` gatherers and READ_AHEAD items built ahead in a thread, while the caller trains."""
+        if in_worker:
+            return Transport(True, ring, worker, shards_ahead=True)
+        return Transport(False, None, worker, self.batch_threads, READ_AHEAD, shards_ahead=True)
+
+    def stream(self, ring: Optional[BatchRing] = None) -> Iterator[Dict[str, Any]]:
+        """This process's part of the current epoch: `iter_epoch` for the worker it is (the role it plays when
+        resuming), its items counted when they reach the training loop here (cursor.py)."""
+        worker, num_workers, in_worker = current_worker()
+        if in_worker and self.num_workers not in (0, num_workers):
+            log.warning("%s built with num_workers=%d but runs in %d workers; len() will be off", self.kind,
+                        self.num_workers, num_workers)
+        epoch = self.cursor.epoch
+        role, skip = self.cursor.role(worker, num_workers, epoch, lambda n: self.worker_items(n, epoch))
+        transport = self.transport(in_worker, ring, worker)
+        items = self.iter_epoch(epoch, role, num_workers, skip * (self.batch_size or 1), transport=transport)
+        return self.cursor.track(transport.deliver(items), epoch, counting=not in_worker)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self.stream()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where this rank is in the epoch, counted in items consumed, and what the epoch plan depends on."""
+        return self.cursor.state_dict(self.plan_inputs())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank; the plan must
+        be the one the state was saved under. Every field is checked (states.py) before anything changes."""
+        check_fields(state, self.state_fields, self.kind)
+        plan = self.plan_inputs()
+        self.cursor.load_state_dict(state, plan, tuple(plan), self.kind,
+                                    lambda epoch: sum(self.worker_items(max(self.num_workers, 1), epoch)))
+        self.set_epoch(int(state["epoch"]))
+
+    @property
+    def errors(self) -> List[str]:
+        """Messages of the shards skipped (on_error="warn") in this process and its DataLoader workers."""
+        return [message for error_log in self.error_logs() for message in error_log.messages()]
+
+    @property
+    def skipped_shards(self) -> int:
+        """Shards skipped (on_error="warn") in this process and its DataLoader workers, all epochs."""
+        return sum(error_log.totals()[0] for error_log in self.error_logs())
+
+    def loader(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
+               pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None,
+               **kwargs: Any) -> SpectrogramLoader:
+        """A DataLoader over this stream: batches built in the workers (for a dataset, gathered into slots
+        shared with the training process), workers kept across epochs, pinned memory on CUDA, and
+        state_dict()/load_state_dict() to resume mid-epoch. The given batch size and worker count become this
+        stream's (`set_batching`)."""
+        return make_loader(self, batch_size, num_workers, pin_memory, persistent_workers, **kwargs)

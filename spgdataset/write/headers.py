@@ -9,7 +9,7 @@ that are new or changed since, as make and rsync decide what changed.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 
@@ -114,4 +114,4 @@ def read_headers(entries: List[FileEntry], executor: Any, cache: HeaderCache,
             headers[i] = header
         reporter.update(files=len(found))
     reporter.close()
-    return headers, stats, len(todo)  # type: ignore[return-value]
+    return cast(List[Header], headers), stats, len(todo)  # every None was a job's, filled above

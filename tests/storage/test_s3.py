@@ -371,24 +371,24 @@ def test_cache_keeps_under_its_limit_and_refetches_a_corrupt_copy(aws, s3_shards
     assert got == local_windows
     assert len(shards) >= 3 and s3.stats["cache_misses"] == len(shards) and s3.stats["cache_evictions"] >= 1
     used, cached = _cache_state(cache)
-    assert {p.stem for p in cached} <= {s["sha256"] for s in shards} and len(cached) in (1, 2)
+    assert {p.stem for p in cached} <= {s.sha256 for s in shards} and len(cached) in (1, 2)
     assert all(sha256(p.read_bytes()).hexdigest() == p.stem for p in cached)
 
     last = shards[-1]
-    expected = windows(os.path.join(run16k[0], last["name"]))
-    assert windows(s3_shards + last["name"]) == expected
+    expected = windows(os.path.join(run16k[0], last.name))
+    assert windows(s3_shards + last.name) == expected
     assert s3.stats["cache_hits"] == 1
 
-    path = cache / f"{last['sha256']}.tar"
+    path = cache / f"{last.sha256}.tar"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="spgdataset"):
-        again = windows(s3_shards + last["name"])
+        again = windows(s3_shards + last.name)
     assert any("is corrupt" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
     assert again == expected
     assert s3.stats["cache_corrupt"] == 1 and s3.stats["cache_hits"] == 1
-    assert sha256(path.read_bytes()).hexdigest() == last["sha256"]  # fetched again and kept
+    assert sha256(path.read_bytes()).hexdigest() == last.sha256  # fetched again and kept
     assert _cache_state(cache)[0] <= limit
 
 

@@ -323,6 +323,40 @@ def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] =
     return result
 
 
+def job_map_style(args: argparse.Namespace, first_files: int = 50) -> Dict[str, Any]:
+    """ds.map_style() in random order, one process: `DataLoader(batch_size=64, sampler=<a permutation of every
+    window>, num_workers=0)` with torch's default collate, a memory cache that holds the whole set (each file is
+    read once, in the first epoch). Before it, on another dataset: the first access of `first_files` files spread
+    over the set (their first window, nothing cached, the shards in the page cache)."""
+    shards = paths(args)["shards"]
+    kwargs = dict(window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC, window_content_ratio=0, normalize=False,
+                  dtype=torch.float32, output_configuration={"spectrogram": True, "masks": [MASK], "label": LABEL},
+                  max_memory_cache=8 << 30)
+    for url in shard_urls(shards):  # warm: the page cache holds the shards, as after the spg_1proc row
+        with open(url, "rb") as f:
+            f.read()
+    probe = SpectrogramDataset(shards, **kwargs)
+    firsts = np.concatenate(([0], np.cumsum(probe.selection.counts)[:-1]))[probe.selection.counts > 0]
+    access, times = probe.map_style(), []
+    for i in firsts[np.linspace(0, len(firsts) - 1, min(first_files, len(firsts))).astype(int)].tolist():
+        started = time.perf_counter()
+        access[i]
+        times.append(1000 * (time.perf_counter() - started))
+    started = time.perf_counter()
+    ds = SpectrogramDataset(shards, **kwargs)
+    windows = ds.map_style()
+
+    def epoch(n: int) -> Iterable[Dict[str, Any]]:
+        order = np.random.default_rng(n).permutation(len(windows)).tolist()
+        return iter(DataLoader(windows, batch_size=BATCH, sampler=order, num_workers=0))
+
+    result = full_epochs(epoch, started, args.epochs)
+    result.update(epoch_windows=len(windows), files_read=windows.reads, cached_mb=round(windows.cache_bytes / 2**20),
+                  first_access_ms_median=float(np.median(times)), first_access_ms_p90=float(np.percentile(times, 90)),
+                  first_access_ms_max=max(times), first_access_files=len(times))
+    return result
+
+
 def job_values_check(args: argparse.Namespace, repeats: int = 3) -> Dict[str, Any]:
     """The reader's check of stored values (values_out_of_range: NaN, infinities, beyond the storage range)
     timed alone over every spectrogram of the shard set, median of `repeats` passes: what the first epoch of
@@ -518,6 +552,8 @@ READ_JOBS: Dict[str, Any] = {
     "spg_1proc_small_pages": ("SpectrogramDataset, 1 process, chunks in fresh 4 KB pages (before memory.py)", 1,
                               lambda a: job_spg(a, small_pages=True)),
     "spg_2workers": ("SpectrogramDataset.loader(num_workers=2)", 2, lambda a: job_spg(a, workers=2)),
+    "spg_map_style": ("SpectrogramDataset.map_style(), random order, DataLoader(batch 64), 1 process, files cached", 1,
+                      job_map_style),
     "wds_1proc": ("(a) plain webdataset, 1 process", 1, job_wds),
     "wds_2workers": ("(a) plain webdataset, DataLoader 2 workers", 2, lambda a: job_wds(a, workers=2)),
     "otf_1proc": ("(b) on the fly: WAV slice + log-mel per window, 1 process, 1 thread", 1, job_otf),
@@ -672,8 +708,8 @@ def report(results: Dict[str, Any]) -> str:
                      f"{size / 2**20:.1f}" if size else "", f"{r['wall_s']:.1f}",
                      " / ".join(f"{v:,}" for v in r.get("rates", [])), f"{r['others_load']:.2f}"])
     text = "### Write side\n\n" + markdown_table(
-        ["", "audio h", "audio s / s (median run)", "files / s", "MiB per audio hour", "wall s", "every run, audio s / s",
-         "others' load"], rows)
+        ["", "audio h", "audio s / s (median run)", "files / s", "MiB per audio hour", "wall s",
+         "every run, audio s / s", "others' load"], rows)
 
     wds_rate = read.get(BASELINE_WDS, {}).get("windows_per_s")
     copy_rate = read.get(BASELINE_COPY, {}).get("windows_per_s")
@@ -699,6 +735,7 @@ def report(results: Dict[str, Any]) -> str:
                             "windows / CPU-s (1 proc)", "1st batch s", "peak RSS main MB", "peak RSS workers MB",
                             "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
     text += values_check_line(results.get("checks", {}).get("values_check"), read.get("spg_1proc"))
+    text += map_style_line(read.get("spg_map_style"), read.get("spg_1proc"))
     cfg = results["config"]
     text += (f"\n\nCorpus {cfg['hours']:g} h, {cfg['files']} files, {cfg['epoch_windows']} windows per epoch, "
              f"{cfg['shards']} shards. `import torch` alone: peak RSS {results['import_torch_rss_mb']} MB; "
@@ -717,6 +754,19 @@ def values_check_line(check: Optional[Dict[str, Any]], spg: Optional[Dict[str, A
     return (f"\n\nStored-values check (NaN, infinities, beyond the storage range; a local shard set's first epoch, "
             f"every epoch from S3): {check['us_per_file']:.1f} us per file, {1000 * check['check_s']:.1f} ms per pass "
             f"over the {check['files']} files ({check['mb_per_s']:,.0f} MB/s){share}.")
+
+
+def map_style_line(access: Optional[Dict[str, Any]], spg: Optional[Dict[str, Any]]) -> str:
+    """Random access against streaming (the target: at least a third of spg_1proc), and a file's first access."""
+    if not access or "error" in access:
+        return ""
+    streaming = spg.get("windows_per_s") if spg else None
+    share = f" = {access['windows_per_s'] / streaming:.2f} of spg_1proc" if streaming else ""
+    return (f"\n\nRandom access (`spg_map_style`): {access['windows_per_s']:,.0f} windows/s{share} (epochs: "
+            f"{' / '.join(f'{r:,}' for r in access['epoch_rates'])}; the first reads every file once). First access "
+            f"of a file: {access['first_access_ms_median']:.2f} ms median, {access['first_access_ms_p90']:.2f} ms p90, "
+            f"{access['first_access_ms_max']:.2f} ms max over {access['first_access_files']} files (shards in the page "
+            "cache, nothing decoded yet).")
 
 
 def log(message: str) -> None:

@@ -53,7 +53,7 @@ def main() -> None:
         add_broken_files(audio_dir, metadata_path)
 
     command = [sys.executable, "-m", "spgdataset.write.cli", audio_dir, metadata_path, shard_dir,
-               "--config", os.path.join(ROOT, "configs", "16k_80mel.json"), "--with-audio", "--max-shard-mb", "4"]
+               "--config", "16k_80mel", "--with-audio", "--max-shard-mb", "4"]
     print("demo: $ spg-shard " + " ".join(command[3:]))
     subprocess.run(command, check=True)
 

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -31,6 +31,7 @@ STD_FLOOR = 1e-5  # the reader normalises by max(std, STD_FLOOR), in float32 (re
 # float32 small enough that (value - mean) / STD_FLOOR stays finite in float32, where the reader normalises
 # (2 * 2**110 / 1e-5 = 2.6e38 < 3.4e38). A power of two, so the check of stored values is one over their bits.
 VALUE_LIMIT = {"float16": 65504.0, "float32": 2.0**110}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # spgdataset/configs/*.json, package data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,8 @@ class FeatureConfig:
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
         elif self.kind == "logmel":
-            problems += [f"{name} applies to kind='linear' only" for name in LINEAR_ONLY if getattr(self, name) is not None]
+            problems += [f"{name} applies to kind='linear' only" for name in LINEAR_ONLY
+                         if getattr(self, name) is not None]
         else:
             if self.transform_type not in TRANSFORM_TYPES:
                 problems.append(f"transform_type must be one of {TRANSFORM_TYPES}, got {self.transform_type!r}")
@@ -92,7 +94,8 @@ class FeatureConfig:
                 problems.append(f"no frequency bin of n_fft={self.n_fft} at {self.sample_rate} Hz lies in "
                                 f"[{self.f_min}, {self.f_max}) Hz")
             elif self.n_mels not in (bins, FeatureConfig.n_mels):
-                problems.append(f"n_mels is the number of bins in the band for kind='linear' ({bins}), got {self.n_mels}")
+                problems.append(f"n_mels is the number of bins in the band for kind='linear' ({bins}), "
+                                f"got {self.n_mels}")
             object.__setattr__(self, "n_mels", bins)  # frozen: the height follows from the band
         if problems:
             raise ValueError("bad feature configuration: " + "; ".join(problems))
@@ -183,9 +186,29 @@ def values_out_of_range(spec: np.ndarray) -> bool:
     return int(magnitude.max()) > limit
 
 
-def load_config(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a JSON config from `configs/`: {"features": {...}, "windows": {...}} (both optional)."""
-    path = Path(path)
+def config_names() -> List[str]:
+    """The configs shipped in spgdataset/configs/, by name (what `--config NAME` takes)."""
+    return sorted(path.stem for path in CONFIGS.glob("*.json"))
+
+
+def config_path(source: Union[str, Path]) -> Path:
+    """A config file: `source` itself when it is one, else the shipped config of that name ("16k_80mel", with or
+    without .json), so that `--config 16k_80mel` works from any folder."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / f"{path.stem if path.suffix == '.json' else path.name}.json"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(config_names())
+    raise ValueError(f"{source}: no such config file, and not the name of a config shipped with spgdataset "
+                     f"({names}); give a JSON file's path or one of those names")
+
+
+def load_config(source: Union[str, Path]) -> Dict[str, Any]:
+    """Read a JSON config, a file or a shipped one by name (`config_path`): {"features": {...}, "windows": {...}}
+    (both optional)."""
+    path = config_path(source)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -17,9 +17,12 @@ Columns, N = files, in shard order: shard (int32), frames and samples (int64), p
 hash of the path, rules/splits.py), annotated (uint8: the file has interval names), key and path as UTF-8
 bytes with N + 1 offsets, per interval name i `iv{i}.offsets` (N + 1), `iv{i}.start`, `iv{i}.stop` (samples at
 the feature rate), per metadata key j `meta{j}` (int32 ids into its vocabulary, -1: the file lacks the key).
-With segments of long files (write/plan.py), `offset` and `owned` (int64): a row's first frame in its file and
-the frames whose windows it owns (rules/windows.py). A metadata key with more than MAX_VOCABULARY distinct values (transcripts, ids) is free-form: it is not in
-the index (a plan never needs it); `meta` outputs read it from the file's info.msgpack.
+A metadata key with more than MAX_VOCABULARY distinct values (transcripts, ids) is free-form: it is not in the
+index (a plan never needs it); `meta` outputs read it from the file's info.msgpack. Optional, all of a group
+or none (_GROUPS): with segments of long files (write/plan.py), `offset` and `owned` (int64): a row's first
+frame in its file and the frames whose windows it owns (rules/windows.py); `member.offset`, `member.bytes`
+(int64), `member.blake2b` (16 uint8 per file): the file's members in its shard (first header byte, bytes) and
+their digest, to read and check one file alone (read/access.py; older sets lack them, older readers skip them).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ MAX_FRAMES = 1 << 40  # 350 years at 100 frames per second: more is an edited in
 BLOCK = 1 << 20  # elements per block of a whole-column check (bounded temporaries at any size)
 MAX_TOTAL = 1 << 62  # frames of one shard: what a manifest may say (format/manifest.py MAX_COUNT)
 _SCALARS = {"shard": "<i4", "frames": "<i8", "samples": "<i8", "path_unit": "<u8", "annotated": "|u1"}
+_GROUPS = {"offset": "<i8", "owned": "<i8"}, {"member.offset": "<i8", "member.bytes": "<i8", "member.blake2b": "|u1"}
+DIGEST_BYTES = 16  # member.blake2b: bytes of each file's blake2b digest
 
 
 @dataclasses.dataclass
@@ -106,6 +111,7 @@ class Index:
     free_form: List[str]
     offset: Optional[np.ndarray] = None  # segments of long files (write/plan.py): first frame in the file
     owned: Optional[np.ndarray] = None  # and the frames whose windows the row owns; None: whole files only
+    members: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # member.offset, .bytes, .blake2b (N, 16)
     _checked: set = dataclasses.field(default_factory=set, repr=False)  # names whose span offsets are checked
 
     @property
@@ -135,7 +141,7 @@ class Index:
     def row(self, i: int) -> Dict[str, Any]:
         """File i as one dict (key, path, shard number, frames, samples, non-empty intervals, and the metadata of
         the dictionary-encoded keys): for people and tools, not for the reader's hot path."""
-        metadata = {key: labels.vocabulary[labels.ids[i]] for key, labels in self.metadata.items() if labels.ids[i] >= 0}
+        metadata = {key: m.vocabulary[m.ids[i]] for key, m in self.metadata.items() if m.ids[i] >= 0}
         row = {"key": self.keys[i], "path": self.paths[i], "shard": int(self.shard[i]),
                "frames": int(self.frames[i]), "samples": int(self.samples[i]), "intervals": self.intervals_of(i),
                "metadata": metadata}
@@ -162,9 +168,6 @@ class Index:
         return int(self.offset[i]), int(self.owned[i])
 
 
-# ---------------------------------------------------------------- writing
-
-
 def encode(rows: Sequence[Mapping[str, Any]], shard_numbers: Sequence[int],
            vocabs: Optional[Mapping[str, List[Any]]] = None) -> bytes:
     """The index file of `rows` (the writer's per-file rows: key, path, frames, samples, intervals, metadata),
@@ -181,6 +184,10 @@ def encode(rows: Sequence[Mapping[str, Any]], shard_numbers: Sequence[int],
     if any("offset" in r for r in rows):  # segments of long files: the two columns, for every row
         columns["offset"] = np.fromiter((r.get("offset", 0) for r in rows), dtype="<i8", count=n)
         columns["owned"] = np.fromiter((r.get("owned", r["frames"]) for r in rows), dtype="<i8", count=n)
+    if rows and all("member" in r for r in rows):  # [offset, bytes, blake2b] of the file's members in its shard
+        for j, name in enumerate(("member.offset", "member.bytes")):
+            columns[name] = np.fromiter((r["member"][j] for r in rows), dtype="<i8", count=n)
+        columns["member.blake2b"] = np.frombuffer(b"".join(bytes(r["member"][2]) for r in rows), dtype="|u1")
     for name, values in (("key", [r["key"] for r in rows]), ("path", [r["path"] for r in rows])):
         columns[f"{name}.offsets"], columns[f"{name}.data"] = _strings(values)
     names = sorted({name for r in rows for name in r["intervals"]})
@@ -234,9 +241,6 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
 
-# ---------------------------------------------------------------- reading
-
-
 class BadIndex(ValueError):
     """What is wrong with an index file (the caller names the file)."""
 
@@ -257,17 +261,14 @@ def decode(buffer: Any) -> Index:
         free_form = [str(k) for k in header.get("free_form", [])]
     except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise BadIndex(f"unreadable header ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})") from None
-    need = {name: (n,) for name in _SCALARS}
-    need.update({"key.offsets": (n + 1,), "path.offsets": (n + 1,)})
-    for i in range(len(names)):
-        need[f"iv{i}.offsets"] = (n + 1,)
+    need = {**{name: (n,) for name in _SCALARS}, "key.offsets": (n + 1,), "path.offsets": (n + 1,)}
+    need.update({f"iv{i}.offsets": (n + 1,) for i in range(len(names))})
+    for group in (group for group in _GROUPS if group.keys() & columns.keys()):
+        need.update({name: (n * DIGEST_BYTES if name == "member.blake2b" else n,) for name in group})
     for name, shape in need.items():
         if name not in columns or columns[name].shape != shape or columns[name].dtype.str != _dtype(name):
             raise BadIndex(f"column {name!r} missing or not {_dtype(name)} of length {shape[0]}")
-    segmented = "offset" in columns or "owned" in columns
-    for name in ("offset", "owned") if segmented else ():
-        if name not in columns or columns[name].shape != (n,) or columns[name].dtype.str != "<i8":
-            raise BadIndex(f"column {name!r} missing or not <i8 of length {n}")
+    segmented, members = "offset" in columns, [columns[c] for c in _GROUPS[1]] if "member.offset" in columns else None
     return Index(
         shard=columns["shard"], frames=columns["frames"], samples=columns["samples"],
         path_unit=columns["path_unit"], annotated=columns["annotated"],
@@ -275,11 +276,12 @@ def decode(buffer: Any) -> Index:
         intervals={name: _checked_spans(columns, f"iv{i}") for i, name in enumerate(names)},
         metadata={key: _checked_labels(columns, f"meta{j}", vocab, n) for j, (key, vocab) in enumerate(metadata)},
         free_form=free_form, offset=columns["offset"] if segmented else None,
-        owned=columns["owned"] if segmented else None)
+        owned=columns["owned"] if segmented else None,
+        members=None if members is None else (members[0], members[1], members[2].reshape(n, DIGEST_BYTES)))
 
 
 def _dtype(name: str) -> str:
-    return _SCALARS.get(name, "<i8" if name.endswith(".offsets") else "")
+    return {**_SCALARS, **_GROUPS[0], **_GROUPS[1]}.get(name, "<i8" if name.endswith(".offsets") else "")
 
 
 def _column(view: memoryview, entry: Sequence[Any]) -> np.ndarray:
@@ -394,6 +396,5 @@ def _tiling_problem(index: Index, lo: int, hi: int) -> Optional[str]:
 def from_rows(rows: Sequence[Mapping[str, Any]], shard_names: Sequence[str]) -> Index:
     """An Index from the rows of a format-1 `index.msgpack` (already checked row by row)."""
     number = {name: k for k, name in enumerate(shard_names)}
-    order = sorted(range(len(rows)), key=lambda i: number[rows[i]["shard"]])  # stable: keeps tar order
-    ordered = [rows[i] for i in order]
+    ordered = sorted(rows, key=lambda row: number[row["shard"]])  # stable: keeps tar order
     return decode(encode(ordered, [number[r["shard"]] for r in ordered]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tarfile
-from typing import Any, Dict, Iterator, List, Union
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 _OCTAL = re.compile(rb"[0-7]+")
 
@@ -39,7 +39,8 @@ def tar_header(name: str, size: int) -> bytes:
 
 _FIXED_MODE = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
 _FIXED_TIME = b"00000000000\0"  # mtime
-_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 * 2 + 8 * 2 + 155 + 12)  # type, link, magic, owner names, dev, prefix
+# type, link name, magic and version, owner names, device numbers, prefix, padding
+_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 * 2 + 8 * 2 + 155 + 12)
 _TAIL_SUM = sum(_TAIL)
 
 
@@ -71,14 +72,22 @@ def tar_end(size: int) -> bytes:
     return bytes(2 * tarfile.BLOCKSIZE + (-(size + 2 * tarfile.BLOCKSIZE) % tarfile.RECORDSIZE))
 
 
-def tar_members(data: Union[bytes, memoryview], url: str) -> Iterator[Dict[str, Any]]:
+def tar_members(data: Union[bytes, memoryview], url: str, whole: bool = True) -> Iterator[Dict[str, Any]]:
     """Members of a whole tar held in memory, as WebDataset file samples {fname, data, __url__}.
 
     Why not tarfile: its stream parser spent more time than building the batches (tools/bench.py
     profile); here a shard is one read, one sha256 call and zero-copy memoryview slices. Headers are
-    checksummed, so a corrupt or truncated shard is an error, never silently short.
+    checksummed, so a corrupt or truncated shard is an error, never silently short. `whole=False`: the
+    members of one file cut out of a shard (read/access.py), which end where its last member does.
     """
     view = memoryview(data)
+    for name, start, size, _ in tar_walk(view, whole):
+        yield {"fname": name, "data": view[start : start + size], "__url__": url}
+
+
+def tar_walk(view: memoryview, whole: bool = True) -> Iterator[Tuple[str, int, int, int]]:
+    """(name, first data byte, data bytes, byte after its padding) of each file member, headers checked; the
+    end of `view` must be the end-of-archive marker (`whole`) or the end of a member."""
     offset = 0
     while offset + 512 <= len(view):
         header = bytes(view[offset : offset + 512])
@@ -95,7 +104,9 @@ def tar_members(data: Union[bytes, memoryview], url: str) -> Iterator[Dict[str, 
         start = offset + 512
         if start + size > len(view):
             raise ValueError(f"{name}: member ends at byte {start + size}, the tar has {len(view)}")
-        if header[156:157] in (b"0", b"\0"):
-            yield {"fname": f"{prefix}/{name}" if prefix else name, "data": view[start : start + size], "__url__": url}
         offset = start + (size + 511) // 512 * 512
+        if header[156:157] in (b"0", b"\0"):
+            yield f"{prefix}/{name}" if prefix else name, start, size, offset
+    if not whole and offset == len(view):
+        return
     raise ValueError(f"tar ends at byte {len(view)} without its end-of-archive marker (truncated)")

@@ -61,6 +61,18 @@ def check_compatible(datasets: Sequence[SpectrogramDataset]) -> None:
                                  "(and pad_short, dtype) must give the same keys")
 
 
+def check_labels(datasets: Sequence[SpectrogramDataset], merge: bool) -> None:
+    """Datasets labelled by different metadata keys ("speaker" and "gender") would share one vocabulary of
+    unrelated values: refused unless `merge` says that is meant."""
+    keys = [(i, ds.label_key) for i, ds in enumerate(datasets) if ds.label_key is not None]
+    if merge or len({key for _, key in keys}) < 2:
+        return
+    named = "; ".join(f"dataset {i} ({where(datasets[i])}) by {key!r}" for i, key in keys)
+    raise ValueError(f"the router's datasets are labelled by different metadata keys: {named}. Their label ids "
+                     "would index one merged vocabulary mixing the values of those keys; label them by one key "
+                     "(output_configuration['label']), or pass merge_labels=True to merge them on purpose")
+
+
 def agreed(datasets: Sequence[SpectrogramDataset], name: str) -> Any:
     """The value of `name` all datasets share (None when there are none)."""
     values = [getattr(ds, name) for ds in datasets]

@@ -114,8 +114,8 @@ def _suggestion(name: str, candidates: List[str]) -> str:
 
 
 def split_of(split: Sequence[float], subset: Optional[int], key: Optional[str]) -> Split:
-    """The split and its bounds, the subset and the key: without `subset`, a split of several parts takes part 0
-    and says so."""
+    """The split (fractions that sum to 1, checked by the split rule: rules/splits.py) and its bounds, the subset
+    and the key: without `subset`, a split of several parts takes part 0 and says so."""
     bounds = normalize_split(split)
     if subset is None:
         subset = 0

@@ -25,6 +25,7 @@ from ..format.features import STD_FLOOR, FeatureConfig
 from ..format.index import BadIndex
 from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
 from ..rules.windows import WindowRule, kept_starts
+from .access import WindowDataset
 from .batching import iterate_windows
 from .config import configure
 from .decode import ShardReader
@@ -46,7 +47,7 @@ class SpectrogramDataset(EpochStream):
     """Sliding windows over the spectrograms of a shard set, with their masks, labels and metadata.
 
     Iterating yields one dict per window, or with `batch_size` one dict of stacked tensors per batch (the fast
-    path: a batch is one gather per output, built in the DataLoader worker). README: examples for each.
+    path: a batch is one gather per output, built in the DataLoader worker). docs/dataset.md: what each holds.
 
     Args:
         source: a shard folder, a manifest.json path or a list of shards (local or s3://). Positional arguments
@@ -121,7 +122,7 @@ class SpectrogramDataset(EpochStream):
     ) -> None:
         """`SpectrogramDataset(source, ...)` streams shards written by spg-shard; the reference call writes the
         shards of an audio folder first, once (reference.py). Every parameter is described in the class
-        docstring and, with examples, in the README."""
+        docstring and in docs/dataset.md."""
         super().__init__()
         args = DatasetArguments(
             window_size_sec, window_offset_sec, window_content_ratio, content_intervals, sample_rate, hop_length,
@@ -257,6 +258,15 @@ class SpectrogramDataset(EpochStream):
             out += [(key, offset + int(s))
                     for s in self.file_windows(int(index.frames[position]), index.intervals_of(position), position)]
         return out
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return self.map_style()[i]  # window i: the i-th of an epoch with shuffle=False in one process (access.py)
+
+    def map_style(self) -> WindowDataset:
+        """This subset's windows as a map-style torch Dataset, for any sampler; one per dataset (it keeps its files)."""
+        if "_access" not in self.__dict__:
+            self._access = WindowDataset(self, self._window_spec())
+        return self._access
 
     def worker_windows(self, worker: int, num_workers: int) -> int:
         """Windows one DataLoader worker of this rank yields per epoch (full batches only with drop_last)."""

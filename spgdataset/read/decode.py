@@ -81,7 +81,7 @@ class ShardReader:
             positions = {key: lo + i for i, key in enumerate(self.shards.index.keys.slice(lo, hi))}
             if len(positions) != hi - lo:
                 raise ShardError(f"{url}: the file index lists one of its keys twice")
-            data, identity = self._bytes(url, shard)
+            data, identity = self.shard_bytes(url, shard)
             checked = self._values_checked(url, identity, lo, hi)
             for sample in group_by_keys(tar_members(data, url)):
                 key = sample.get("__key__")
@@ -90,7 +90,7 @@ class ShardReader:
                 seen.add(key)
                 if positions[key] in wanted:
                     check = checked is None or not checked[positions[key] - lo]
-                    records.append(self._decode(url, sample, positions[key], check))
+                    records.append(self.decode_file(url, sample, positions[key], check))
             if len(seen) != len(positions):
                 raise ShardError(f"{url}: holds {len(seen)} files, the file index lists {len(positions)} "
                                  "(truncated or replaced shard)")
@@ -106,7 +106,7 @@ class ShardReader:
             checked[[positions[record.key] - lo for record in records]] = True
         return records
 
-    def _bytes(self, url: str, shard: ShardEntry) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
+    def shard_bytes(self, url: str, shard: ShardEntry) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
         """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256, and the
         identity of the local file it came from (None for a stream)."""
         stream = self.shards.open_shard(shard)
@@ -142,9 +142,9 @@ class ShardReader:
             self.value_versions[url] = identity
         return self.values_checked[lo:hi]
 
-    def _decode(self, url: str, sample: Dict[str, Any], position: int, check_values: bool) -> FileRecord:
-        """One file of a shard, checked against its index entry and the manifest's features; its stored values
-        when `check_values`."""
+    def decode_file(self, url: str, sample: Dict[str, Any], position: int, check_values: bool) -> FileRecord:
+        """One file of a shard (a sample of its members), checked against its index entry and the manifest's
+        features; its stored values when `check_values`. Also for a file read alone (access.py)."""
         key: Any = sample.get("__key__")
         index = self.shards.index
         if INFO not in sample or SPEC not in sample:

@@ -24,7 +24,7 @@ PathLike = Union[str, os.PathLike]
 
 @dataclasses.dataclass(frozen=True)
 class DatasetArguments:
-    """SpectrogramDataset's keyword arguments as given (README: what each means)."""
+    """SpectrogramDataset's keyword arguments as given (docs/dataset.md: what each means)."""
 
     window_size_sec: Any
     window_offset_sec: Any

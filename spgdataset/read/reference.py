@@ -7,7 +7,9 @@ holds `build.json`, the fingerprint of the inputs that built them (None: `spectr
 with the same audio, metadata.json and parameters finds the same fingerprint and opens the shards without
 writing anything; when they changed, the shards are written again (spg-shard's own resume then keeps what it
 can). The fingerprint is of content, not of times: metadata.json's bytes, the feature parameters, and per
-audio file its name, size and the sha256 of its first, middle and last 64 KiB.
+audio file its name, size and the sha256 of its first, middle and last 64 KiB. The record also says whether the
+shards hold the audio: `output_configuration={"audio": True}` writes it (spg-shard's --with-audio), so such a call
+rebuilds shards written without it, and a call not asking for audio streams shards that hold it as they are.
 """
 
 from __future__ import annotations
@@ -82,21 +84,28 @@ def build(args: "DatasetArguments", progress: bool = True) -> Tuple[str, "Datase
     fingerprint = inputs_fingerprint(str(audio_root), None if metadata is None else str(metadata), features)
     record = os.path.join(str(index_root), BUILD_RECORD)
     manifest = os.path.join(str(shards), MANIFEST_NAME)
-    stale = _staleness(_recorded(record), fingerprint, _sha256_of(manifest))
+    recorded = _recorded(record)
+    wants_audio = bool((args.output_configuration or {}).get("audio"))
+    stale = _staleness(recorded, fingerprint, _sha256_of(manifest), wants_audio)
     if stale:
         if progress:
             print(f"SpectrogramDataset: writing the shards of {audio_root} into {shards}: {stale}", file=sys.stderr)
-        write_shards(audio_root, metadata, shards, features=features, overwrite=True, progress=progress, wait=True)
+        # audio once stored stays stored: a call without it must not undo what a call with it built
+        with_audio = wants_audio or bool(recorded and recorded.get("with_audio"))
+        write_shards(audio_root, metadata, shards, features=features, with_audio=with_audio, overwrite=True,
+                     progress=progress, wait=True)
         os.makedirs(str(index_root), exist_ok=True)
         write_bytes_atomic(record, json.dumps({"fingerprint": fingerprint, "manifest_sha256": _sha256_of(manifest),
-                                               "shards": os.path.abspath(str(shards)),
+                                               "with_audio": with_audio, "shards": os.path.abspath(str(shards)),
                                                "spgdataset": __version__}, indent=1).encode())
     # the shards fix these now; as given they are only checks
     return str(shards), dataclasses.replace(args, **{name: getattr(features, name) for name in FEATURE_DEFAULTS})
 
 
-def _staleness(recorded: Optional[Dict[str, Any]], fingerprint: str, manifest_sha256: Optional[str]) -> str:
-    """Why the shards must be written (again), or "" when the record says they are current."""
+def _staleness(recorded: Optional[Dict[str, Any]], fingerprint: str, manifest_sha256: Optional[str],
+               wants_audio: bool) -> str:
+    """Why the shards must be written (again), or "" when the record says they are current (and hold audio when
+    `wants_audio`; shards with audio serve a call without it as they are)."""
     if manifest_sha256 is None:
         return "no shard set there yet"
     if recorded is None:
@@ -105,6 +114,8 @@ def _staleness(recorded: Optional[Dict[str, Any]], fingerprint: str, manifest_sh
         return "the audio, metadata.json or feature parameters changed since they were built"
     if recorded.get("manifest_sha256") != manifest_sha256:
         return "its manifest.json is not the one this build wrote (replaced, or written before 0.3)"
+    if wants_audio and recorded.get("with_audio") is not True:
+        return "output_configuration asks for audio, and they were built without it"
     return ""
 
 

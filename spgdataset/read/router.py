@@ -47,7 +47,7 @@ import torch
 from ..rules.labels import merge_vocabularies
 from ..rules.plan import batches
 from .batches import batch_rows, batch_size_of, concat_batches
-from .compat import agreed, check_compatible, check_windows, where
+from .compat import agreed, check_compatible, check_labels, check_windows, where
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
 from .schedule import STOP_POLICIES, normalize_weights, rechunk, schedule, schedule_phases, skip_schedule, stop_limits
@@ -56,6 +56,7 @@ from .stream import EpochStream, Items
 from .transport import PLAIN, Transport
 
 log = logging.getLogger("spgdataset")
+SHOWN = 4  # datasets named in repr()
 
 
 class WorkerPlan(NamedTuple):
@@ -82,18 +83,22 @@ class SpectrogramDatasetRouter(EpochStream):
         seed: the schedule's phases derive from (seed, epoch, worker).
         stop: "first_exhausted", "all_exhausted" or "resample" (module docstring).
         epoch_length: with stop="resample" only, and required there: windows per rank per epoch.
+        merge_labels: datasets labelled by different metadata keys (say "speaker" and "gender") are refused,
+            since their ids would index one vocabulary of unrelated values; True merges them on purpose.
     """
 
     kind = "router"
     state_fields = ROUTER_FIELDS
 
     def __init__(self, datasets: Sequence[SpectrogramDataset] = (), weights: Optional[Sequence[float]] = None,
-                 seed: int = 0, stop: str = "first_exhausted", epoch_length: Optional[int] = None) -> None:
+                 seed: int = 0, stop: str = "first_exhausted", epoch_length: Optional[int] = None,
+                 merge_labels: bool = False) -> None:
         """`SpectrogramDatasetRouter()` (the reference's default, no datasets) is an empty router: len() 0."""
         super().__init__()
         self.datasets = list(datasets)
         self.stop, self.epoch_length = stop, _checked_epoch_length(stop, epoch_length)
         check_compatible(self.datasets)
+        check_labels(self.datasets, merge_labels)
         agreed(self.datasets, "batch_size")
         agreed(self.datasets, "drop_last")
         if weights is not None and len(weights) != len(self.datasets):
@@ -106,6 +111,18 @@ class SpectrogramDatasetRouter(EpochStream):
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
+
+    def __repr__(self) -> str:
+        """One line, like repr(ds): the datasets with their windows and weights, the stop policy, and what an
+        epoch of this rank yields."""
+        shown = [f"{where(ds)!r} {ds.num_windows():,} windows at weight {w:.3g}"
+                 for ds, w in zip(self.datasets[:SHOWN], self.weights.tolist())]
+        more = f", and {len(self.datasets) - SHOWN} more" if len(self.datasets) > SHOWN else ""
+        workers = max(self.num_workers, 1)
+        windows = sum(self.worker_plan(w, workers, self.epoch).total for w in range(workers)) if self.datasets else 0
+        batches = f", {len(self):,} batches of {self.batch_size}" if self.batch_size else ""
+        return (f"SpectrogramDatasetRouter({len(self.datasets)} datasets: {', '.join(shown) or 'none'}{more}; "
+                f"stop {self.stop!r}, {windows:,} windows per epoch{batches})")
 
     # ------------------------------------------------------------ settings shared with the datasets
 

@@ -30,12 +30,35 @@ def path_units(paths: Iterable[str]) -> np.ndarray:
     return np.fromiter((unit64(p) for p in paths), dtype=np.uint64)
 
 
+SPLIT_TOLERANCE = 1e-3  # how far from 1 a split's sum may be: fractions written with three decimals, (0.333,) * 3
+
+
 def normalize_split(split: Sequence[float]) -> np.ndarray:
-    """Fractions -> cumulative upper bounds, e.g. (0.8, 0.1, 0.1) -> [0.8, 0.9, 1.0]."""
-    fractions = np.asarray(split, dtype=np.float64)
-    if fractions.ndim != 1 or len(fractions) == 0 or (fractions < 0).any() or fractions.sum() <= 0:
-        raise ValueError(f"split must be non-negative fractions with a positive sum, got {tuple(split)}")
-    bounds = np.cumsum(fractions / fractions.sum())
+    """Fractions -> cumulative upper bounds, e.g. (0.8, 0.1, 0.1) -> [0.8, 0.9, 1.0].
+
+    The one check of a split (the dataset's `split=`, spg-inspect's --split): finite fractions >= 0 that sum to
+    1 within SPLIT_TOLERANCE. Anything else is a mistake to say, not to normalise: (80, 10, 10) or
+    (0.8, 0.3, 0.1) would silently become other fractions, and a NaN would send every file to subset 0.
+    """
+    try:
+        fractions = np.asarray(split, dtype=np.float64)
+    except (TypeError, ValueError):
+        fractions = np.zeros((0, 0))
+    shown = tuple(split) if isinstance(split, (list, tuple)) else split
+    if fractions.ndim != 1 or len(fractions) == 0:
+        raise ValueError(f"split must be a sequence of fractions of the files, like (0.8, 0.1, 0.1), got {shown!r}")
+    bad = [f"{f:g}" for f in fractions if not (np.isfinite(f) and f >= 0)]
+    if bad:
+        raise ValueError(f"split {shown}: {', '.join(bad)} is not a fraction (each part is a finite fraction >= 0 "
+                         "of the files, and they sum to 1, like (0.8, 0.1, 0.1))")
+    total = float(fractions.sum())
+    if total <= 0:
+        raise ValueError(f"split {shown} sums to 0: the fractions must sum to 1, like (0.8, 0.1, 0.1)")
+    if abs(total - 1) > SPLIT_TOLERANCE:
+        suggested = ", ".join(f"{f:.4g}" for f in fractions / total)
+        raise ValueError(f"split {shown} sums to {total:g}, not 1: the parts are fractions of the files; "
+                         f"did you mean ({suggested}{',' * (len(fractions) == 1)})?")
+    bounds = np.cumsum(fractions / total)
     bounds[-1] = 1.0
     return bounds
 

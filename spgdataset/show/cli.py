@@ -8,7 +8,6 @@ given, and the bad-input report. With --plot it draws spectrograms with their ma
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +16,7 @@ import numpy as np
 from ..errors import SpgError, command_line, integer_option
 from ..read.config import content_ratio, window_length
 from ..read.dataset import SpectrogramDataset
+from ..rules.splits import normalize_split
 from .plot import plot_files
 
 TOP_VALUES = 8  # label values shown per metadata key
@@ -60,13 +60,15 @@ def dataset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sp
 
 
 def split_of(text: str, parser: argparse.ArgumentParser) -> Tuple[float, ...]:
-    """--split as fractions: finite, not negative, not all zero (a usage error naming --split otherwise)."""
+    """--split as fractions, checked by the split rule itself (rules/splits.py); a usage error naming --split."""
     try:
         split = tuple(float(v) for v in text.split(","))
     except ValueError:
-        split = ()
-    if not split or not all(math.isfinite(x) and x >= 0 for x in split) or sum(split) <= 0:
-        parser.error(f"--split {text!r}: expected finite fractions >= 0, not all 0, like 0.8,0.1,0.1")
+        parser.error(f"--split {text!r}: expected fractions that sum to 1, like 0.8,0.1,0.1")
+    try:
+        normalize_split(split)
+    except ValueError as exc:
+        parser.error(f"--split {text!r}: {exc}")
     return split
 
 

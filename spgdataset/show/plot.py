@@ -47,17 +47,14 @@ def plot_files(ds: "SpectrogramDataset", positions: Sequence[int], out: str, win
     plt = _pyplot()
     records = read_files(ds, positions)
     figure = plt.figure(figsize=(WIDTH, HEIGHT_PER_FILE * len(records)), dpi=DPI)
-    grid = figure.add_gridspec(3 * len(records), 1, height_ratios=[4, 1, 0.6] * len(records), hspace=0.12)
+    grid = figure.add_gridspec(3 * len(records), 1, height_ratios=[4, 1, 1.1] * len(records), hspace=0.12)
     seconds_per_frame = ds.hop_length / ds.sample_rate
     colours = {name: f"C{k % 10}" for k, name in enumerate(sorted(ds.shards.index.intervals))}  # one per name
     for i, record in enumerate(records):
         top, bottom = figure.add_subplot(grid[3 * i]), figure.add_subplot(grid[3 * i + 1])  # then a spacer
         _spectrogram(top, record, ds.features, seconds_per_frame)
         _bands(bottom, record, ds, seconds_per_frame, windows, colours)
-        bottom.sharex(top)
-        if i < len(records) - 1:  # seconds under the last file only: the next title stays readable
-            bottom.tick_params(labelbottom=False)
-            bottom.set_xlabel("")
+        bottom.sharex(top)  # each file its own time scale, labelled in seconds under its own bands
     _save(figure, out)
     plt.close(figure)
 

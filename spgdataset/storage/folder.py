@@ -10,8 +10,8 @@ import posixpath
 from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, Optional, Tuple
 
 from ..errors import ShardError, SpgError
-from .local import (AtomicFile, Identity, hash_file, kind_of, map_file, open_regular, read_at_most, reading,
-                    sha256_file, stamp_of, temporary_of)
+from .local import (AtomicFile, Identity, hash_file, kind_of, map_file, open_regular, read_at_most, read_span,
+                    reading, sha256_file, stamp_of, temporary_of)
 
 
 class LocalStorage:
@@ -51,6 +51,16 @@ class LocalStorage:
         size, digest, identity = hash_file(path, limit, what)
         check(size, digest)
         return map_file(path, identity), identity
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a regular file from byte `offset` (fewer where it ends): one file of a shard
+        (read/access.py), in one pread."""
+        path = self.url(name)
+        try:
+            with open_regular(path, buffering=0) as f:
+                return read_span(f.fileno(), offset, length)
+        except OSError as exc:
+            raise ShardError(f"{path}: cannot read shard: {exc.strerror or exc}") from None
 
     def open_shard(self, name: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
         """A regular file, buffered; `size` and `sha256` are the reader's to check (S3 keys its cache by them)."""

@@ -127,6 +127,19 @@ def read_at_most(stream: BinaryIO, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def read_span(fd: int, offset: int, length: int) -> bytes:
+    """`length` bytes of an open file from byte `offset`, fewer only where the file ends (one pread returns
+    at most about 2 GiB on Linux)."""
+    parts: list[bytes] = []
+    while length > 0:
+        block = os.pread(fd, length, offset)
+        if not block:
+            break
+        parts.append(block)
+        offset, length = offset + len(block), length - len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def write_bytes_atomic(path: str, *parts: Any) -> None:
     """Write `parts` (bytes-like, in order) to a temporary name in the same folder, then rename: readers
     see all or nothing. A failure (a full disk) is an SpgError naming `path`; the temporary file is removed."""

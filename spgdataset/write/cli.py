@@ -10,7 +10,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SpgError, command_line, integer_option
-from ..format.features import FeatureConfig, load_config
+from ..format.features import FeatureConfig, config_names, load_config
 from .inputs import read_file_list
 from .job import DEFAULT_MAX_SHARD_BYTES, write_shards
 from .plan import segment_frames
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="AUDIO_ROOT [METADATA_JSON] OUTPUT_DIR")
     p.add_argument("--files", metavar="LIST", help="text file of audio paths (relative to AUDIO_ROOT) to take")
-    p.add_argument("--config", metavar="JSON", help="feature config, e.g. configs/16k_80mel.json; flags override it")
+    p.add_argument("--config", metavar="NAME|JSON",
+                   help=f"feature config: a shipped one by name ({', '.join(config_names())}) or a JSON file's path; "
+                        "flags override it")
     p.add_argument("--sample-rate", type=int, help="target rate in Hz (default 16000); audio is resampled to it")
     p.add_argument("--n-fft", type=int, help="FFT size in samples (default 400)")
     p.add_argument("--hop-length", type=int, help="hop in samples (default 160)")
@@ -88,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace shards of a different job in OUTPUT_DIR")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="take input paths that lead outside AUDIO_ROOT (../x.wav, absolute paths, symlinks out)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line and no line per file left out (the summary counts them, manifest.json's "
+                        "'report' lists them; --dry-run still prints its report)")
     p.add_argument("--dry-run", action="store_true",
                    help="check every file (decoded, as a run does) and print the report and the size the shards "
                         "would take; write nothing")
@@ -129,7 +133,10 @@ def check_scheduler(value: Optional[str]) -> None:
 
 def features_from_args(args: argparse.Namespace) -> FeatureConfig:
     """The feature parameters of --config and the flags; a bad one is an SpgError naming the options it is about."""
-    values = dict(load_config(args.config).get("features", {})) if args.config else {}
+    try:
+        values = dict(load_config(args.config).get("features", {})) if args.config else {}
+    except ValueError as exc:
+        raise SpgError(f"--config {exc}") from None  # the message starts with the file or name given
     given = []
     for flag, field in FEATURE_FLAGS.items():
         if getattr(args, flag) is not None:

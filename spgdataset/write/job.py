@@ -71,6 +71,7 @@ class _Run:
     executor: Any
     part: Tuple[int, int]  # (i, N): this run writes shards i, i + N, ...
     segments: Tuple[int, int] = (0, 0)  # frames a long file's segment owns, and holds beyond them
+    report_files: bool = True  # a line per file left out (progress, or a dry run: its report is its output)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def mine(self, plan: List[List[PlannedFile]]) -> List[int]:
@@ -125,7 +126,8 @@ def write_shards(
         part: (i, n): write only shards i, i+n, i+2n, ... (job arrays); the part that completes the set writes
             the manifest.
         overwrite: write every shard again (removing only spgdataset's own files).
-        progress: the progress line on stderr (files, audio hours, throughput, ETA).
+        progress: the progress line on stderr (files, audio hours, throughput, ETA), and a line per file left
+            out (False: none, except in a dry run; the result and manifest.json's report list them).
         allow_outside_root: take input names leading outside `audio_root` (`../x.wav`, a symlink out).
         dry_run: check everything (every file decoded and featurised, as a run does: the report a run would give)
             and add up the bytes the shards would take, but write nothing.
@@ -141,7 +143,7 @@ def write_shards(
     executor = _executor(workers, client, [audio_root] + ([] if dry_run else [_seen_from(output_dir)]))
     features = features or FeatureConfig()
     run = _Run(output_dir, out, features, with_audio, progress, executor, (part_index, part_count),
-               segment_frames(features, *segments))
+               segment_frames(features, *segments), progress or dry_run)
     try:
         # a missing bucket or someone else's folder is said before any header is read
         surveyed = None if dry_run else check_free(run.out, run.output_dir)
@@ -299,7 +301,7 @@ class _Selection:
 def _checked_inputs(run: _Run, audio_root: Any, metadata_path: Any, files: Optional[Sequence[str]],
                     selection: _Selection) -> Tuple[List[PlannedFile], List[BadInput], _Headers]:
     """Step 1 of the module docstring: the files whose headers read, and what was reported on the way."""
-    reporter = Progress(0, 0.0, enabled=run.progress)
+    reporter = Progress(0, 0.0, enabled=run.progress, messages=run.report_files)
     entries, reported = collect_inputs(audio_root, metadata_path, files, selection.keep, selection.allow_outside_root,
                                        selection.audio_format)
     if selection.annot_format is not None:
@@ -325,7 +327,7 @@ def _write_pending(run: _Run, plan: List[List[PlannedFile]], pending: List[int],
     """One task per shard of `pending`, with a progress line; their records."""
     reporter = Progress(sum(len(plan[k]) for k in pending), sum(p.seconds for k in pending for p in plan[k]),
                         enabled=run.progress, bad=sum(bad.kind == "bad" for bad in reported),
-                        filtered=sum(bad.kind == "filtered" for bad in reported))
+                        filtered=sum(bad.kind == "filtered" for bad in reported), messages=run.report_files)
     jobs = [(f"spg-shard-{k:06d}", (run.out, k, plan[k], run.features, run.with_audio, dry_run)) for k in pending]
     records = {}
     for number, record in run.executor.run(shard_task, jobs):

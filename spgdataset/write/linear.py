@@ -3,7 +3,7 @@
 vak computes it with matplotlib's `specgram` (mode "psd"): a symmetric Hann window, power scaled to a
 one-sided density (|X|^2 / (rate * sum(w^2)), doubled except at DC and Nyquist), frequency bins kept when
 f_min <= f < f_max, then one of vak's transforms. The same numbers here, with two differences written down in
-the README: frames are centred like the log-mel's (frame t is centred on sample t * hop_length, so masks and
+docs/vak.md: frames are centred like the log-mel's (frame t is centred on sample t * hop_length, so masks and
 windows follow one rule for every kind of spectrogram), and the band is cut without the Butterworth
 band-pass vak runs first (bins outside the band are dropped either way).
 """

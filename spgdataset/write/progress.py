@@ -17,10 +17,12 @@ class Progress:
 
     def __init__(self, total_files: int, total_seconds: float, label: str = "spg-shard",
                  stream: Optional[TextIO] = None, enabled: bool = True, interval: float = 10.0, bad: int = 0,
-                 filtered: int = 0) -> None:
-        """`bad`, `filtered`: inputs already counted out before this stage (the line shows them from the start)."""
+                 filtered: int = 0, messages: Optional[bool] = None) -> None:
+        """`bad`, `filtered`: inputs already counted out before this stage (the line shows them from the start).
+        `messages`: print the lines of `message()` (None: when `enabled`; quiet is quiet about each file too)."""
         self.total_files, self.total_seconds = total_files, total_seconds
         self.label, self.enabled, self.interval = label, enabled, interval
+        self.messages = enabled if messages is None else messages
         self.stream = stream or sys.stderr
         self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
         self.files, self.bad, self.filtered = 0, bad, filtered  # bad: broken inputs; filtered: left out on purpose
@@ -37,7 +39,9 @@ class Progress:
             self._draw(self.line())
 
     def message(self, text: str) -> None:
-        """A line printed above the progress line (e.g. a rejected file)."""
+        """A line printed above the progress line (e.g. a rejected file); none when messages are off."""
+        if not self.messages:
+            return
         if self.tty:
             self.stream.write("\r\033[K")
         self.stream.write(text + "\n")

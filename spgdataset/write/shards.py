@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import BadInput, SpgError
 from ..format.codec import pack, unpack
 from ..format.features import FeatureConfig
-from ..format.index import MAX_VOCABULARY
+from ..format.index import DIGEST_BYTES, MAX_VOCABULARY
 from ..format.index import encode as encode_index
 from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, SEGMENTED_FORMAT_VERSION, STATE_DIR,
                             shard_name)
@@ -158,8 +158,10 @@ def write_shard(out: Storage, k: int, results: Iterable[Union[FileResult, BadInp
                 continue
             if writing is None:
                 writing = _Measuring() if dry_run else out.create(name)
+            start, members = size, hashlib.blake2b(digest_size=DIGEST_BYTES)  # the file's bytes alone: random access
             for piece in result.members:
                 digest.update(piece)
+                members.update(piece)
                 writing.write(piece)
                 size += memoryview(piece).nbytes
             frames += result.index["frames"]
@@ -167,7 +169,7 @@ def write_shard(out: Storage, k: int, results: Iterable[Union[FileResult, BadInp
             seconds += result.seconds
             total = result.sum if total is None else total + result.sum
             total_sq = result.sumsq if total_sq is None else total_sq + result.sumsq
-            index.append(dict(result.index, shard=name))
+            index.append(dict(result.index, shard=name, member=[start, size - start, members.digest()]))
         if writing is not None:
             end = tar_end(size)
             digest.update(end)

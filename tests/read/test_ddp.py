@@ -87,7 +87,7 @@ def check_epoch(results, shards):
     assert len(seen) == len(set(seen)), "a window was yielded twice"
     everything = set(all_windows(shards))
     assert set(seen) <= everything
-    # the README's promise: all but fewer than world_size windows per epoch
+    # docs/dataset.md's promise: all but fewer than world_size windows per epoch
     assert len(everything) - len(seen) == len(everything) % WORLD
 
 

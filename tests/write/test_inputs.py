@@ -58,7 +58,7 @@ def test_a_file_list_with_paths_outside_the_root_is_refused_too(tmp_path):
     outside = wav(tmp_path / "elsewhere.wav", seed=2)
     listing = tmp_path / "list.txt"
     listing.write_text(f"a.wav\n{outside}\n../elsewhere.wav\n")
-    result = run_cli([root, tmp_path / "out", "--files", listing, "--workers", "1", "--quiet"])
+    result = run_cli([root, tmp_path / "out", "--files", listing, "--workers", "1"])  # not --quiet: lines per file
     assert result.returncode == 0, result.stderr
     assert stored_paths(tmp_path / "out") == ["a.wav"]
     assert result.stderr.count("outside the audio root") == 2, result.stderr
@@ -77,7 +77,7 @@ def test_a_fifo_named_like_audio_is_reported_not_waited_on(tmp_path, listed):
     args = [root]
     if listed:
         args.append(write_json(tmp_path / "metadata.json", {"a.wav": {}, "x.wav": {}}))
-    result = run_cli([*args, tmp_path / "out", "--workers", "1", "--quiet"], timeout=60)
+    result = run_cli([*args, tmp_path / "out", "--workers", "1"], timeout=60)  # not --quiet: a line per file
     assert result.returncode == 0, result.stderr
     assert stored_paths(tmp_path / "out") == ["a.wav"]
     line = next(line for line in result.stderr.splitlines() if "x.wav" in line)
@@ -215,7 +215,7 @@ def test_a_newline_in_a_bad_file_name_stays_on_one_line(tmp_path):
     root = tmp_path / "audio"
     wav(root / "a.wav")
     (root / "bad\nname.wav").write_bytes(b"not audio" * 100)
-    result = run_cli([root, tmp_path / "out", "--workers", "1", "--quiet"])
+    result = run_cli([root, tmp_path / "out", "--workers", "1"])  # not --quiet: a line per file
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "name.wav" in line]
     assert len(lines) == 1 and "bad\\nname.wav" in lines[0], result.stderr

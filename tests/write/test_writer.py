@@ -272,7 +272,8 @@ def bad_run(tmp_path_factory, helpers):
     metadata.update({path: entry for path, (entry, _) in BAD_CASES.items()})
     meta = write_metadata(root, metadata)
     out = root.parent / (root.name + "_out")
-    result = helpers.run_cli([root, meta, out, "--workers", "2", "--max-shard-files", "2", "--quiet"])
+    # not --quiet: the run prints a line per bad file
+    result = helpers.run_cli([root, meta, out, "--workers", "2", "--max-shard-files", "2"])
     return dict(root=root, out=out, result=result, good=good, manifest=helpers.manifest(out) if (out / "manifest.json").exists() else None)
 
 

@@ -16,7 +16,7 @@ from . import lock as lease_lock
 from .cache import shard_stream
 from .client import MISSING_CODES, client, error, error_code
 from .settings import S3Settings
-from .stream import read_object
+from .stream import read_object, read_range
 from .urls import SCHEME, split_url
 
 # Requests in flight at once for many small objects (state records, HEADs of records without stamps).
@@ -62,6 +62,11 @@ class S3Storage:
         data = read_object(self.url(name), self.settings, limit=limit) or b""  # never None: a missing object raised
         check(len(data), hashlib.sha256(data).hexdigest())
         return data, None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes of the object from byte `offset` (fewer where it ends): one range request, for one file
+        of a shard (read/access.py); never from the shard cache, which holds whole shards."""
+        return read_range(self.url(name), self.settings, offset, length)
 
     def open_shard(self, name: str, size: Optional[int] = None, sha256: Optional[str] = None) -> BinaryIO:
         """A stream over a shard, resuming after broken connections; from the cache when the settings have one

@@ -34,17 +34,21 @@ BUFFER = 1 * MiB  # read size from a GetObject body
 class S3Stream(io.RawIOBase):
     """GetObject's body as a read-only stream that resumes where a broken connection left it.
 
-    The first response fixes the object's size and ETag; a resumed request asks for the rest with
-    `Range: bytes=<offset>-` and `If-Match: <ETag>` (a replaced object is an error, never a splice of two).
+    The first response fixes the size (of the object, or of the range asked for) and the ETag; a resumed
+    request asks for the rest with `Range: bytes=<offset>-` (to the range's end) and `If-Match: <ETag>` (a
+    replaced object is an error, never a splice of two).
     """
 
-    def __init__(self, url: str, s: S3Settings, error_class: Type[SpgError] = ShardError) -> None:
+    def __init__(self, url: str, s: S3Settings, error_class: Type[SpgError] = ShardError, first: int = 0,
+                 length: Optional[int] = None) -> None:
+        """The object from byte `first`, `length` bytes of it (None: to its end)."""
         super().__init__()
         self.url, self.error_class = url, error_class
         self.bucket, self.key = split_url(url)
         self.settings = s
+        self.first, self.length = first, length
         self.position = 0  # bytes delivered so far
-        self.size: Optional[int] = None  # from the first response
+        self.size: Optional[int] = None  # from the first response: bytes this stream delivers
         self.etag: Optional[str] = None
         self.resumes = 0
         self._body: Any = None
@@ -87,21 +91,23 @@ class S3Stream(io.RawIOBase):
 
     def _request(self) -> None:
         kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        begin = self.first + self.position
+        if begin or self.length is not None:
+            kwargs["Range"] = f"bytes={begin}-{'' if self.length is None else self.first + self.length - 1}"
         if self.position:
-            kwargs["Range"] = f"bytes={self.position}-"
             self.resumes += 1
             stats["resumed"] += 1
         if self.etag:
             kwargs["IfMatch"] = self.etag
         response = client(self.settings, attempts=1).get_object(**kwargs)
-        if self.position:
+        if begin:
             found = re.match(r"bytes (\d+)-", str(response.get("ContentRange", "bytes 0-")))
             first = int(found.group(1)) if found else None
-            if first != self.position:
+            if first != begin:
                 response["Body"].close()
-                raise self.error_class(f"{self.url}: asked for bytes from {self.position}, got "
+                raise self.error_class(f"{self.url}: asked for bytes from {begin}, got "
                                        f"{response.get('ContentRange')!r}")
-        else:
+        if not self.position:
             self.size, self.etag = response["ContentLength"], response.get("ETag")
         self._body = response["Body"]
 
@@ -139,6 +145,13 @@ class S3Stream(io.RawIOBase):
     def close(self) -> None:
         self._drop()
         super().close()
+
+
+def read_range(url: str, s: S3Settings, first: int, length: int) -> bytes:
+    """`length` bytes of the object from byte `first` (fewer where it ends): one range request, resumed as any
+    stream is (one file of a shard, read/access.py)."""
+    with io.BufferedReader(S3Stream(url, s, ShardError, first, length), buffer_size=BUFFER) as stream:
+        return read_at_most(stream, length)
 
 
 def read_object(url: str, s: S3Settings, missing_ok: bool = False, limit: Optional[int] = None) -> Optional[bytes]:

@@ -1,0 +1,256 @@
+"""Random access: window i of a dataset, and its windows as a map-style torch Dataset.
+
+Window i (0 <= i < num_windows()) is the i-th window of an epoch read with shuffle=False by one process of a
+world of one: the subset's files in selection order (selection.py), each file's kept starts in order. It is
+found from the cumulative window counts (one searchsorted), and only its file is read: the byte range of the
+file's tar members, which the index holds (format/index.py, `member.*`), in one pread or one range request,
+checked against the index's blake2b of those bytes (with `verify`), then decoded and checked against the
+manifest and the index as the streaming reader checks every file (decode.py: ShardReader.decode_file).
+
+A set written before those columns has each shard walked once per process instead: read whole, checked as
+the streaming reader checks a shard (size, sha256 once per process for a local file), and the place and
+blake2b of each of its files noted. Decoded files are kept converted and normalised (a chunks.Chunk of one
+file) within `max_memory_cache` bytes per process, the least recently used leaving first; with 0 only the
+file last used stays, so that neighbouring windows of one file read it once. A DataLoader worker keeps its
+own. A corrupt file is a ShardError here also with on_error="warn": a map-style item cannot be skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import operator
+import os
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from webdataset.tariterators import base_plus_ext, group_by_keys
+
+from ..errors import ShardError, first_line
+from ..format.index import DIGEST_BYTES
+from ..format.manifest import ShardEntry
+from ..format.tar import tar_members, tar_walk
+from .chunks import Chunk
+from .memory import ChunkMemory
+from .records import WindowSpec
+
+if TYPE_CHECKING:
+    from .dataset import SpectrogramDataset
+
+Places = Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]  # first header byte, bytes, blake2b (or None)
+
+
+class PlainMemory(ChunkMemory):
+    """A one-file chunk's tensors at their own size: huge-page buffers (2 MB each) would multiply what a cache
+    of small files holds beyond what it counts."""
+
+    def empty(self, shape: Any, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(int(n) for n in shape), dtype=dtype)
+
+
+@dataclasses.dataclass
+class LoadedFile:
+    """One file ready to cut windows from: what a chunk of that file alone holds (converted to the output dtype,
+    normalised and padded once; the spectrogram transposed), and what its items name."""
+
+    key: str
+    path: str
+    metadata: Dict[str, Any]
+    starts: np.ndarray  # kept window starts, frames
+    offset: int  # a segment's first frame in its recording
+    label: int
+    frames: Optional[np.ndarray]  # the spectrogram frame by frame, (frames, n_mels): a window is one block
+    masks: Dict[str, np.ndarray]  # numpy: a window's copy costs a third of torch's
+    audio: Optional[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.starts, *self.masks.values()] + ([] if self.frames is None else [self.frames])
+        return sum(int(a.nbytes) for a in arrays) + (0 if self.audio is None else self.audio.untyped_storage().nbytes())
+
+
+def cut(loaded: LoadedFile, j: int, spec: WindowSpec) -> Dict[str, Any]:
+    """Window j of a file: the dict that an unbatched epoch yields for it (chunks.Chunk.take, then
+    batches.split_batch), with the same values."""
+    start, width, item = int(loaded.starts[j]), spec.window, {}
+    if loaded.frames is not None:  # a transposing copy of one block: twice as fast as copying n_mels rows
+        x = torch.from_numpy(np.ascontiguousarray(loaded.frames[start : start + width].T))
+        if spec.per_window_norm:  # as a batch of one, so that the sums run as the batch's do
+            x = x[None]
+            x = ((x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5))[0]
+        item["spectrogram"] = x if x.dtype == spec.dtype else x.to(spec.dtype)
+    if loaded.audio is not None:
+        hop = spec.hop_length
+        item["audio"] = loaded.audio[start * hop : (start + width) * hop].clone()
+    if loaded.masks:
+        item["masks"] = {name: torch.from_numpy(mask[start : start + width].copy())
+                         for name, mask in loaded.masks.items()}
+    if spec.label:
+        item["label"] = torch.from_numpy(np.array(loaded.label, dtype=np.int64))
+    if spec.meta:
+        item["meta"] = {key: loaded.metadata.get(key) for key in spec.meta}
+    item["key"], item["path"] = loaded.key, loaded.path
+    item["start"] = torch.from_numpy(np.array(start + loaded.offset, dtype=np.int64))
+    return item
+
+
+def sample_runs(data: bytes, url: str) -> Iterator[Tuple[str, int, int]]:
+    """(key, first header byte, byte after its last member) of each run of members with one sample key, in tar
+    order (webdataset's grouping); ShardError when the tar is not whole."""
+    run: Optional[List[Any]] = None
+    try:
+        for name, start, _, end in tar_walk(memoryview(data)):
+            key = base_plus_ext(name)[0]
+            if key is not None and run is not None and key == run[0]:
+                run[2] = end
+            elif key is not None:
+                if run is not None:
+                    yield run[0], run[1], run[2]
+                run = [key, start - 512, end]
+    except ValueError as exc:
+        raise ShardError(f"{url}: truncated or corrupt shard: {first_line(exc)}") from None
+    if run is not None:
+        yield run[0], run[1], run[2]
+
+
+def blake2b(data: Any) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+class WindowDataset(Dataset):
+    """The windows of a SpectrogramDataset's subset as a map-style Dataset: `len()` is `num_windows()`, item i
+    the i-th window of an unshuffled epoch (negative i counts from the end, as in a list). For any sampler:
+    `DataLoader(ds.map_style(), shuffle=True, num_workers=N)`, DistributedSampler, Subset."""
+
+    def __init__(self, dataset: "SpectrogramDataset", spec: WindowSpec) -> None:
+        """`spec`: what each window carries (the dataset's own, so that items are the iterated ones)."""
+        self.dataset, self.spec = dataset, spec
+        self.files, self.counts = dataset.selection.files, dataset.selection.counts
+        self.ends = np.cumsum(self.counts)  # windows up to and including each file of the subset
+        self.total, self.limit = int(self.ends[-1]) if len(self.ends) else 0, dataset.config.reading.max_memory_cache
+        self._start()
+
+    def _start(self) -> None:
+        """This process's state: a forked or spawned worker starts its own."""
+        self.pid = os.getpid()
+        self.cache: "collections.OrderedDict[int, LoadedFile]" = collections.OrderedDict()  # position -> file
+        self.cache_bytes = 0
+        self.walked: Dict[int, Places] = {}  # shard -> its files' places, for a set without member columns
+        self.reads = 0  # files read by this process
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in ("dataset", "spec", "files", "counts", "ends", "total", "limit")}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start()
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: Any) -> Dict[str, Any]:
+        n, i = self.total, operator.index(i)
+        if not -n <= i < n:
+            raise IndexError(f"window {i} out of range: {n} windows (0..{n - 1}, or -{n}..-1 from the end)")
+        i += n if i < 0 else 0
+        j = self.ends.searchsorted(i, side="right")
+        return cut(self.file(int(self.files[j])), i - int(self.ends[j] - self.counts[j]), self.spec)
+
+    def __getitems__(self, indices: Sequence[Any]) -> List[Dict[str, Any]]:
+        """Windows `indices`, as a DataLoader's fetcher asks for a batch of them: found with one searchsorted
+        (10% faster than one by one); anything __getitem__ would refuse goes to it, for its error."""
+        at, n = np.asarray(indices), self.total
+        if at.ndim != 1 or (at.size and (at.dtype.kind not in "iu" or at.min() < -n or at.max() >= n)):
+            return [self[i] for i in indices]
+        at = np.where(at < 0, at + n, at)
+        js = self.ends.searchsorted(at, side="right")
+        within = (at - self.ends[js] + self.counts[js]).tolist()
+        return [cut(self.file(f), k, self.spec) for f, k in zip(self.files[js].tolist(), within)]
+
+    def file(self, position: int) -> LoadedFile:
+        """The file at index `position`: from this process's cache, else read and kept there (the least recently
+        used files leave until the cache is within its limit; the file just read always stays)."""
+        if self.pid != os.getpid():
+            self._start()
+        found = self.cache.get(position)
+        if found is not None:
+            self.cache.move_to_end(position)
+            return found
+        loaded = self.load(position)
+        self.cache[position] = loaded
+        self.cache_bytes += loaded.nbytes
+        while len(self.cache) > 1 and self.cache_bytes > self.limit:
+            self.cache_bytes -= self.cache.popitem(last=False)[1].nbytes
+        return loaded
+
+    def load(self, position: int) -> LoadedFile:
+        """Read, check and decode the file at index `position` alone (see the module docstring)."""
+        shards, reader = self.dataset.shards, self.dataset.reader
+        index, k = shards.index, int(shards.index.shard[position])
+        shard = shards.manifest.shards[k]
+        url, key = shards.url(shard), index.keys[position]
+        offset, size, digest = self.place(k, shard, position)
+        data = shards.storage.read_range(shard.name, offset, size)
+        self.reads += 1
+        if len(data) != size:
+            raise ShardError(f"{url}: {len(data)} bytes at byte {offset}, the file index says {key!r} has {size} "
+                             "there (truncated or replaced shard)")
+        if reader.verify and digest is not None and blake2b(data) != digest:
+            raise ShardError(f"{url}: the bytes of {key!r} disagree with the file index's blake2b (corrupt or "
+                             "replaced shard)")
+        try:
+            samples = list(group_by_keys(tar_members(data, url, whole=False)))
+            if [sample["__key__"] for sample in samples] != [key]:
+                raise ShardError(f"{url}: at byte {offset} the file index places {key!r}, the shard holds "
+                                 f"{[sample['__key__'] for sample in samples][:3]}")
+            record = reader.decode_file(url, samples[0], position, check_values=True)
+        except ShardError:
+            raise
+        except Exception as exc:  # tar, npy, msgpack and FLAC each raise their own types for garbage
+            raise ShardError(f"{url}: {key!r} at byte {offset}: corrupt: {first_line(exc)}") from None
+        chunk = Chunk([record], self.spec, PlainMemory(keep=0))
+        frames = None if chunk.data is None else np.ascontiguousarray(chunk.data.numpy().T)
+        return LoadedFile(record.key, record.path, record.metadata, record.starts, record.offset, record.label,
+                          frames, {name: mask.numpy() for name, mask in chunk.masks.items()}, chunk.audio)
+
+    def place(self, k: int, shard: ShardEntry, position: int) -> Tuple[int, int, Optional[bytes]]:
+        """(first header byte, bytes, blake2b or None) of the members of the file at `position` in shard k: from
+        the index's columns, else from a walk of the shard."""
+        members = self.dataset.shards.index.members
+        if members is not None:
+            offset, size, digest = int(members[0][position]), int(members[1][position]), members[2][position].tobytes()
+        else:
+            lo = int(self.dataset.reader.bounds[k])
+            offsets, sizes, digests = self.walked[k] if k in self.walked else self.walk(k, shard)
+            offset, size = int(offsets[position - lo]), int(sizes[position - lo])
+            digest = None if digests is None else digests[position - lo].tobytes()
+        if offset < 0 or size < 512 or offset + size > shard.bytes:
+            raise ShardError(f"{self.dataset.shards.url(shard)}: the file index places a file at bytes {offset}.."
+                             f"{offset + size} of a shard of {shard.bytes} (edited or mismatched index)")
+        return offset, size, digest
+
+    def walk(self, k: int, shard: ShardEntry) -> Places:
+        """Where each file of shard k lies and (with `verify`) its blake2b, for a set written without them: the
+        shard read whole once per process and checked as the streaming reader checks it (decode.py)."""
+        shards, reader = self.dataset.shards, self.dataset.reader
+        url, lo, hi = shards.url(shard), int(reader.bounds[k]), int(reader.bounds[k + 1])
+        positions = {key: i for i, key in enumerate(shards.index.keys.slice(lo, hi))}
+        data, _ = reader.shard_bytes(url, shard)
+        offsets, sizes = np.full(hi - lo, -1, dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
+        digests = np.zeros((hi - lo, DIGEST_BYTES), dtype=np.uint8) if reader.verify else None
+        view = memoryview(data)
+        for key, first, end in sample_runs(data, url):
+            i = positions.get(key)
+            if i is None or offsets[i] >= 0:
+                raise ShardError(f"{url}: holds {key!r}, which the file index does not list for it (or twice)")
+            offsets[i], sizes[i] = first, end - first
+            if digests is not None:
+                digests[i] = np.frombuffer(blake2b(view[first:end]), dtype=np.uint8)
+        if (offsets < 0).any() or len(positions) != hi - lo:
+            raise ShardError(f"{url}: holds {int((offsets >= 0).sum())} files, the file index lists {hi - lo} "
+                             "(truncated or replaced shard, or a key listed twice)")
+        self.walked[k] = (offsets, sizes, digests)
+        return self.walked[k]

@@ -33,7 +33,7 @@ from ..errors import ShardError, first_line
 from ..format.index import DIGEST_BYTES
 from ..format.manifest import ShardEntry
 from ..format.tar import tar_members, tar_walk
-from .chunks import Chunk
+from .chunks import Chunk, per_window_normalised
 from .memory import ChunkMemory
 from .records import WindowSpec
 
@@ -79,8 +79,7 @@ def cut(loaded: LoadedFile, j: int, spec: WindowSpec) -> Dict[str, Any]:
     if loaded.frames is not None:  # a transposing copy of one block: twice as fast as copying n_mels rows
         x = torch.from_numpy(np.ascontiguousarray(loaded.frames[start : start + width].T))
         if spec.per_window_norm:  # as a batch of one, so that the sums run as the batch's do
-            x = x[None]
-            x = ((x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5))[0]
+            x = per_window_normalised(x[None])[0]
         item["spectrogram"] = x if x.dtype == spec.dtype else x.to(spec.dtype)
     if loaded.audio is not None:
         hop = spec.hop_length

@@ -108,9 +108,7 @@ class Chunk:
             view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
             x = torch.index_select(view, 0, starts, out=outputs.empty((len(starts), spec.n_mels, W), self.data.dtype))
             if spec.per_window_norm:
-                mean = x.mean(dim=(1, 2), keepdim=True)
-                std = x.std(dim=(1, 2), keepdim=True)
-                x = (x - mean) / (std + 1e-5)
+                x = per_window_normalised(x)
             batch["spectrogram"] = x.to(spec.dtype)
         if self.audio is not None:
             n = W * spec.hop_length
@@ -130,6 +128,11 @@ class Chunk:
         batch["path"] = self._paths[lo:hi]
         batch["start"] = self._local[lo:hi].clone()
         return batch
+
+
+def per_window_normalised(x: torch.Tensor) -> torch.Tensor:
+    """normalize="window": each window of a (B, n_mels, W) batch to zero mean and unit deviation on its own."""
+    return (x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5)
 
 
 def arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,

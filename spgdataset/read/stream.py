@@ -10,6 +10,7 @@ epoch, `len()` and `loader()` are the same for both; the loader (loader.py) is t
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
 
@@ -31,8 +32,8 @@ READ_AHEAD = 4  # items built ahead of the training loop in the training process
 class EpochStream(IterableDataset):
     """An IterableDataset of epochs, resumable mid-epoch, with or without DataLoader workers.
 
-    A subclass says what it is (`kind`, `state_fields`) and provides `iter_epoch`, `worker_items`,
-    `plan_inputs`, `error_logs`, `ring_shape`, `set_batching` and the batching properties.
+    A subclass says what it is (`kind`, `state_fields`) and provides the abstract methods below (IterableDataset's
+    metaclass is ABCMeta: a subclass missing one cannot be made), and `ring_shape` when it has batch slots.
     """
 
     kind = "stream"  # named in messages: "dataset" or "router"
@@ -45,35 +46,40 @@ class EpochStream(IterableDataset):
     # ------------------------------------------------------------ what a stream provides
 
     @property
+    @abc.abstractmethod
     def batch_size(self) -> Optional[int]:
-        raise NotImplementedError
+        """Windows per item (None: single windows)."""
 
     @property
+    @abc.abstractmethod
     def num_workers(self) -> int:
-        raise NotImplementedError
+        """The DataLoader workers `len()` assumes and `loader()` starts."""
 
     @property
     def batch_threads(self) -> int:
         return 1
 
+    @abc.abstractmethod
     def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
         """Change the batch size and DataLoader worker count (the given ones): what `loader()` asks for."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
                    drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
-        raise NotImplementedError
+        """Worker `worker`'s part of epoch `epoch` after its first `skip_windows` windows, carried as
+        `transport` says; it reads and changes none of the stream's epoch or resume state."""
 
+    @abc.abstractmethod
     def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
         """Items (batches, or windows without batch_size) each of `num_workers` workers yields in `epoch`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def plan_inputs(self) -> Dict[str, Any]:
         """What the epoch's order depends on: a saved state must agree."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def error_logs(self) -> List[SharedErrorLog]:
-        raise NotImplementedError
+        """The shared logs of shards skipped (on_error="warn"), of this stream's datasets."""
 
     def ring_shape(self) -> Optional[Tuple[Tuple[int, ...], torch.dtype]]:
         """(shape, dtype) of a batch's spectrogram, which the loader's workers gather into shared slots; None:

@@ -87,10 +87,11 @@ def _everything(ds: "SpectrogramDataset") -> Selection:
                   None, ds.rule)
 
 
-def _units(ds: "SpectrogramDataset", files: np.ndarray) -> Tuple[List[int], int]:
-    """Distinct split units of `files` per subset of the split, and how many files have no split_key value."""
+def _units(ds: "SpectrogramDataset", files: np.ndarray, values: np.ndarray) -> Tuple[List[int], int]:
+    """Distinct split units of `files` (their unit `values`) per subset of the split, and how many files have no
+    split_key value."""
     index, split = ds.shards.index, ds.config.split
-    units = np.unique(split_units(index, split.key)[files])
+    units = np.unique(values)
     per_subset = np.bincount(subsets(units, split.bounds), minlength=len(split.bounds))
     unkeyed = 0
     if split.key is not None and split.key in index.metadata:
@@ -102,11 +103,11 @@ def summarize(ds: "SpectrogramDataset") -> Summary:
     index, split = ds.shards.index, ds.config.split
     everything = _everything(ds)
     files, counts = everything.files, everything.counts
-    part = subsets(split_units(index, split.key)[files], split.bounds) if len(split.bounds) > 1 else \
-        np.zeros(len(files), dtype=np.int64)
+    values = split_units(index, split.key)[files]
+    part = subsets(values, split.bounds) if len(split.bounds) > 1 else np.zeros(len(files), dtype=np.int64)
     hours = index.audio_samples(files, ds.hop_length) / ds.sample_rate / 3600
     first = index.recordings(files)  # a long file's segments are one file
-    units, unkeyed = _units(ds, files)
+    units, unkeyed = _units(ds, files, values)
     rows = [{"subset": s, "files": int((first & (part == s)).sum()), "hours": float(hours[part == s].sum()),
              "windows": int(counts[part == s].sum()), "units": units[s]} for s in range(len(split.bounds))]
     mine = part == split.subset
@@ -137,7 +138,8 @@ def no_window_reason(ds: "SpectrogramDataset") -> Optional[str]:
         return None
     split, why = ds.config.split, _no_window(ds)
     if len(split.bounds) > 1:
-        units, unkeyed = _units(ds, _everything(ds).files)
+        files = _everything(ds).files
+        units, unkeyed = _units(ds, files, split_units(ds.shards.index, split.key)[files])
         why += f"; {spread(split.parts, split.key, units, unkeyed)}"
     return why
 

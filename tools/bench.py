@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from webdataset.tariterators import group_by_keys
 
 import spgdataset
@@ -323,11 +323,14 @@ def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] =
     return result
 
 
-def job_map_style(args: argparse.Namespace, first_files: int = 50) -> Dict[str, Any]:
+def job_map_style(args: argparse.Namespace, first_files: int = 50, batches: bool = False) -> Dict[str, Any]:
     """ds.map_style() in random order, one process: `DataLoader(batch_size=64, sampler=<a permutation of every
     window>, num_workers=0)` with torch's default collate, a memory cache that holds the whole set (each file is
     read once, in the first epoch). Before it, on another dataset: the first access of `first_files` files spread
-    over the set (their first window, nothing cached, the shards in the page cache)."""
+    over the set (their first window, nothing cached, the shards in the page cache).
+
+    batches: `DataLoader(batch_size=None, sampler=BatchSampler(<the permutation>, 64))` instead, each batch
+    gathered by the dataset at once (windows[list]) with no collate."""
     shards = paths(args)["shards"]
     kwargs = dict(window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC, window_content_ratio=0, normalize=False,
                   dtype=torch.float32, output_configuration={"spectrogram": True, "masks": [MASK], "label": LABEL},
@@ -348,6 +351,8 @@ def job_map_style(args: argparse.Namespace, first_files: int = 50) -> Dict[str, 
 
     def epoch(n: int) -> Iterable[Dict[str, Any]]:
         order = np.random.default_rng(n).permutation(len(windows)).tolist()
+        if batches:
+            return iter(DataLoader(windows, batch_size=None, sampler=BatchSampler(order, BATCH, drop_last=False)))
         return iter(DataLoader(windows, batch_size=BATCH, sampler=order, num_workers=0))
 
     result = full_epochs(epoch, started, args.epochs)
@@ -554,6 +559,9 @@ READ_JOBS: Dict[str, Any] = {
     "spg_2workers": ("SpectrogramDataset.loader(num_workers=2)", 2, lambda a: job_spg(a, workers=2)),
     "spg_map_style": ("SpectrogramDataset.map_style(), random order, DataLoader(batch 64), 1 process, files cached", 1,
                       job_map_style),
+    "spg_map_style_batches": ("SpectrogramDataset.map_style(), random order, DataLoader(batch_size=None, "
+                              "sampler=BatchSampler(64)), 1 process, files cached", 1,
+                              lambda a: job_map_style(a, batches=True)),
     "wds_1proc": ("(a) plain webdataset, 1 process", 1, job_wds),
     "wds_2workers": ("(a) plain webdataset, DataLoader 2 workers", 2, lambda a: job_wds(a, workers=2)),
     "otf_1proc": ("(b) on the fly: WAV slice + log-mel per window, 1 process, 1 thread", 1, job_otf),
@@ -735,7 +743,7 @@ def report(results: Dict[str, Any]) -> str:
                             "windows / CPU-s (1 proc)", "1st batch s", "peak RSS main MB", "peak RSS workers MB",
                             "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
     text += values_check_line(results.get("checks", {}).get("values_check"), read.get("spg_1proc"))
-    text += map_style_line(read.get("spg_map_style"), read.get("spg_1proc"))
+    text += map_style_line(read.get("spg_map_style"), read.get("spg_map_style_batches"), read.get("spg_1proc"))
     cfg = results["config"]
     text += (f"\n\nCorpus {cfg['hours']:g} h, {cfg['files']} files, {cfg['epoch_windows']} windows per epoch, "
              f"{cfg['shards']} shards. `import torch` alone: peak RSS {results['import_torch_rss_mb']} MB; "
@@ -756,15 +764,23 @@ def values_check_line(check: Optional[Dict[str, Any]], spg: Optional[Dict[str, A
             f"over the {check['files']} files ({check['mb_per_s']:,.0f} MB/s){share}.")
 
 
-def map_style_line(access: Optional[Dict[str, Any]], spg: Optional[Dict[str, Any]]) -> str:
+def map_style_line(access: Optional[Dict[str, Any]], batches: Optional[Dict[str, Any]],
+                   spg: Optional[Dict[str, Any]]) -> str:
     """Random access against streaming (the target: at least a third of spg_1proc), and a file's first access."""
     if not access or "error" in access:
         return ""
     streaming = spg.get("windows_per_s") if spg else None
-    share = f" = {access['windows_per_s'] / streaming:.2f} of spg_1proc" if streaming else ""
-    return (f"\n\nRandom access (`spg_map_style`): {access['windows_per_s']:,.0f} windows/s{share} (epochs: "
-            f"{' / '.join(f'{r:,}' for r in access['epoch_rates'])}; the first reads every file once). First access "
-            f"of a file: {access['first_access_ms_median']:.2f} ms median, {access['first_access_ms_p90']:.2f} ms p90, "
+
+    def rate(row: Dict[str, Any], name: str) -> str:
+        share = f" = {row['windows_per_s'] / streaming:.2f} of spg_1proc" if streaming else ""
+        return (f"`{name}` {row['windows_per_s']:,.0f} windows/s{share} (epochs: "
+                f"{' / '.join(f'{r:,}' for r in row['epoch_rates'])})")
+
+    both = rate(access, "spg_map_style")
+    if batches and "error" not in batches:
+        both += "; " + rate(batches, "spg_map_style_batches")
+    return (f"\n\nRandom access: {both}; the first epoch reads every file once. First access of a file: "
+            f"{access['first_access_ms_median']:.2f} ms median, {access['first_access_ms_p90']:.2f} ms p90, "
             f"{access['first_access_ms_max']:.2f} ms max over {access['first_access_files']} files (shards in the page "
             "cache, nothing decoded yet).")
 

@@ -72,28 +72,59 @@ class LoadedFile:
         return sum(int(a.nbytes) for a in arrays) + (0 if self.audio is None else self.audio.untyped_storage().nbytes())
 
 
-def cut(loaded: LoadedFile, j: int, spec: WindowSpec) -> Dict[str, Any]:
-    """Window j of a file: the dict that an unbatched epoch yields for it (chunks.Chunk.take, then
-    batches.split_batch), with the same values."""
-    start, width, item = int(loaded.starts[j]), spec.window, {}
-    if loaded.frames is not None:  # a transposing copy of one block: twice as fast as copying n_mels rows
-        x = torch.from_numpy(np.ascontiguousarray(loaded.frames[start : start + width].T))
-        if spec.per_window_norm:  # as a batch of one, so that the sums run as the batch's do
-            x = per_window_normalised(x[None])[0]
-        item["spectrogram"] = x if x.dtype == spec.dtype else x.to(spec.dtype)
-    if loaded.audio is not None:
-        hop = spec.hop_length
-        item["audio"] = loaded.audio[start * hop : (start + width) * hop].clone()
-    if loaded.masks:
-        item["masks"] = {name: torch.from_numpy(mask[start : start + width].copy())
-                         for name, mask in loaded.masks.items()}
+def gather(picks: Sequence[Tuple[LoadedFile, int]], spec: WindowSpec) -> Dict[str, Any]:
+    """Window j of each (file, j), as one batch dict laid out as a streaming batch (chunks.Chunk.take), with
+    the same values: each array gathered for all picks at once into one new tensor."""
+    files = [loaded for loaded, _ in picks]
+    starts = [int(loaded.starts[j]) for loaded, j in picks]
+    batch: Dict[str, Any] = {}
+    if spec.spectrogram:
+        batch["spectrogram"] = spectrograms([f.frames for f in files if f.frames is not None], starts, spec)
+    if spec.audio:
+        hop, width = spec.hop_length, spec.window * spec.hop_length
+        batch["audio"] = torch.stack([f.audio[start * hop : start * hop + width]
+                                      for f, start in zip(files, starts) if f.audio is not None])
+    names = list(files[0].masks) if files else []  # the spec's masks, and "valid" if asked for
+    if names:
+        batch["masks"] = {name: torch.from_numpy(np.stack([f.masks[name][start : start + spec.window]
+                                                           for f, start in zip(files, starts)])) for name in names}
     if spec.label:
-        item["label"] = torch.from_numpy(np.array(loaded.label, dtype=np.int64))
+        batch["label"] = torch.tensor([f.label for f in files], dtype=torch.int64)
     if spec.meta:
-        item["meta"] = {key: loaded.metadata.get(key) for key in spec.meta}
-    item["key"], item["path"] = loaded.key, loaded.path
-    item["start"] = torch.from_numpy(np.array(start + loaded.offset, dtype=np.int64))
-    return item
+        batch["meta"] = {key: [f.metadata.get(key) for f in files] for key in spec.meta}
+    batch["key"], batch["path"] = [f.key for f in files], [f.path for f in files]
+    batch["start"] = torch.tensor([start + f.offset for f, start in zip(files, starts)], dtype=torch.int64)
+    return batch
+
+
+def spectrograms(frames: List[np.ndarray], starts: List[int], spec: WindowSpec) -> torch.Tensor:
+    """The windows at `starts` of each file's (frames, n_mels) array, as one (windows, n_mels, window) tensor:
+    a transposing copy into each row."""
+    block = np.empty((len(frames), spec.n_mels, spec.window), dtype=frames[0].dtype if frames else np.float32)
+    for k, (array, start) in enumerate(zip(frames, starts)):
+        block[k] = array[start : start + spec.window].T
+    x = torch.from_numpy(block)
+    if spec.per_window_norm:  # as a batch, so that the sums run as the streaming batch's do
+        x = per_window_normalised(x)
+    return x if x.dtype == spec.dtype else x.to(spec.dtype)
+
+
+def windows_of(batch: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A gathered batch as per-window dicts (batches.split_batch's layout), each tensor a row of the batch's:
+    no copy, and no item shares memory with the cache or with another item. One copy per window in all, half
+    the cost of a copy per window that a DataLoader's collate then stacks again."""
+    columns: Dict[str, Sequence[Any]] = {}
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            columns[name] = torch.unbind(value)
+        elif name == "masks":
+            rows = {mask: torch.unbind(tensor) for mask, tensor in value.items()}
+            columns[name] = [dict(zip(rows, row)) for row in zip(*rows.values())]
+        elif name == "meta":
+            columns[name] = [dict(zip(value, row)) for row in zip(*value.values())]
+        else:
+            columns[name] = value
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 def sample_runs(data: bytes, url: str) -> Iterator[Tuple[str, int, int]]:
@@ -151,23 +182,37 @@ class WindowDataset(Dataset):
         return self.total
 
     def __getitem__(self, i: Any) -> Dict[str, Any]:
-        n, i = self.total, operator.index(i)
-        if not -n <= i < n:
-            raise IndexError(f"window {i} out of range: {n} windows (0..{n - 1}, or -{n}..-1 from the end)")
-        i += n if i < 0 else 0
-        j = self.ends.searchsorted(i, side="right")
-        return cut(self.file(int(self.files[j])), i - int(self.ends[j] - self.counts[j]), self.spec)
+        """Window i (an int; negative counts from the end), or, for a sequence of ints, those windows as one
+        batch laid out as a streaming batch: with `DataLoader(windows, batch_size=None,
+        sampler=BatchSampler(RandomSampler(windows), 64, drop_last=False))` each batch is gathered with one
+        copy per window and no collate (docs/dataset.md, "Random access")."""
+        if isinstance(i, (np.ndarray, torch.Tensor)) and i.ndim == 0 or not isinstance(i, (Sequence, np.ndarray,
+                                                                                              torch.Tensor)):
+            return windows_of(gather(self.picks([operator.index(i)]), self.spec))[0]
+        if isinstance(i, (str, bytes)) or not len(i):
+            raise IndexError(f"window indices must be an int or a non-empty sequence of ints, got {i!r}")
+        return gather(self.picks(i), self.spec)
 
     def __getitems__(self, indices: Sequence[Any]) -> List[Dict[str, Any]]:
-        """Windows `indices`, as a DataLoader's fetcher asks for a batch of them: found with one searchsorted
-        (10% faster than one by one); anything __getitem__ would refuse goes to it, for its error."""
-        at, n = np.asarray(indices), self.total
-        if at.ndim != 1 or (at.size and (at.dtype.kind not in "iu" or at.min() < -n or at.max() >= n)):
-            return [self[i] for i in indices]
+        """Windows `indices` as the per-window dicts a DataLoader's fetcher asks for and then collates: all
+        found with one searchsorted and gathered together (windows_of)."""
+        return windows_of(gather(self.picks(indices), self.spec)) if len(indices) else []
+
+    def picks(self, indices: Any) -> List[Tuple[LoadedFile, int]]:
+        """(file, window of the file) for each index of a 1-d sequence of ints: IndexError beyond the range,
+        TypeError for other values (as a list's indexing)."""
+        at, n = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices), self.total
+        if at.ndim != 1 or at.dtype.kind not in "iu":
+            raise TypeError(f"window indices must be ints or a 1-d sequence of ints, got {at.dtype} values of "
+                            f"shape {at.shape}")
+        wrong = at[(at < -n) | (at >= n)]
+        if wrong.size:
+            raise IndexError(f"window {int(wrong[0])} out of range: {n} windows (0..{n - 1}, or -{n}..-1 from "
+                             "the end)")
         at = np.where(at < 0, at + n, at)
         js = self.ends.searchsorted(at, side="right")
         within = (at - self.ends[js] + self.counts[js]).tolist()
-        return [cut(self.file(f), k, self.spec) for f, k in zip(self.files[js].tolist(), within)]
+        return [(self.file(f), k) for f, k in zip(self.files[js].tolist(), within)]
 
     def file(self, position: int) -> LoadedFile:
         """The file at index `position`: from this process's cache, else read and kept there (the least recently

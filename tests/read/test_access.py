@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Subset
 
 from spgdataset import ShardError, SpectrogramDataset
 from spgdataset.format.index import BadIndex, decode
@@ -124,6 +124,67 @@ def test_audio_and_the_valid_mask_equal_the_iterated_ones(mixed_run):
     expected = iterated(mixed_run[0], **kwargs)
     assert "valid" in expected[0]["masks"] and not all(item["masks"]["valid"].all() for item in expected)
     assert_all_equal(ds, expected)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_list_of_indices_is_the_streaming_batch_of_those_windows(run16k, case):
+    ds = SpectrogramDataset(run16k[0], **CASES[case])
+    windows, size = ds.map_style(), 7
+    streamed = next(iter(SpectrogramDataset(run16k[0], shuffle=False, batch_size=size, **CASES[case])))
+    assert same(windows[list(range(size))], streamed)  # the layout and the values of an unshuffled batch
+    picked = [5, -1, 0, 5, 2]
+    batch = windows[np.array(picked)]
+    items = [ds[i] for i in picked]
+    assert batch["spectrogram"].is_contiguous() and batch["key"] == [item["key"] for item in items]
+    for name in ("spectrogram", "label", "start"):
+        assert torch.equal(batch[name], torch.stack([item[name] for item in items]))
+    assert torch.equal(batch["masks"]["speech"], torch.stack([item["masks"]["speech"] for item in items]))
+    assert batch["meta"] == {"gender": [item["meta"]["gender"] for item in items]}
+    assert same(windows[torch.tensor(picked)], batch) and same(windows[(5, -1, 0, 5, 2)], batch)
+
+
+def test_items_share_memory_with_nothing(run16k):
+    """An in-place edit of one item (a transform's `x -= mean`) changes neither the cache nor another item."""
+    ds = SpectrogramDataset(run16k[0], output_configuration=OUTPUTS)
+    windows = ds.map_style()
+    before = [windows[i] for i in range(3)]
+    items = windows.__getitems__([0, 1, 2])
+    for item in items:
+        item["spectrogram"].add_(1000.0)
+        item["masks"]["speech"].fill_(True)
+        item["label"].fill_(-7)
+    assert torch.equal(items[1]["spectrogram"], before[1]["spectrogram"] + 1000.0)  # each edited once
+    batch = windows[[0, 1, 2]]
+    batch["spectrogram"].mul_(0)
+    for i in range(3):
+        assert same(windows[i], before[i])
+
+
+def test_wrong_indices_are_refused_as_a_list_would_refuse_them(run16k):
+    windows = SpectrogramDataset(run16k[0]).map_style()
+    n = len(windows)
+    with pytest.raises(IndexError, match=rf"window {n} out of range: {n} windows"):
+        windows[[0, n]]
+    with pytest.raises(IndexError, match="non-empty sequence"):
+        windows[[]]
+    for wrong in ([0.5, 1.0], [[0, 1]], np.array([True, False])):
+        with pytest.raises(TypeError, match="window indices must be ints"):
+            windows[wrong]
+    with pytest.raises(IndexError, match="non-empty sequence"):
+        windows["01"]
+
+
+@pytest.mark.slow
+def test_a_batch_sampler_with_two_workers_yields_each_window_once(run16k):
+    ds = SpectrogramDataset(run16k[0], window_content_ratio=0, output_configuration=OUTPUTS)
+    windows, expected = ds.map_style(), ds.windows()
+    sampler = BatchSampler(RandomSampler(windows, generator=torch.Generator().manual_seed(1)), 16, drop_last=False)
+    loader = DataLoader(windows, batch_size=None, sampler=sampler, num_workers=2)
+    seen = []
+    for batch in loader:
+        assert batch["spectrogram"].shape[0] == len(batch["key"]) <= 16
+        seen += list(zip(batch["key"], batch["start"].tolist()))
+    assert sorted(seen) == sorted(expected) and seen != expected
 
 
 def test_segments_report_starts_in_the_recording(segmented):

@@ -2,8 +2,9 @@
 
 Same call, same files: for each audio file, `OUTPUT_DIR/<file name>.spect.npz` with the spectrogram (2-d,
 frequency x time), the centres of its frequency bins (Hz) and time bins (s) and the audio path, under vak's key
-names or the ones `spect_params` gives; the sorted paths are returned. The spectrogram is the linear one of
-write/linear.py at the file's own sample rate. Annotation files come from write/annotations.py (crowsetta's
+names or the ones `spect_params` gives; the sorted paths are returned. The arrays are vak's own
+(write/vak_spectrogram.py: float64, frames from sample 0, the band-pass), at the file's own sample rate;
+`frames="centred"` writes the shards' linear spectrogram instead (write/linear.py: centred frames, float32). Annotation files come from write/annotations.py (crowsetta's
 formats, without crowsetta); `labelset` skips files with other labels, as vak does. Files that cannot be used
 are skipped with a warning naming them and the problem; the others are written.
 """
@@ -18,18 +19,22 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import soundfile as sf
 
-from .errors import BadInput, SpgError, printable
+from .errors import BadInput, SpgError, first_line, printable
 from .format.features import FeatureConfig
 from .write.annotations import Annotation, annotation_format, labelset_to_set, read_annotation
-from .write.audio import probe, read_audio
+from .write.audio import check_audio_file, probe, read_audio
+from .write.bandpass import band_passed
 from .write.executors import local_executor
 from .write.inputs import audio_extension
 from .write.linear import LinearSpectrogram
+from .write.vak_spectrogram import vak_spectrogram
 
 logger = logging.getLogger(__name__)
 
 SPECT_NPZ_EXTENSION = ".spect.npz"
+FRAMES = ("vak", "centred")
 PathLike = Union[str, Path]
 
 
@@ -70,12 +75,14 @@ class SpectParams:
         return params
 
     def features(self, sample_rate: int) -> FeatureConfig:
-        """The feature parameters of a file at `sample_rate` (vak computes at each file's own rate)."""
+        """The feature parameters of a file at `sample_rate` (vak computes at each file's own rate): the shards'
+        linear spectrogram, with vak's band-pass when there are cutoffs."""
         low, high = self.freq_cutoffs if self.freq_cutoffs is not None else (0.0, None)
         try:
             return FeatureConfig(sample_rate=sample_rate, n_fft=self.fft_size, hop_length=self.step_size,
                                  f_min=float(low), f_max=None if high is None else float(high), kind="linear",
-                                 thresh=self.thresh, transform_type=self.transform_type, storage_dtype="float32")
+                                 thresh=self.thresh, transform_type=self.transform_type, storage_dtype="float32",
+                                 bandpass=self.freq_cutoffs is not None)
         except ValueError as exc:
             raise SpgError(f"spect_params: {exc}") from None
 
@@ -91,13 +98,17 @@ def make_spectrogram_files_from_audio_files(
     annot_format: Optional[str] = None,
     labelset: Union[str, Sequence[Any], None] = None,
     dask_bag_kwargs: Optional[Dict[str, Any]] = None,
+    frames: str = "vak",
 ) -> List[str]:
     """Write one `.spect.npz` per audio file into `output_dir`; return their paths, sorted.
 
     Annotations (`annot_list`, `audio_annot_map`) are annotation file paths read as `annot_format`, or
     crowsetta Annotation objects. `dask_bag_kwargs` runs the files as a dask bag (`pip install
-    "spgdataset[dask]"`), as vak does; without it they run in local worker processes.
+    "spgdataset[dask]"`), as vak does: in threads, or on the Dask client the caller has made; without it they
+    run in local worker processes. `frames`: "vak" (vak's arrays) or "centred" (the shards' linear spectrogram).
     """
+    if frames not in FRAMES:
+        raise SpgError(f"frames must be one of {', '.join(map(repr, FRAMES))}, got {frames!r}")
     extension = audio_extension(audio_format)
     given = [x is not None for x in (audio_dir, audio_files, audio_annot_map)]
     if not any(given):
@@ -125,7 +136,7 @@ def make_spectrogram_files_from_audio_files(
 
     total = len(files) + len(skipped)
     _make_output_dir(output_dir)
-    jobs = [(os.path.basename(f), (f, str(output_dir), params)) for f in files]
+    jobs = [(os.path.basename(f), (f, str(output_dir), params, frames)) for f in files]
     results = _run(jobs, dask_bag_kwargs)
     written: List[str] = []
     for result in results:
@@ -243,7 +254,8 @@ def _run(jobs: List[Tuple[str, Tuple[Any, ...]]], dask_bag_kwargs: Optional[Dict
             import dask.bag
         except ImportError:
             raise SpgError('dask_bag_kwargs needs dask: pip install "spgdataset[dask]"') from None
-        return list(dask.bag.from_sequence([args for _, args in jobs], **dask_bag_kwargs).starmap(spect_file))
+        bag = dask.bag.from_sequence([args for _, args in jobs], **dask_bag_kwargs).starmap(spect_file)
+        return list(bag.compute(scheduler=None if _has_dask_client() else "threads"))
     executor = local_executor(min(os.cpu_count() or 1, max(1, len(jobs) // 4)))
     try:
         return [result for _, result in sorted(executor.run(spect_file, jobs), key=lambda r: r[0])]
@@ -251,19 +263,25 @@ def _run(jobs: List[Tuple[str, Tuple[Any, ...]]], dask_bag_kwargs: Optional[Dict
         executor.close()
 
 
-def spect_file(audio_path: str, output_dir: str, params: SpectParams) -> Union[str, BadInput]:
+def _has_dask_client() -> bool:
+    """Whether the caller made a distributed Client (the bag then runs on it). Without one, threads: dask's
+    default for bags is processes, which start by importing the caller's script (a BrokenProcessPool without an
+    `if __name__ == "__main__":` guard) and then torch, for seconds per process."""
+    try:
+        from distributed import default_client
+        default_client()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def spect_file(audio_path: str, output_dir: str, params: SpectParams, frames: str = "vak") -> Union[str, BadInput]:
     """One audio file's npz (written whole under a temporary name, then renamed), or what went wrong."""
     try:
-        _, rate = probe(audio_path)
-        features = params.features(rate)
-        audio, _, _, _ = read_audio(audio_path, rate)
-        if len(audio) < features.min_samples:
-            raise BadInput(audio_path, f"audio too short: {len(audio)} samples, fft_size={params.fft_size} needs "
-                                       f"{features.min_samples}")
-        spect = LinearSpectrogram(features)(audio)
+        spect, freqs, times = (_vak_arrays if frames == "vak" else _centred_arrays)(audio_path, params)
         arrays: Dict[str, Any] = {  # Any: to a type checker, savez's **arrays could be its allow_pickle flag
-            params.spect_key: spect, params.freqbins_key: features.freq_bins(),
-            params.timebins_key: features.time_bins(spect.shape[1]), params.audio_path_key: np.array(audio_path)}
+            params.spect_key: spect, params.freqbins_key: freqs, params.timebins_key: times,
+            params.audio_path_key: np.array(audio_path)}
         target = os.path.join(os.path.normpath(output_dir), os.path.basename(audio_path) + SPECT_NPZ_EXTENSION)
         temporary = f"{target}.{os.getpid()}.tmp"
         with open(temporary, "wb") as f:
@@ -276,3 +294,35 @@ def spect_file(audio_path: str, output_dir: str, params: SpectParams) -> Union[s
         return BadInput(audio_path, str(exc))
     except OSError as exc:
         return BadInput(audio_path, f"cannot write its npz: {exc.strerror or exc}")
+
+
+def _vak_arrays(audio_path: str, params: SpectParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """vak's (s, f, t): the file read as vak reads it (soundfile, float64, its own rate; channels averaged,
+    where vak would fail)."""
+    check_audio_file(audio_path, audio_path)
+    try:
+        audio, rate = sf.read(audio_path, dtype="float64", always_2d=True)
+    except Exception as exc:  # libsndfile's errors have several types
+        raise BadInput(audio_path, f"corrupt or unreadable audio: {first_line(exc)}") from None
+    if not len(audio):
+        raise BadInput(audio_path, "audio is empty (0 samples)")
+    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if not np.isfinite(mono).all():
+        raise BadInput(audio_path, "audio contains NaN or infinite samples")
+    params.features(int(rate))  # the band and the transform checked at this rate
+    return vak_spectrogram(mono, int(rate), params.fft_size, params.step_size, params.thresh, params.transform_type,
+                           params.freq_cutoffs)
+
+
+def _centred_arrays(audio_path: str, params: SpectParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shards' linear spectrogram of the file at its own rate (float32, centred frames)."""
+    _, rate = probe(audio_path)
+    features = params.features(rate)
+    audio, _, _, _ = read_audio(audio_path, rate)
+    if len(audio) < features.min_samples:
+        raise BadInput(audio_path, f"audio too short: {len(audio)} samples, fft_size={params.fft_size} needs "
+                                   f"{features.min_samples}")
+    if features.bandpass:
+        audio = band_passed(audio, features.f_min, features.band_top, rate).astype(np.float32)
+    spect = LinearSpectrogram(features)(audio)
+    return spect, features.freq_bins(), features.time_bins(spect.shape[1])

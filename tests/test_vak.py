@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 import zipfile
 
@@ -100,6 +102,17 @@ def test_feature_config_checks_the_linear_parameters():
     assert FeatureConfig(n_mels=64, storage_dtype="float32").fingerprint() == "eef50208050edab1"
     linear = FeatureConfig(kind="linear", transform_type="log_spect", thresh=6.25, n_fft=512, hop_length=64)
     assert FeatureConfig.from_dict(linear.to_dict()) == linear and linear.fingerprint() != FeatureConfig().fingerprint()
+    assert "bandpass" not in linear.to_dict()  # linear sets written before the option keep their fingerprint
+    filtered = FeatureConfig(kind="linear", transform_type="log_spect", f_min=500.0, f_max=6000.0, bandpass=True)
+    assert FeatureConfig.from_dict(filtered.to_dict()) == filtered and filtered.fingerprint() != FeatureConfig(
+        kind="linear", transform_type="log_spect", f_min=500.0, f_max=6000.0).fingerprint()
+    for wrong in (dict(kind="linear", bandpass=True), dict(kind="linear", f_min=500.0, bandpass=True),
+                  dict(kind="linear", f_max=6000.0, bandpass=True), dict(kind="linear", f_min=5.0, f_max=60.0,
+                                                                     bandpass=1)):
+        with pytest.raises(ValueError, match=r"0 < f_min < f_max < sample_rate/2"):
+            FeatureConfig(storage_dtype="float32", **wrong)
+    with pytest.raises(ValueError, match="bandpass applies to kind='linear' only"):
+        FeatureConfig(bandpass=True)
 
 
 def birdsong(tmp_path, names=("a", "b", "c"), rate=RATE):
@@ -115,26 +128,55 @@ def birdsong(tmp_path, names=("a", "b", "c"), rate=RATE):
 
 
 def test_npz_files_hold_what_vak_writes(tmp_path):
+    """vak's layout and arrays: float64, frames from sample 0 (matplotlib's specgram, which vak calls, after
+    scipy's Butterworth band-pass); tests/test_vak_reference.py compares the values with vak's own files."""
+    from matplotlib import mlab
+    from scipy.signal import butter, lfilter
+
     folder = birdsong(tmp_path)
     params = {"fft_size": 512, "step_size": 64, "freq_cutoffs": [500, 10000], "transform_type": "log_spect",
               "thresh": 6.25}
     paths = make_spectrogram_files_from_audio_files("wav", params, tmp_path / "spect", audio_dir=folder)
     assert paths == [str(tmp_path / "spect" / f"{n}.wav.spect.npz") for n in "abc"]
-    config = FeatureConfig(sample_rate=RATE, n_fft=512, hop_length=64, f_min=500.0, f_max=10000.0, kind="linear",
-                           transform_type="log_spect", thresh=6.25, storage_dtype="float32")
     for path, name in zip(paths, "abc"):
         with zipfile.ZipFile(path) as z:
             assert sorted(z.namelist()) == ["audio_path.npy", "f.npy", "s.npy", "t.npy"]
         with np.load(path, allow_pickle=False) as npz:  # nothing pickled: plain arrays and a string
             s, f, t, audio_path = npz["s"], npz["f"], npz["t"], str(npz["audio_path"])
-        audio = sf.read(str(folder / f"{name}.wav"), dtype="float32")[0]
-        assert audio_path == str(folder / f"{name}.wav")
-        assert s.shape == (len(f), len(t)) == (config.n_mels, 1 + len(audio) // 64)
-        assert np.array_equal(f, config.freq_bins()) and f[0] >= 500 and f[-1] < 10000
-        expected = psd_reference(audio, RATE, 512, 64)[(np.fft.rfftfreq(512, 1 / RATE) >= 500)
-                                                      & (np.fft.rfftfreq(512, 1 / RATE) < 10000)]
-        expected = np.maximum(np.log10(expected / expected.max()), -6.25)
-        np.testing.assert_allclose(s, expected, atol=2e-3)
+        audio = sf.read(str(folder / f"{name}.wav"))[0]
+        assert audio_path == str(folder / f"{name}.wav") and s.dtype == np.float64
+        b, a = butter(5, [500 / (RATE / 2), 10000 / (RATE / 2)], btype="band")
+        power, freqs, times = mlab.specgram(lfilter(b, a, audio), NFFT=512, Fs=RATE, noverlap=512 - 64)
+        band = (freqs >= 500) & (freqs < 10000)
+        expected = np.maximum(np.log10(power / power.max()), -6.25)[band]
+        assert s.shape == expected.shape == (band.sum(), (len(audio) - 512) // 64 + 1)
+        assert np.array_equal(f, freqs[band]) and np.array_equal(t, times)
+        np.testing.assert_allclose(s, expected, rtol=1e-9)
+
+
+def test_centred_npz_files_are_the_shards_linear_spectrogram(tmp_path):
+    """frames="centred": the shards' frames (centred, float32) with vak's band-pass and peak (every bin)."""
+    from scipy.signal import butter, lfilter
+
+    folder = birdsong(tmp_path, names=("a",))
+    params = {"fft_size": 512, "step_size": 64, "freq_cutoffs": [500, 10000], "transform_type": "log_spect",
+              "thresh": 6.25}
+    (path,) = make_spectrogram_files_from_audio_files("wav", params, tmp_path / "spect", audio_dir=folder,
+                                                      frames="centred")
+    config = FeatureConfig(sample_rate=RATE, n_fft=512, hop_length=64, f_min=500.0, f_max=10000.0, kind="linear",
+                           transform_type="log_spect", thresh=6.25, storage_dtype="float32", bandpass=True)
+    with np.load(path, allow_pickle=False) as npz:
+        s, f, t = npz["s"], npz["f"], npz["t"]
+    audio = sf.read(str(folder / "a.wav"), dtype="float32")[0]
+    assert s.dtype == np.float32 and s.shape == (len(f), len(t)) == (config.n_mels, 1 + len(audio) // 64)
+    assert np.array_equal(f, config.freq_bins()) and np.array_equal(t, config.time_bins(len(t)))
+    b, a = butter(5, [500 / (RATE / 2), 10000 / (RATE / 2)], btype="band")
+    power = psd_reference(lfilter(b, a, audio.astype(np.float64)).astype(np.float32), RATE, 512, 64)
+    band = (np.fft.rfftfreq(512, 1 / RATE) >= 500) & (np.fft.rfftfreq(512, 1 / RATE) < 10000)
+    expected = np.maximum(np.log10(power[band] / power.max()), -6.25)  # the peak of every bin, as vak
+    np.testing.assert_allclose(s, expected, atol=2e-3)
+    with pytest.raises(SpgError, match="frames must be one of 'vak', 'centred'"):
+        make_spectrogram_files_from_audio_files("wav", params, tmp_path / "x", audio_dir=folder, frames="center")
 
 
 def test_custom_key_names_files_list_and_annotations_with_labelset(tmp_path):
@@ -194,6 +236,24 @@ def test_dask_bag_kwargs_give_the_same_files(tmp_path):
     for a, b in zip(local, on_dask):
         with np.load(a) as x, np.load(b) as y:
             assert np.array_equal(x["s"], y["s"]) and np.array_equal(x["t"], y["t"])
+
+
+@pytest.mark.slow
+def test_dask_bag_kwargs_work_in_a_script_without_a_main_guard(tmp_path):
+    """vak users call the function at the top of a script: dask's process scheduler would re-run the script in
+    each new process (BrokenProcessPool). Run as such a script, in its own process."""
+    pytest.importorskip("dask.bag")
+    folder = birdsong(tmp_path, names=("a", "b", "c"))
+    script = tmp_path / "make_spects.py"
+    script.write_text(
+        "from spgdataset.vak import make_spectrogram_files_from_audio_files\n"
+        f"files = make_spectrogram_files_from_audio_files('wav', {{'fft_size': 256, 'step_size': 32}}, "
+        f"{str(tmp_path / 'out')!r}, audio_dir={str(folder)!r}, dask_bag_kwargs={{'npartitions': 3}})\n"
+        "print(len(files))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{n}.wav.spect.npz" for n in "abc"]
 
 
 LINEAR_FLAGS = ["--spectrogram", "linear", "--transform-type", "log_spect", "--thresh", "6.25", "--sample-rate",

@@ -5,13 +5,14 @@
 
 Every job runs in a fresh process (imports included, as a user sees it) on the same generated corpus:
 birdsong-like chirps with a simple-seq annotation beside each file. vak's own package is not installed here
-(it pulls a training stack), so its loop is rebuilt from what it does per file: soundfile read, matplotlib's
-`specgram` (mode psd), the band cut, `log_spect` with thresh, `np.savez`, files one after the other (vak
-uses a dask bag; dask's default scheduler for bags runs processes, the `dask` row). Rows:
+(it pulls a training stack), so its loop is rebuilt from what vak 1.1.0's spect.py does per file: soundfile
+read, scipy's Butterworth band-pass, matplotlib's `specgram` (mode psd), `log_spect` with thresh, the band
+cut, `np.savez`, files one after the other (vak runs them as a dask bag on dask's default scheduler for bags,
+processes). Rows:
 
 - vak's loop, one process
 - `make_spectrogram_files_from_audio_files(...)`, local worker processes (all cores)
-- the same with `dask_bag_kwargs={"npartitions": 8}` (dask's default bag scheduler)
+- the same with `dask_bag_kwargs={"npartitions": 8}` (threads, or the caller's Dask client)
 - `spg-shard --annot-format simple-seq --spectrogram linear ...` (shards with per-label intervals)
 
 Figures: wall seconds (median of `--repeats`), files/s and audio-seconds per wall-second.
@@ -64,10 +65,12 @@ def corpus(out: str, files: int) -> str:
 
 
 def job_vak_loop(folder: str, target: str) -> None:
-    """vak's per-file work, rebuilt: specgram psd, band, log_spect + thresh, savez; one file after another."""
+    """vak's per-file work, rebuilt: band-pass, specgram psd, log_spect + thresh, band, savez; one file after
+    another."""
     import numpy as np
     import soundfile as sf
     from matplotlib import mlab
+    from scipy.signal import butter, lfilter
 
     os.makedirs(target, exist_ok=True)
     low, high = PARAMS["freq_cutoffs"]
@@ -75,6 +78,8 @@ def job_vak_loop(folder: str, target: str) -> None:
         if not name.endswith(".wav"):
             continue
         audio, rate = sf.read(os.path.join(folder, name))
+        b, a = butter(5, [low / (rate / 2), high / (rate / 2)], btype="band")
+        audio = lfilter(b, a, audio)
         spect, freqs, times = mlab.specgram(audio, PARAMS["fft_size"], rate,
                                             noverlap=PARAMS["fft_size"] - PARAMS["step_size"])[:3]
         spect /= spect.max()
@@ -99,7 +104,7 @@ def job_shards(folder: str, target: str) -> None:
 
     run([folder, target, "--annot-format", "simple-seq", "--labelset", "abcde", "--spectrogram", "linear",
          "--n-fft", "512", "--hop-length", "64", "--f-min", "500", "--f-max", "10000", "--transform-type",
-         "log_spect", "--thresh", "6.25", "--sample-rate", str(RATE), "--quiet"])
+         "log_spect", "--thresh", "6.25", "--bandpass", "--sample-rate", str(RATE), "--quiet"])
 
 
 JOBS = {"vak_loop": lambda f, t: job_vak_loop(f, t), "spg_npz": lambda f, t: job_spg(f, t, False),

@@ -53,6 +53,7 @@ class FeatureConfig:
     kind: str = "logmel"
     thresh: Optional[float] = None
     transform_type: Optional[str] = None
+    bandpass: bool = False  # kind="linear": vak's Butterworth band-pass on [f_min, f_max] first (write/bandpass.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,6 +65,8 @@ class FeatureConfig:
         elif self.kind == "logmel":
             problems += [f"{name} applies to kind='linear' only" for name in LINEAR_ONLY
                          if getattr(self, name) is not None]
+            if self.bandpass is not False:
+                problems.append("bandpass applies to kind='linear' only")
         else:
             if self.transform_type not in TRANSFORM_TYPES:
                 problems.append(f"transform_type must be one of {TRANSFORM_TYPES}, got {self.transform_type!r}")
@@ -86,6 +89,10 @@ class FeatureConfig:
             f_max = nyquist if self.f_max is None else self.f_max
             if not 0 <= self.f_min < f_max <= nyquist:
                 problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
+            elif self.bandpass is not False and not (self.bandpass is True and 0 < self.f_min and f_max < nyquist):
+                problems.append(f"bandpass (True or False) filters between f_min and f_max, which need "
+                                f"0 < f_min < f_max < sample_rate/2 (a Butterworth band's edges), got {self.bandpass!r}, "
+                                f"f_min={self.f_min}, f_max={f_max}")
             if self.log_eps <= 0:
                 problems.append(f"log_eps must be positive, got {self.log_eps}")
         if not problems and self.kind == "linear":
@@ -107,12 +114,24 @@ class FeatureConfig:
         if self.kind == "logmel":
             for name in ("kind", *LINEAR_ONLY):
                 del values[name]
+        if not self.bandpass:  # sets written before the option keep their fingerprint
+            del values["bandpass"]
         return values
 
     @property
     def needs_file_peak(self) -> bool:
         """vak's "log_spect" divides by the whole file's peak power: no part of a file can be computed alone."""
         return self.kind == "linear" and self.transform_type == "log_spect"
+
+    @property
+    def whole_file(self) -> bool:
+        """A file is one task, never cut in segments: its peak, or the band-pass's state from its first sample."""
+        return self.needs_file_peak or self.bandpass
+
+    @property
+    def band_top(self) -> float:
+        """f_max, or the Nyquist frequency when it is None."""
+        return self.sample_rate / 2 if self.f_max is None else float(self.f_max)
 
     def linear_bins(self) -> np.ndarray:
         """Indices of the STFT bins a linear spectrogram keeps: f_min <= bin frequency < f_max."""

@@ -19,7 +19,7 @@ from .progress import format_duration
 FEATURE_FLAGS = {  # flag -> FeatureConfig field
     "sample_rate": "sample_rate", "n_fft": "n_fft", "hop_length": "hop_length", "n_mels": "n_mels",
     "f_min": "f_min", "f_max": "f_max", "dtype": "storage_dtype", "spectrogram": "kind", "thresh": "thresh",
-    "transform_type": "transform_type",
+    "transform_type": "transform_type", "bandpass": "bandpass",
 }
 LARGEST = 2**63 - 1  # counts and byte sizes are stored as int64
 CORES = os.cpu_count() or 1  # --workers and --scheduler local:N beyond this are a mistake, not more speed
@@ -48,20 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="NAME|JSON",
                    help=f"feature config: a shipped one by name ({', '.join(config_names())}) or a JSON file's path; "
                         "flags override it")
-    p.add_argument("--sample-rate", type=int, help="target rate in Hz (default 16000); audio is resampled to it")
-    p.add_argument("--n-fft", type=int, help="FFT size in samples (default 400)")
-    p.add_argument("--hop-length", type=int, help="hop in samples (default 160)")
-    p.add_argument("--n-mels", type=int, help="mel bins (default 80)")
-    p.add_argument("--f-min", type=float, help="lowest frequency in Hz (default 0)")
-    p.add_argument("--f-max", type=float, help="highest frequency in Hz (default sample_rate/2); a linear "
-                                               "spectrogram keeps the bins in [f-min, f-max)")
-    p.add_argument("--spectrogram", choices=["logmel", "linear"], help="kind (default logmel); linear is vak's "
-                                                                         "STFT power density")
-    p.add_argument("--transform-type", choices=["log_spect", "log_spect_plus_one", "log"],
-                   help="vak's transform of a linear spectrogram (default none)")
-    p.add_argument("--thresh", type=float, help="vak's threshold of a linear spectrogram (default none)")
-    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16; float32 for a "
-                                                                   "linear spectrogram without transform)")
+    _feature_arguments(p)
     p.add_argument("--with-audio", action="store_true", help="also store the resampled mono audio (FLAC, lossless)")
     p.add_argument("--max-shard-mb", type=megabytes, default=DEFAULT_MAX_SHARD_BYTES / 2**20,
                    help="shard size limit in MiB (default %(default)s)")
@@ -97,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every file (decoded, as a run does) and print the report and the size the shards "
                         "would take; write nothing")
     return p
+
+
+def _feature_arguments(p: argparse.ArgumentParser) -> None:
+    """The FeatureConfig flags (FEATURE_FLAGS): None unless given, so that --config's values stay."""
+    p.add_argument("--sample-rate", type=int, help="target rate in Hz (default 16000); audio is resampled to it")
+    p.add_argument("--n-fft", type=int, help="FFT size in samples (default 400)")
+    p.add_argument("--hop-length", type=int, help="hop in samples (default 160)")
+    p.add_argument("--n-mels", type=int, help="mel bins (default 80)")
+    p.add_argument("--f-min", type=float, help="lowest frequency in Hz (default 0)")
+    p.add_argument("--f-max", type=float, help="highest frequency in Hz (default sample_rate/2); a linear "
+                                               "spectrogram keeps the bins in [f-min, f-max)")
+    p.add_argument("--spectrogram", choices=["logmel", "linear"], help="kind (default logmel); linear is vak's "
+                                                                         "STFT power density")
+    p.add_argument("--transform-type", choices=["log_spect", "log_spect_plus_one", "log"],
+                   help="vak's transform of a linear spectrogram (default none)")
+    p.add_argument("--thresh", type=float, help="vak's threshold of a linear spectrogram (default none)")
+    p.add_argument("--bandpass", action="store_const", const=True, default=None,
+                   help="linear spectrogram: filter the audio first with vak's 5th-order Butterworth band-pass "
+                        "on [f-min, f-max], as vak does with freq_cutoffs (needs scipy)")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16; float32 for a "
+                                                                   "linear spectrogram without transform)")
 
 
 def parse_keep(values: Sequence[str]) -> Optional[Dict[str, List[str]]]:

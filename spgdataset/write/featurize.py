@@ -28,6 +28,7 @@ from ..format.names import AUDIO, INFO, SPEC, sample_key
 from ..format.tar import tar_header, tar_member, tar_padding
 from ..rules.frames import rescale_intervals
 from .audio import check_audio_file, read_audio
+from .bandpass import FilteredSource
 from .blocks import BlockSource, DecodedSource, Source
 from .linear import LinearSpectrogram
 from .logmel import LogMel
@@ -119,15 +120,17 @@ def _featurized(item: PlannedFile, features: FeatureConfig, with_audio: bool, so
     maker = _spectrogram(features)
     # one block: the transform finds the file's peak itself (and plan.py never cuts such a file in segments)
     peaked = maker if isinstance(maker, LinearSpectrogram) and features.needs_file_peak and len(blocks) > 1 else None
+    spectral = source if not features.bandpass else FilteredSource(source, features.f_min, features.band_top,
+                                                                  features.sample_rate)
     peak = None if peaked is None else max(
-        float(peaked.power_of_padded(source.frames_padded(a, b, features.n_fft, hop)).max()) for a, b in blocks)
+        peaked.power_of_padded(spectral.frames_padded(a, b, features.n_fft, hop))[1] for a, b in blocks)
     # a whole file read by ranges may be a day: its members gather on disk; a short file or a segment in memory
     on_disk = item.segment is None and block_frames is not None
     gathered = _OnDisk(features, last - first, with_audio) if on_disk else _InMemory(with_audio)
     try:
         with _flac_writer(gathered.audio, features.sample_rate, source) as flac:
             for a, b in blocks:
-                padded = source.frames_padded(a, b, features.n_fft, hop)
+                padded = spectral.frames_padded(a, b, features.n_fft, hop)
                 block = maker.of_padded(padded, dtype) if peaked is None else peaked.of_padded(padded, dtype, peak)
                 sums = _stats(block)  # finite sums: every value is finite (float32 squares cannot overflow float64)
                 if not (np.isfinite(sums[0]).all() and np.isfinite(sums[1]).all()):

@@ -2,15 +2,17 @@
 
 vak computes it with matplotlib's `specgram` (mode "psd"): a symmetric Hann window, power scaled to a
 one-sided density (|X|^2 / (rate * sum(w^2)), doubled except at DC and Nyquist), frequency bins kept when
-f_min <= f < f_max, then one of vak's transforms. The same numbers here, with two differences written down in
+f_min <= f < f_max, then one of vak's transforms. The same numbers here, with differences written down in
 docs/vak.md: frames are centred like the log-mel's (frame t is centred on sample t * hop_length, so masks and
-windows follow one rule for every kind of spectrogram), and the band is cut without the Butterworth
-band-pass vak runs first (bins outside the band are dropped either way).
+windows follow one rule for every kind of spectrogram), and the FFT is float32. With `bandpass` (vak's
+numbers, bandpass.py) the audio is first filtered as vak filters it and "log_spect" divides by the largest
+power of any bin, as vak does before it cuts the band; without it, by the band's largest (how sets written
+before the option were made).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ class LinearSpectrogram:
         scale = doubled / (config.sample_rate * float((self.window.double() ** 2).sum()))
         self.bins = config.linear_bins()
         self.scale = torch.from_numpy(scale[self.bins].astype(np.float32))[:, None]  # (bins, 1)
+        self.all_scale = torch.from_numpy(scale.astype(np.float32))[:, None]
         self.padded = np.empty(0, dtype=np.float32)
 
     def __call__(self, audio: np.ndarray, dtype: str = "float32") -> np.ndarray:
@@ -43,17 +46,21 @@ class LinearSpectrogram:
     def of_padded(self, padded: np.ndarray, dtype: str = "float32", peak: Optional[float] = None) -> np.ndarray:
         """The frames of samples already padded (see LogMel.of_padded). `peak`: the file's largest power, which
         "log_spect" divides by (a block of a long file is not the whole file); default the block's own."""
-        power = self.power_of_padded(padded)
+        power, largest = self.power_of_padded(padded)
+        if peak is None and self.config.bandpass:
+            peak = largest
         return np.ascontiguousarray(transform(power, self.config.transform_type, self.config.thresh, peak), dtype)
 
-    def power_of_padded(self, padded: np.ndarray) -> np.ndarray:
-        """(bins, frames) float64 power density, before any transform."""
+    def power_of_padded(self, padded: np.ndarray) -> Tuple[np.ndarray, float]:
+        """(bins, frames) float64 power density before any transform, and the peak "log_spect" divides by:
+        the largest power of any bin with `bandpass` (vak's), else of the band's."""
         config = self.config
         frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
         with torch.inference_mode():
-            spectrum = torch.fft.rfft(frames * self.window)[:, self.bins[0] : self.bins[-1] + 1]  # (T, bins)
-            power = torch.view_as_real(spectrum).square().sum(-1).t() * self.scale  # (bins, T)
-        return power.double().numpy()
+            spectrum = torch.view_as_real(torch.fft.rfft(frames * self.window)).square().sum(-1).t()  # (all, T)
+            power = spectrum[self.bins[0] : self.bins[-1] + 1] * self.scale  # (bins, T)
+            largest = float((spectrum * self.all_scale).max()) if config.bandpass else float(power.max())
+        return power.double().numpy(), largest
 
 
 def transform(power: np.ndarray, transform_type: Optional[str], thresh: Optional[float],

@@ -70,9 +70,9 @@ def segment_frames(features: FeatureConfig, seconds: float = SEGMENT_SECONDS,
 
 def segments_of(item: PlannedFile, features: FeatureConfig, segments: Tuple[int, int]) -> List[PlannedFile]:
     """A long file as its segments of `segments` = segment_frames(...), or [item] when it fits one (or when vak's
-    log_spect needs its whole peak: write/featurize.py's featurize_long)."""
+    log_spect needs its whole peak or the band-pass its state from the first sample: FeatureConfig.whole_file)."""
     owned, overlap = segments
-    if item.frames <= owned + overlap or features.needs_file_peak:
+    if item.frames <= owned + overlap or features.whole_file:
         return [item]
     total = item.frames
     return [PlannedFile(item.number, item.entry, min(owned + overlap, total - offset),

@@ -2,7 +2,8 @@
 
 Blocks are made small here (tens to hundreds of frames) so that short files straddle many block edges: lengths
 just under, at and over a block, the file's first and last frames (reflection), resampling up and down, stereo,
-float and 16-bit sources, the FLAC audio and vak's log_spect (which needs the file's peak before any block).
+float and 16-bit sources, the FLAC audio, vak's log_spect (which needs the file's peak before any block) and
+vak's band-pass (a filter whose state runs from the file's first sample).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tests.helpers import report
 
 LOGMEL = FeatureConfig()
 LINEAR = FeatureConfig(kind="linear", transform_type="log_spect", thresh=6.25, n_fft=512, hop_length=64)
+BANDPASS = FeatureConfig(kind="linear", transform_type="log_spect", thresh=6.25, n_fft=512, hop_length=64,
+                         f_min=500.0, f_max=6000.0, bandpass=True)  # the filter's state carried across blocks
 
 
 def planned(path) -> PlannedFile:
@@ -48,7 +51,7 @@ def test_blocks_at_the_target_rate_give_the_same_bytes(tmp_path, frames_offset):
     path = source(tmp_path, "a.wav", 3.0 + 37 / 16000, 16000, 1, "PCM_16")
     frames = 1 + sf.info(str(path)).frames // 160  # 301
     block = frames // 3 + frames_offset  # the last block just under, at or over a whole block
-    for features in (LOGMEL, LINEAR):
+    for features in (LOGMEL, LINEAR, BANDPASS):
         whole = featurize(planned(path), features, with_audio=True)
         long = featurize_long(planned(path), features, with_audio=True, block_frames=block)
         assert members(long) == members(whole), (features.kind, block)
@@ -139,3 +142,16 @@ def test_blocks_follow_the_decoded_values_not_the_seconds(tmp_path, monkeypatch)
             np.testing.assert_allclose(decode_flac(one[name]), decode_flac(many[name]), atol=2e-6)
         else:
             assert one[name] == many[name], name
+
+
+def test_a_band_passed_or_peaked_file_is_never_cut_in_segments(tmp_path):
+    """Segments run as separate tasks from their own first sample: the filter's state and log_spect's peak
+    belong to the whole file, so such a file stays one task (read in blocks all the same)."""
+    from spgdataset.write.plan import segments_of
+
+    item = PlannedFile(0, FileEntry("a.wav", str(source(tmp_path, "a.wav", 3.0, 16000, 1, "PCM_16"))), 751, 3.0)
+    plain = FeatureConfig(kind="linear", n_fft=512, hop_length=64, f_min=500.0, f_max=6000.0)
+    assert len(segments_of(item, plain, (100, 10))) > 1
+    for features in (LINEAR, BANDPASS, FeatureConfig(kind="linear", n_fft=512, hop_length=64, f_min=500.0,
+                                                     f_max=6000.0, bandpass=True)):
+        assert segments_of(item, features, (100, 10)) == [item]

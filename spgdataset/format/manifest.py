@@ -15,6 +15,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ShardError, SpgError, shown
+from ..rules.framelabels import labelmap_problem
 from ..rules.labels import from_json, label_token
 from .features import VALUE_LIMIT, FeatureConfig, is_plain_finite
 from .names import SEGMENTED_FORMAT_VERSION, is_sha256
@@ -57,6 +58,9 @@ def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
     if not (isinstance(free_form, list) and all(isinstance(k, str) for k in free_form)):
         raise fail("free_form", "not a list of metadata keys")
     _check_stats(manifest.get("stats"), features, fail)
+    problem = None if manifest.get("labelmap") is None else labelmap_problem(manifest["labelmap"])
+    if problem:
+        raise fail("labelmap", f"{problem} (vak's labelmap of its names: \"background\" 0, the others sorted from 1)")
     _check_segments(manifest, fail)
     _check_totals(manifest, fail)
     if "index" in manifest and not is_plain_name(manifest["index"]):
@@ -88,7 +92,8 @@ def _check_shards(shards: Any, fail: Any) -> None:
         if not is_sha256(shard.get("sha256")):
             raise fail(f"shards[{i}].sha256", f"{shard.get('sha256')!r} is not 64 lowercase hex digits")
         if "seconds" in shard and not _is_seconds(shard["seconds"]):
-            raise fail(f"shards[{i}].seconds", f"{shown(shard['seconds'], 40)} is not a number of seconds from 0 to 2**62")
+            raise fail(f"shards[{i}].seconds",
+                       f"{shown(shard['seconds'], 40)} is not a number of seconds from 0 to 2**62")
 
 
 def _is_seconds(value: Any) -> bool:
@@ -262,6 +267,8 @@ class Manifest:
     index_bytes: Optional[int]
     index_sha256: Optional[str]
     raw: Mapping[str, Any]
+    labelmap: Optional[Dict[str, int]] = None  # frame labels' numbers (rules/framelabels.py); None: not written
+    labelmap_refused: bool = False  # written as null: a label is named "background" (no labelmap can hold it)
 
     @classmethod
     def read(cls, data: Any, where: str) -> "Manifest":
@@ -274,4 +281,5 @@ class Manifest:
         return cls(checked["format_version"], FeatureConfig.from_dict(checked["features"]), checked["params"],
                    bool(checked.get("with_audio", False)), shards, tuple(stats["mean"]), tuple(stats["std"]),
                    None if segments is None else (segments["frames"], segments["overlap"]), checked.get("index"),
-                   checked.get("index_bytes"), checked.get("index_sha256"), checked)
+                   checked.get("index_bytes"), checked.get("index_sha256"), checked, checked.get("labelmap"),
+                   "labelmap" in checked and checked["labelmap"] is None)

@@ -6,6 +6,7 @@ config.py     a dataset's arguments checked against its shard set (names with su
 selection.py  the subset's files and their window counts, from the index columns
 decode.py     reading one shard: checked against manifest and index, decoded without copies
 records.py    a decoded file with its kept windows; what each window carries
+framelabels.py  the labelmap and each file's frame labels (a segment's as its recording has them)
 stages.py     the reader's chain: planned files -> shuffled files
 chunks.py     decoded files laid end to end, windows arranged in a shuffled order
 batching.py   batches made by one gather per output

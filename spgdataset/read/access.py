@@ -65,10 +65,11 @@ class LoadedFile:
     frames: Optional[np.ndarray]  # the spectrogram frame by frame, (frames, n_mels): a window is one block
     masks: Dict[str, np.ndarray]  # numpy: a window's copy costs a third of torch's
     audio: Optional[torch.Tensor]
+    frame_labels: Optional[np.ndarray] = None  # int64, 0 on the padding of a short file
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.starts, *self.masks.values()] + ([] if self.frames is None else [self.frames])
+        arrays = [self.starts, *self.masks.values()] + [a for a in (self.frames, self.frame_labels) if a is not None]
         return sum(int(a.nbytes) for a in arrays) + (0 if self.audio is None else self.audio.untyped_storage().nbytes())
 
 
@@ -88,6 +89,10 @@ def gather(picks: Sequence[Tuple[LoadedFile, int]], spec: WindowSpec) -> Dict[st
     if names:
         batch["masks"] = {name: torch.from_numpy(np.stack([f.masks[name][start : start + spec.window]
                                                            for f, start in zip(files, starts)])) for name in names}
+    if spec.frame_labels:
+        labels = [f.frame_labels for f in files if f.frame_labels is not None]
+        batch["frame_labels"] = torch.from_numpy(np.stack([row[start : start + spec.window]
+                                                           for row, start in zip(labels, starts)]))
     if spec.label:
         batch["label"] = torch.tensor([f.label for f in files], dtype=torch.int64)
     if spec.meta:
@@ -258,7 +263,8 @@ class WindowDataset(Dataset):
         chunk = Chunk([record], self.spec, PlainMemory(keep=0))
         frames = None if chunk.data is None else np.ascontiguousarray(chunk.data.numpy().T)
         return LoadedFile(record.key, record.path, record.metadata, record.starts, record.offset, record.label,
-                          frames, {name: mask.numpy() for name, mask in chunk.masks.items()}, chunk.audio)
+                          frames, {name: mask.numpy() for name, mask in chunk.masks.items()}, chunk.audio,
+                          None if chunk.frame_labels is None else chunk.frame_labels.numpy())
 
     def place(self, k: int, shard: ShardEntry, position: int) -> Tuple[int, int, Optional[bytes]]:
         """(first header byte, bytes, blake2b or None) of the members of the file at `position` in shard k: from

@@ -44,6 +44,7 @@ class Chunk:
                 valid[off : off + f.frames] = True
             self.masks["valid"] = torch.from_numpy(valid)
         self.audio = self._audio(offsets) if spec.audio else None
+        self.frame_labels = self._frame_labels(offsets) if spec.frame_labels else None
         self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
 
     def _spectrograms(self, offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
@@ -73,6 +74,15 @@ class Chunk:
             if spans:
                 mask[off : off + f.frames] = interval_mask(spans, f.frames, self.spec.hop_length)
         return torch.from_numpy(mask)
+
+    def _frame_labels(self, offsets: np.ndarray) -> torch.Tensor:
+        """The files' frame labels end to end (int64), 0 on the padding of a short file, as masks are False there."""
+        labels = np.zeros(self.total, dtype=np.int64)
+        for f, off in zip(self.files, offsets):
+            if f.frame_labels is None:
+                raise ValueError(f"{f.path}: decoded without its frame labels")
+            labels[off : off + f.frames] = f.frame_labels
+        return torch.from_numpy(labels)
 
     def _audio(self, offsets: np.ndarray) -> torch.Tensor:
         hop = self.spec.hop_length
@@ -120,6 +130,9 @@ class Chunk:
                 name: torch.index_select(m.as_strided((self.total - W + 1, W), (1, 1)), 0, starts)
                 for name, m in self.masks.items()
             }
+        if self.frame_labels is not None:
+            view = self.frame_labels.as_strided((self.total - W + 1, W), (1, 1))
+            batch["frame_labels"] = torch.index_select(view, 0, starts)
         if spec.label:
             batch["label"] = self._labels[lo:hi].clone()
         if spec.meta:

@@ -20,7 +20,7 @@ def output_layout(ds: SpectrogramDataset) -> Dict[str, Any]:
     out = ds.config.outputs
     masks = list(out.masks) + (["valid"] if ds.rule.pad_short else [])
     layout = {"spectrogram": out.spectrogram, "audio": out.audio, "masks": sorted(masks), "meta": sorted(out.meta),
-              "label": out.label is not None}
+              "label": out.label is not None, "frame_labels": out.frame_labels}
     if layout["spectrogram"]:
         layout["dtype"] = ds.dtype
     return layout

@@ -19,11 +19,13 @@ from ..format.features import FeatureConfig
 from ..format.index import MAX_VOCABULARY
 from ..rules.splits import normalize_split
 from ..rules.windows import WindowRule, window_frames
+from .framelabels import labelmap_of
 from .options import Batching, DatasetArguments, DatasetConfig, Outputs, Placement, Reading, Split
 from .source import ShardSet
 from .states import is_finite_number
 
-DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None}
+DEFAULT_OUTPUTS = {"audio": False, "spectrogram": True, "masks": ["speech"], "meta": [], "label": None,
+                   "frame_labels": False}
 FEATURE_CHECKS = ("sample_rate", "hop_length", "n_mels", "n_fft")
 MAX_WINDOW_FRAMES = 2**31 - 1  # a window's frames times its mels stay far inside int64 (and inside memory)
 
@@ -70,12 +72,15 @@ def outputs_of(shards: ShardSet, output_configuration: Optional[Mapping[str, Any
     outputs.update(output_configuration or {})
     unknown = sorted(set(outputs) - set(DEFAULT_OUTPUTS))
     if unknown:
-        raise ValueError(f"unknown output_configuration keys: {unknown} (known: {sorted(DEFAULT_OUTPUTS)})")
+        raise ValueError(f"unknown output_configuration keys: {unknown} (known: {sorted(DEFAULT_OUTPUTS)})"
+                         f"{_suggestion(unknown[0], sorted(DEFAULT_OUTPUTS))}")
     if outputs["audio"] and not shards.manifest.with_audio:
         raise ValueError(f"output_configuration asks for audio, but the shards in {shards.root} were "
                          "written without it (rerun spg-shard with --with-audio)")
+    if outputs["frame_labels"]:
+        labelmap_of(shards)  # a label named "background" is refused here, when frame labels are asked for
     return Outputs(bool(outputs["spectrogram"]), bool(outputs["audio"]), tuple(outputs["masks"] or ()),
-                   tuple(outputs["meta"] or ()), outputs["label"])
+                   tuple(outputs["meta"] or ()), outputs["label"], bool(outputs["frame_labels"]))
 
 
 def check_names(shards: ShardSet, output_configuration: Optional[Mapping[str, Any]],

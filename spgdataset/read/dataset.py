@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import math
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ShardError
-from ..format.features import STD_FLOOR, FeatureConfig
+from ..format.features import FeatureConfig
 from ..format.index import BadIndex
 from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
 from ..rules.windows import WindowRule, kept_starts
@@ -30,9 +29,10 @@ from .batching import iterate_windows
 from .config import configure
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
+from .framelabels import frame_labeller, labelmap_of
 from .memory import ChunkMemory
 from .options import DatasetArguments, DatasetConfig
-from .records import FileRecord, WindowSpec
+from .records import FileRecord, WindowSpec, window_spec
 from .reference import build, is_reference_call, take_positions
 from .selection import Selection, select
 from .source import ShardSet, Source, open_source
@@ -151,7 +151,7 @@ class SpectrogramDataset(EpochStream):
         if self.no_windows:
             warnings.warn(self.no_windows, stacklevel=3)
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, self.config.outputs.audio,
-                                  self.config.reading, self.error_log)
+                                  self.config.reading, self.error_log, frame_labeller(self.shards, self.config))
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._windows_digest: Optional[str] = None
 
@@ -203,6 +203,11 @@ class SpectrogramDataset(EpochStream):
     @property
     def label_key(self) -> Optional[str]:
         return self.config.outputs.label
+
+    @property
+    def labelmap(self) -> Dict[str, int]:
+        """What frame labels' numbers mean: "background" 0, the labelset or interval names sorted from 1."""
+        return labelmap_of(self.shards)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -336,18 +341,7 @@ class SpectrogramDataset(EpochStream):
         return self._memory[1]
 
     def _window_spec(self) -> WindowSpec:
-        outputs, normalize = self.config.outputs, self.config.reading.normalize
-        mean = std = None
-        if normalize == "global":
-            mean = torch.tensor(self.shards.manifest.mean, dtype=torch.float32)
-            std = torch.tensor(self.shards.manifest.std, dtype=torch.float32).clamp_min(STD_FLOOR)
-        return WindowSpec(
-            window=self.window, hop_length=self.hop_length, n_mels=self.n_mels,
-            spectrogram=outputs.spectrogram, audio=outputs.audio, masks=list(outputs.masks),
-            valid_mask=self.rule.pad_short, meta=list(outputs.meta), label=outputs.label is not None,
-            dtype=self.dtype, mean=mean, std=std, per_window_norm=normalize == "window",
-            pad_value=math.log(self.features.log_eps),
-        )
+        return window_spec(self.config, self.shards.manifest)
 
     # ------------------------------------------------------------ resume
 

@@ -38,16 +38,20 @@ from .source import ShardSet
 log = logging.getLogger("spgdataset")
 
 Starts = Callable[[int, Dict[str, List[List[int]]], int], np.ndarray]  # (frames, intervals, position) -> starts
+Labeller = Callable[[int, Dict[str, List[List[int]]]], np.ndarray]  # (position, intervals) -> frame labels
 
 
 class ShardReader:
     """Reads shards of one ShardSet for one dataset: its checks, its memory cache, its counters."""
 
     def __init__(self, shards: ShardSet, starts: Starts, labels: Callable[[int], int], audio: bool,
-                 reading: Reading, error_log: Optional[SharedErrorLog] = None) -> None:
+                 reading: Reading, error_log: Optional[SharedErrorLog] = None,
+                 frame_labels: Optional[Labeller] = None) -> None:
         """`starts`: the window rule for one file; `labels`: a file's label id; `audio`: decode the audio too;
-        `reading`: the checks, what a bad shard does and the memory cache's size."""
+        `reading`: the checks, what a bad shard does and the memory cache's size; `frame_labels`: a file's frame
+        labels (read/framelabels.py), when items carry them."""
         self.shards, self.starts, self.labels, self.audio = shards, starts, labels, audio
+        self.frame_labels = frame_labels
         self.verify, self.on_error = reading.verify, reading.on_error
         self.error_log = error_log or SharedErrorLog(0)
         features = shards.manifest.features
@@ -171,7 +175,8 @@ class ShardReader:
                 raise ShardError(f"{url}: sample {key!r} audio has shape {audio.shape}, expected ({samples},)")
         return FileRecord(key, index.paths[position], spec, intervals, info.get("metadata") or {},
                           self.starts(frames, intervals, position), self.labels(position), audio,
-                          index.segment_of(position)[0])
+                          index.segment_of(position)[0],
+                          None if self.frame_labels is None else self.frame_labels(position, intervals))
 
     def _remember(self, position: int, record: FileRecord) -> None:
         """Keep a checked file for later epochs while the cache has room (first come, first kept)."""

@@ -70,6 +70,7 @@ class Outputs:
     masks: Tuple[str, ...] = ("speech",)
     meta: Tuple[str, ...] = ()
     label: Optional[str] = None  # the metadata key whose value is the label
+    frame_labels: bool = False  # vak's per-frame label numbers (rules/framelabels.py)
 
 
 @dataclasses.dataclass(frozen=True)

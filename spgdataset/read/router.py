@@ -44,6 +44,7 @@ from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, O
 import numpy as np
 import torch
 
+from ..rules.framelabels import merge_labelmaps
 from ..rules.labels import merge_vocabularies
 from ..rules.plan import batches
 from .batches import batch_rows, batch_size_of, concat_batches
@@ -73,8 +74,9 @@ class WorkerPlan(NamedTuple):
 class SpectrogramDatasetRouter(EpochStream):
     """Windows (or batches) of several SpectrogramDatasets, interleaved at fixed rates (see module docstring).
 
-    Every item gets "dataset" (the index into `datasets`; a (B,) tensor in batches), and "label" ids index
-    `label_vocabulary`, the sorted union of the datasets' vocabularies.
+    Every item gets "dataset" (the index into `datasets`; a (B,) tensor in batches), "label" ids index
+    `label_vocabulary`, the sorted union of the datasets' vocabularies, and "frame_labels" numbers are those of
+    `labelmap`, the union of the datasets' labelmaps.
 
     Args:
         datasets: the SpectrogramDatasets to mix; they must agree on features, window, batch size and drop_last.
@@ -111,6 +113,16 @@ class SpectrogramDatasetRouter(EpochStream):
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
+        frame_labels = bool(self.datasets) and self.datasets[0].config.outputs.frame_labels  # all or none (compat)
+        lookups = merge_labelmaps([ds.labelmap for ds in self.datasets])[1] if frame_labels else []
+        self.frame_label_maps: List[Optional[torch.Tensor]] = [  # None: the dataset's numbers are the merged ones
+            None if np.array_equal(m, np.arange(len(m))) else torch.from_numpy(m) for m in lookups]
+
+    @property
+    def labelmap(self) -> Dict[str, int]:
+        """What the frame labels' numbers mean: "background" 0, the union of the datasets' names sorted from 1;
+        each dataset's frame labels are moved into it (`frame_label_maps[i]`, a lookup tensor or None)."""
+        return merge_labelmaps([ds.labelmap for ds in self.datasets])[0]
 
     def __repr__(self) -> str:
         """One line, like repr(ds): the datasets with their windows and weights, the stop policy, and what an
@@ -252,6 +264,9 @@ class SpectrogramDatasetRouter(EpochStream):
         item["dataset"] = torch.full((batch_size_of(item),), i, dtype=torch.int64) if batched else i
         if "label" in item:
             item["label"] = self.label_maps[i][item["label"]]
+        lookup = self.frame_label_maps[i] if "frame_labels" in item else None
+        if lookup is not None:
+            item["frame_labels"] = lookup[item["frame_labels"]]
         return item
 
     def _windows(self, ids: Iterator[np.ndarray],

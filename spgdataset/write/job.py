@@ -72,6 +72,7 @@ class _Run:
     part: Tuple[int, int]  # (i, N): this run writes shards i, i + N, ...
     segments: Tuple[int, int] = (0, 0)  # frames a long file's segment owns, and holds beyond them
     report_files: bool = True  # a line per file left out (progress, or a dry run: its report is its output)
+    labelset: Optional[Set[str]] = None  # vak's labelset: the manifest's labelmap (else the interval names seen)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def mine(self, plan: List[List[PlannedFile]]) -> List[int]:
@@ -143,7 +144,7 @@ def write_shards(
     executor = _executor(workers, client, [audio_root] + ([] if dry_run else [_seen_from(output_dir)]))
     features = features or FeatureConfig()
     run = _Run(output_dir, out, features, with_audio, progress, executor, (part_index, part_count),
-               segment_frames(features, *segments), progress or dry_run)
+               segment_frames(features, *segments), progress or dry_run, selection.labels)
     try:
         # a missing bucket or someone else's folder is said before any header is read
         surveyed = None if dry_run else check_free(run.out, run.output_dir)
@@ -358,7 +359,7 @@ def _finish(run: _Run, claim: Claim, plan: List[List[PlannedFile]], records: Dic
     claim.check()
     if len(records) == len(plan):
         manifest = finalize(claim.out, [records[k] for k in range(len(plan))], run.features, run.with_audio,
-                            rejected_early, run.segments)
+                            rejected_early, run.segments, run.labelset)
         claim.clean_when_alone()  # what killed workers left
     processed = sum(len(plan[k]) for k in pending)
     seconds = sum(records[k].seconds for k in pending)

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from ..format.index import encode as encode_index
 from ..format.names import (FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME, SEGMENTED_FORMAT_VERSION, STATE_DIR,
                             shard_name)
 from ..format.tar import tar_end
+from ..rules.framelabels import labelmap
 from ..rules.labels import to_json, vocabularies
 from ..storage import Storage
 from ..version import __version__
@@ -190,8 +191,11 @@ def write_shard(out: Storage, k: int, results: Iterable[Union[FileResult, BadInp
 
 
 def finalize(out: Storage, records: List[ShardRecord], features: FeatureConfig, with_audio: bool,
-             rejected_early: List[Dict[str, str]], segments: Tuple[int, int]) -> Dict[str, Any]:
-    """Index, then manifest last: a reader never sees a manifest naming a shard that is not there."""
+             rejected_early: List[Dict[str, str]], segments: Tuple[int, int],
+             labelset: Optional[Set[str]] = None) -> Dict[str, Any]:
+    """Index, then manifest last: a reader never sees a manifest naming a shard that is not there. Its labelmap
+    (frame labels' numbers) is vak's over the `labelset` when there is one, else over the interval names seen;
+    null when one is named "background", which frame labels keep for 0 (the reader refuses those, nothing else)."""
     report = sorted(rejected_early + [row for r in records for row in r.report], key=lambda row: row["path"])
     good = [r for r in records if r.files]
     if not good:
@@ -203,6 +207,11 @@ def finalize(out: Storage, records: List[ShardRecord], features: FeatureConfig, 
     if any("offset" in row for row in index):  # long files in segments: what a reader's windows may be
         manifest["segments"] = {"frames": segments[0], "overlap": segments[1]}
         manifest["format_version"] = SEGMENTED_FORMAT_VERSION
+    names = labelset if labelset is not None else {name for row in index for name in row["intervals"]}
+    try:
+        manifest["labelmap"] = labelmap(names)
+    except ValueError:  # a label named "background"
+        manifest["labelmap"] = None
     manifest.update(
         labels={key: [to_json(v) for v in vocab] for key, vocab in vocabs.items() if len(vocab) <= MAX_VOCABULARY},
         free_form=[key for key, vocab in vocabs.items() if len(vocab) > MAX_VOCABULARY],

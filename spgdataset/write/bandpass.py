@@ -39,8 +39,9 @@ def band_passed(audio: np.ndarray, low: float, high: float, rate: int) -> np.nda
 
 
 class FilteredSource(Source):
-    """`source`'s samples band-passed, any range at a time: a range before the last one filtered starts the
-    filter again from sample 0 (the writer reads in order, so that happens once per pass over a file)."""
+    """`source`'s samples band-passed, any range at a time: a range that starts before the last one filtered
+    starts the filter again from sample 0 (the writer reads in order, so that happens once per pass over a
+    file); one that starts within it extends it."""
 
     def __init__(self, source: Source, low: float, high: float, rate: int) -> None:
         """`rate`: the source's samples' (the feature rate)."""
@@ -60,12 +61,14 @@ class FilteredSource(Source):
     def samples(self, lo: int, hi: int) -> np.ndarray:
         if hi <= lo:
             return np.zeros(0)
-        start, done = self.last
-        if start <= lo and hi <= start + len(done):
+        start, done = self.last  # the filtered samples [start, position)
+        if start <= lo and hi <= self.position:
             return done[lo - start : hi - start]
-        if lo < self.position:
+        if lo < start:
             self._restart()
-        block = self._filter_to(hi)
+            start, done = self.last
+        kept = done[max(lo - start, 0) :] if lo <= self.position else done[:0]
+        block = np.concatenate([kept, self._filter_to(hi)])  # what the filter adds extends what it did
         self.last = (hi - len(block), block)
         return block[len(block) - (hi - lo) :]
 

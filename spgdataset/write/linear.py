@@ -57,9 +57,14 @@ class LinearSpectrogram:
         config = self.config
         frames = torch.from_numpy(padded).unfold(0, config.n_fft, config.hop_length)
         with torch.inference_mode():
-            spectrum = torch.view_as_real(torch.fft.rfft(frames * self.window)).square().sum(-1).t()  # (all, T)
-            power = spectrum[self.bins[0] : self.bins[-1] + 1] * self.scale  # (bins, T)
-            largest = float((spectrum * self.all_scale).max()) if config.bandpass else float(power.max())
+            spectrum = torch.fft.rfft(frames * self.window)
+            if not config.bandpass:  # only the band's bins are ever squared
+                spectrum = spectrum[:, self.bins[0] : self.bins[-1] + 1]
+            power = torch.view_as_real(spectrum).square().sum(-1).t()  # (bins or all, T)
+            power.mul_(self.all_scale if config.bandpass else self.scale)
+            largest = float(power.max())
+            if config.bandpass:
+                power = power[self.bins[0] : self.bins[-1] + 1]
         return power.double().numpy(), largest
 
 

@@ -168,3 +168,25 @@ def test_segment_settings_from_the_command_line(shard_sets, tmp_path, helpers):
     assert helpers.output_files(tmp_path / "cli") == helpers.output_files(root / "segments")
     bad = helpers.run_cli([root / "audio", tmp_path / "bad", "--segment-overlap-sec", "-1"])
     assert bad.returncode == 2 and "no negative overlap" in bad.stderr.strip().splitlines()[-1], bad.stderr
+
+
+def test_a_tail_within_the_overlap_belongs_to_the_segment_before(tmp_path):
+    """4.06 s at 16 kHz is 64,960 samples, 407 frames: segments of 203 frames would leave a last one of one frame
+    and no sample (it starts at sample 64,960). The segment before holds that frame in its overlap and owns it."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(str(audio / "a.wav"), np.random.default_rng(0).normal(0, 0.1, 64960).astype(np.float32), 16000,
+             subtype="PCM_16")
+    write_shards(audio, None, tmp_path / "whole", with_audio=True, workers=1, progress=False)
+    write_shards(audio, None, tmp_path / "parts", with_audio=True, workers=1, progress=False, segments=SEGMENTS)
+    rows = index_rows(tmp_path / "parts")
+    assert [(r["offset"], r["owned"], r["frames"]) for r in rows] == [(0, 203, 253), (203, 204, 204)]
+    assert all(r["samples"] > 0 for r in rows)
+    kwargs = dict(window_size_sec=0.4, window_offset_sec=0.1, output_configuration={"audio": True},
+                  normalize=False, shuffle=False)
+    whole, _ = by_window(SpectrogramDataset(str(tmp_path / "whole"), **kwargs))
+    parts, counts = by_window(SpectrogramDataset(str(tmp_path / "parts"), **kwargs))
+    assert parts.keys() == whole.keys() and set(counts.values()) == {1}
+    for key, item in whole.items():
+        assert torch.equal(parts[key]["spectrogram"], item["spectrogram"]) and torch.equal(parts[key]["audio"],
+                                                                                        item["audio"])

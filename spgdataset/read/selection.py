@@ -53,10 +53,11 @@ def select(index: Index, num_shards: int, shards: Sequence[int], split_bounds: n
 
 
 def split_units(index: Index, split_key: Optional[str]) -> np.ndarray:
-    """Each file's split unit (uint64): of its path, or of its `split_key` value where it has one."""
-    if split_key is None:
+    """Each file's split unit (uint64): of its path, or of its `split_key` value where it has one (a key no file
+    has, accepted with check_names=False, splits every file by its path)."""
+    labels = None if split_key is None else index.metadata.get(split_key)
+    if labels is None:
         return index.path_unit
-    labels = index.metadata[split_key]
     vocabulary_units = np.array([unit64(v) for v in labels.vocabulary] + [0], dtype=np.uint64)
     return np.where(labels.ids >= 0, vocabulary_units[labels.ids], index.path_unit)
 

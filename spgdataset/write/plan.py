@@ -75,10 +75,13 @@ def segments_of(item: PlannedFile, features: FeatureConfig, segments: Tuple[int,
     if item.frames <= owned + overlap or features.whole_file:
         return [item]
     total = item.frames
-    return [PlannedFile(item.number, item.entry, min(owned + overlap, total - offset),
-                        item.seconds * min(owned, total - offset) / total,
-                        Segment(k, offset, min(owned, total - offset), total))
-            for k, offset in enumerate(range(0, total, owned))]
+    offsets = list(range(0, total, owned))
+    if total - offsets[-1] <= overlap:  # a tail within the overlap of the segment before: that one owns it too,
+        offsets.pop()  # so no segment holds a frame or two (or, at hop-aligned ends, no sample at all)
+    owns = [b - a for a, b in zip(offsets, offsets[1:] + [total])]
+    return [PlannedFile(item.number, item.entry, min(owned + overlap, total - offset), item.seconds * own / total,
+                        Segment(k, offset, own, total))
+            for k, (offset, own) in enumerate(zip(offsets, owns))]
 
 
 def planned_file(number: int, entry: FileEntry, header: Header, features: FeatureConfig) -> PlannedFile:

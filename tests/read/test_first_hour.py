@@ -273,3 +273,17 @@ def test_the_version_is_0_3():
         project = tomllib.loads((REPO / "pyproject.toml").read_text())
         assert "version" in project["project"].get("dynamic", [])  # read from spgdataset/version.py
         assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "spgdataset.version.__version__"}
+
+
+def test_a_split_key_no_file_has_splits_by_path_with_check_names_off(run16k):
+    """check_names=False accepts a split_key the shards do not have (yet): every file then splits by its path,
+    as a file without the key always does (it was a bare KeyError)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a subset may be small: its warning is not what this tests
+        for subset in (0, 1):
+            unknown = SpectrogramDataset(run16k[0], split=(0.5, 0.5), subset=subset, split_key="nope",
+                                         check_names=False)
+            by_path = SpectrogramDataset(run16k[0], split=(0.5, 0.5), subset=subset)
+            assert unknown.windows() == by_path.windows()

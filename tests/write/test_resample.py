@@ -158,7 +158,8 @@ def test_segments_of_a_long_file_at_a_coprime_rate_hold_the_whole_files_samples(
     assert report(whole) == {} and report(parts) == {}
     (_, expected), = stored_audio(tmp_path / "whole").items()
     segments = stored_audio(tmp_path / "parts")
-    assert len(segments) == 6 and len(expected) == -(-int(5.3 * rate) * 16000 // rate)
+    # 531 frames in segments owning 103: the tail of 16 lies within the overlap (25) of the fifth, which owns it
+    assert len(segments) == 5 and len(expected) == -(-int(5.3 * rate) * 16000 // rate)
     for (_, first), samples in segments.items():
         assert np.array_equal(samples, expected[first : first + len(samples)]), first
 

@@ -141,13 +141,17 @@ def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[i
             workers: Optional[WorkerPeaks] = None) -> Dict[str, Any]:
     """Iterate `batches` (dicts with a (B, n_mels, W) "spectrogram"); `started` is when the reader was set up.
 
-    Rate = windows after the first batch / time after the first batch (the first batch's time is reported
-    separately). Stops after `limit` windows (counted after the first batch) or at the end of the epoch.
+    Steady rate = windows after the first batch / time after the first batch (the first batch's time is
+    reported separately). Whole-epoch rate = every window / time from `started`, and CPU seconds and cores busy
+    (CPU seconds / wall seconds) of this process over the same span from this call on: what an epoch costs.
+    Stops after `limit` windows (counted after the first batch) or at the end of the epoch.
     `workers`: sample the peak RSS of child processes (scanning /proc costs a few ms: only with workers).
     """
-    first_at, first_cpu, counted, first_shape = None, 0.0, 0, None
+    first_at, first_cpu, counted, first_shape, everything = None, 0.0, 0, None, 0
+    called, called_cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         spec = batch["spectrogram"]
+        everything += spec.shape[0]
         if first_at is None:
             first_at, first_cpu = time.perf_counter(), time.process_time()
             first_shape = f"{tuple(spec.shape)} {str(spec.dtype).replace('torch.', '')}"
@@ -158,10 +162,15 @@ def consume(batches: Iterable[Dict[str, Any]], started: float, limit: Optional[i
         if limit is not None and counted >= limit:
             break
     ended, cpu = time.perf_counter(), time.process_time() - first_cpu
+    whole_cpu = time.process_time() - called_cpu
     if workers is not None:
         workers.sample(force=True)
     seconds = ended - first_at if first_at is not None else float("nan")
     return {
+        "whole_windows_per_s": everything / (ended - started) if everything else 0.0,
+        "whole_cpu_s": whole_cpu,
+        "whole_cores_busy": whole_cpu / (ended - called) if everything else 0.0,
+        "whole_windows_per_cpu_s": everything / whole_cpu if whole_cpu > 0 else 0.0,
         "windows_per_s": counted / seconds if counted else 0.0,
         "main_cpu_percent": 100 * cpu / seconds if counted else 0.0,
         "windows_measured": counted,
@@ -184,6 +193,10 @@ def full_epochs(make_batches: Callable[[int], Iterable[Dict[str, Any]]], started
     result.update(
         windows_per_s=float(np.median([r["windows_per_s"] for r in runs])),
         main_cpu_percent=float(np.median([r["main_cpu_percent"] for r in runs])),
+        **{name: float(np.median([r[name] for r in runs])) for name in ("whole_windows_per_s", "whole_cpu_s",
+                                                                        "whole_cores_busy",
+                                                                        "whole_windows_per_cpu_s")},
+        whole_epoch_rates=[round(r["whole_windows_per_s"]) for r in runs],
         epoch_rates=[round(r["windows_per_s"]) for r in runs],
         later_first_batch_s=[round(r["first_batch_s"], 3) for r in runs[1:]],
         windows_measured=sum(r["windows_measured"] for r in runs),
@@ -727,20 +740,26 @@ def report(results: Dict[str, Any]) -> str:
         if r is None:
             continue
         if "error" in r:
-            rows.append([label, procs, "error: " + r["error"]] + [""] * 9)
+            rows.append([label, procs, "error: " + r["error"]] + [""] * 12)
             continue
         rate = r["windows_per_s"]
         workers = r["worker_peak_rss_mb"]
         cpu = r["main_cpu_percent"]
         per_cpu = rate / (cpu / 100) if procs == 1 and cpu > 0 else None  # robust to a busy neighbour
-        rows.append([label, procs, rate, r["measured_over"], f"{cpu:.0f}", per_cpu if per_cpu else "-",
-                     f"{r['first_batch_s']:.2f}", r["main_peak_rss_mb"],
+        whole = r.get("whole_windows_per_s")
+        rows.append([label, procs, rate, whole if whole else "-",
+                     f"{r['whole_cores_busy']:.2f}" if whole and procs == 1 else "-",
+                     r["whole_windows_per_cpu_s"] if whole and procs == 1 else "-",
+                     r["measured_over"], f"{cpu:.0f}", per_cpu if per_cpu else "-",
+                     f"{r['first_batch_s']:.3f}", r["main_peak_rss_mb"],
                      f"{max(workers)} (max of {len(workers)})" if workers else "-",
                      f"{rate / wds_rate:.2f}x" if wds_rate else "",
                      f"{100 * rate / copy_rate:.0f}%" if copy_rate else "", f"{r['others_load']:.2f}"])
     text += "\n\n### Read side: windows of 1.92 s every 0.1 s, batch 64, float32, spectrogram + speech mask + label\n\n"
-    text += markdown_table(["reader", "procs", "windows / s", "measured over (after 1st batch)", "main CPU %",
-                            "windows / CPU-s (1 proc)", "1st batch s", "peak RSS main MB", "peak RSS workers MB",
+    text += markdown_table(["reader", "procs", "steady windows / s", "whole epoch windows / s",
+                            "cores busy, whole epoch", "windows / CPU-s, whole epoch", "measured over",
+                            "steady main CPU %", "steady windows / CPU-s (1 proc)", "1st batch s",
+                            "peak RSS main MB", "peak RSS workers MB",
                             "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
     text += values_check_line(results.get("checks", {}).get("values_check"), read.get("spg_1proc"))
     text += map_style_line(read.get("spg_map_style"), read.get("spg_map_style_batches"), read.get("spg_1proc"))

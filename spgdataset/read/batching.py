@@ -24,6 +24,9 @@ from .records import FileRecord, WindowSpec
 from .transport import PLAIN, Transport, one_thread
 
 
+FIRST_CHUNK_BATCHES = 4  # the first chunk's windows, in batches: the ramp of chunks.file_groups
+
+
 def iterate_windows(
     files: Iterator[FileRecord],
     spec: WindowSpec,
@@ -49,7 +52,8 @@ def iterate_windows(
     outputs, fresh = transport.outputs(batch_size)
     threads = transport.batch_threads
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
-    chunks = arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory())
+    chunks = arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory(),
+                             first_windows=FIRST_CHUNK_BATCHES * size)
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
         chunks = read_ahead(one_thread(chunks), depth=1)
     try:

@@ -20,6 +20,9 @@ from .records import FileRecord, WindowSpec
 from .transport import OutputTensors
 
 
+RAMP_FILES = 8  # files a chunk of the ramp holds at least (file_groups): its batches mix that many
+
+
 class Chunk:
     """Several files laid end to end in one tensor, plus the references of their windows."""
 
@@ -149,10 +152,12 @@ def per_window_normalised(x: torch.Tensor) -> torch.Tensor:
 
 
 def arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,
-                     rng: Optional[np.random.Generator], skip_windows: int,
-                     memory: ChunkMemory) -> Iterator[Tuple[Chunk, int]]:
-    """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built."""
-    for group in file_groups(files, chunk_windows):
+                     rng: Optional[np.random.Generator], skip_windows: int, memory: ChunkMemory,
+                     first_windows: Optional[int] = None) -> Iterator[Tuple[Chunk, int]]:
+    """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built. The first
+    chunk holds about `first_windows` windows (default `chunk_windows`), each next one twice as many as the one
+    before, up to `chunk_windows` (file_groups)."""
+    for group in file_groups(files, chunk_windows, first_windows):
         count = sum(len(f.starts) for f in group)
         order = rng.permutation(count) if rng is not None else np.arange(count)
         if skip_windows >= count:
@@ -164,17 +169,22 @@ def arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows
         skip_windows = 0
 
 
-def file_groups(files: Iterator[FileRecord], chunk_windows: int) -> Iterator[List[FileRecord]]:
-    """Consecutive files holding at least `chunk_windows` windows (the last group may hold fewer)."""
+def file_groups(files: Iterator[FileRecord], chunk_windows: int,
+                first_windows: Optional[int] = None) -> Iterator[List[FileRecord]]:
+    """Consecutive files holding at least `target` windows (the last group may hold fewer): `first_windows` for
+    the first group, four times as many for each next one, up to `chunk_windows`; a group smaller than
+    `chunk_windows` also holds at least RAMP_FILES files. Why the ramp: the first batch waits for its whole chunk
+    to be read and decoded (a full shuffle buffer is a third of a 1-hour corpus), while a small first chunk is a
+    few files; its cost is fewer files mixed in the first batches (docs/dataset.md, "Shuffle quality")."""
     pending: List[FileRecord] = []
-    windows = 0
+    windows, target = 0, min(first_windows or chunk_windows, chunk_windows)
     for record in files:
         if len(record.starts) == 0:
             continue
         pending.append(record)
         windows += len(record.starts)
-        if windows >= chunk_windows:
+        if windows >= chunk_windows or (windows >= target and len(pending) >= RAMP_FILES):
             yield pending
-            pending, windows = [], 0
+            pending, windows, target = [], 0, min(4 * target, chunk_windows)
     if pending:
         yield pending

@@ -19,12 +19,19 @@ import torch
 from .batches import batch_size_of, concat_batches, split_batch
 from .chunks import Chunk, arranged_chunks
 from .memory import ChunkMemory
+from .options import Batching
 from .prefetch import read_ahead
 from .records import FileRecord, WindowSpec
 from .transport import PLAIN, Transport, one_thread
 
 
 FIRST_CHUNK_BATCHES = 4  # the first chunk's windows, in batches: the ramp of chunks.file_groups
+
+
+def chunk_plan(batching: Batching) -> List[int]:
+    """[windows of a full chunk, of the first]: with the file order, what groups an epoch's windows into chunks
+    (a saved state must agree: another grouping is another order)."""
+    return [batching.shuffle_buffer, FIRST_CHUNK_BATCHES * (batching.batch_size or 256)]
 
 
 def iterate_windows(

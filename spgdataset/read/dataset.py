@@ -25,7 +25,7 @@ from ..format.index import BadIndex
 from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
 from ..rules.windows import WindowRule, kept_starts
 from .access import WindowDataset
-from .batching import iterate_windows
+from .batching import chunk_plan, iterate_windows
 from .config import configure
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
@@ -360,7 +360,7 @@ class SpectrogramDataset(EpochStream):
         """What this dataset's epoch plan depends on (a saved state must agree)."""
         return {"seed": self.config.batching.seed, "num_workers": self.num_workers, "batch_size": self.batch_size,
                 "world_size": self.rank_world[1], "shards": self.shard_digest(), "window": [self.window, self.step],
-                "windows": self.windows_digest()}
+                "windows": self.windows_digest(), "chunks": chunk_plan(self.config.batching)}
 
     def summary(self) -> Summary:
         """Files, hours and windows of every subset of the split, the label balance of this one, and its files

@@ -71,7 +71,8 @@ def list_of(item: Check, length: Optional[int] = None) -> Check:
 POSITION: Dict[str, Check] = {"epoch": integer(0), "consumed": integer(0)}
 DATASET_FIELDS: Dict[str, Check] = {
     **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
-    "world_size": integer(1), "shards": text(), "window": list_of(integer(1), 2), "windows": text()}
+    "world_size": integer(1), "shards": text(), "window": list_of(integer(1), 2), "windows": text(),
+    "chunks": list_of(integer(1), 2)}
 ROUTER_FIELDS: Dict[str, Check] = {
     **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
     "stop": text(STOP_POLICIES), "epoch_length": integer(1, none=True), "weights": list_of(real),

@@ -109,7 +109,7 @@ def test_another_objects_state_and_a_non_dict_are_named(run16k):
     ds, mixed = dataset(run16k), router(run16k)
     with pytest.raises(ValueError, match="dataset state: unknown field.*'plans'"):
         ds.load_state_dict(mixed.state_dict())
-    with pytest.raises(ValueError, match=r"router state: unknown field\(s\) \['window'\]"):
+    with pytest.raises(ValueError, match=r"router state: unknown field\(s\) \['chunks', 'window'\]"):
         mixed.load_state_dict(ds.state_dict())
     with pytest.raises(ValueError, match="must be a dict"):
         ds.load_state_dict([("epoch", 0)])
@@ -179,3 +179,14 @@ def test_a_router_with_nothing_to_yield_names_its_datasets(run16k):
         SpectrogramDatasetRouter([dataset(run16k), empty[0]], weights=[1, 1], stop="resample", epoch_length=10)
     mixed = SpectrogramDatasetRouter([dataset(run16k), empty[0]], weights=[1, 1], stop="all_exhausted")
     assert len(mixed) == len(dataset(run16k)) > 0  # all_exhausted: the empty one runs out, the other goes on
+
+
+def test_a_state_of_another_chunking_is_refused_naming_it(run16k):
+    """The chunks group an epoch's windows (with the ramp of read/chunks.py): another shuffle_buffer, or a state
+    saved before the ramp (no "chunks"), would resume another order."""
+    state = {**dataset(run16k).state_dict(), "consumed": 3}
+    with pytest.raises(ValueError, match=r"state was saved with chunks=\[10000, 16\], this dataset has \[37, 16\]"):
+        dataset(run16k, shuffle_buffer=37).load_state_dict(state)
+    with pytest.raises(ValueError, match="missing chunks"):
+        dataset(run16k).load_state_dict(without(state, "chunks"))
+    dataset(run16k).load_state_dict(state)

@@ -239,6 +239,18 @@ def test_dask_bag_kwargs_give_the_same_files(tmp_path):
 
 
 @pytest.mark.slow
+def test_dask_bag_kwargs_run_on_the_callers_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    folder = birdsong(tmp_path, names=("a", "b"))
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        with distributed.get_task_stream(client) as stream:
+            paths = make_spectrogram_files_from_audio_files("wav", {}, tmp_path / "out", audio_dir=folder,
+                                                            dask_bag_kwargs={"npartitions": 2})
+    assert [os.path.basename(p) for p in paths] == ["a.wav.spect.npz", "b.wav.spect.npz"]
+    assert len(stream.data) >= 2  # the bag's tasks ran on the client's workers
+
+
+@pytest.mark.slow
 def test_dask_bag_kwargs_work_in_a_script_without_a_main_guard(tmp_path):
     """vak users call the function at the top of a script: dask's process scheduler would re-run the script in
     each new process (BrokenProcessPool). Run as such a script, in its own process."""

@@ -4,9 +4,10 @@ Same call, same files: for each audio file, `OUTPUT_DIR/<file name>.spect.npz` w
 frequency x time), the centres of its frequency bins (Hz) and time bins (s) and the audio path, under vak's key
 names or the ones `spect_params` gives; the sorted paths are returned. The arrays are vak's own
 (write/vak_spectrogram.py: float64, frames from sample 0, the band-pass), at the file's own sample rate;
-`frames="centred"` writes the shards' linear spectrogram instead (write/linear.py: centred frames, float32). Annotation files come from write/annotations.py (crowsetta's
-formats, without crowsetta); `labelset` skips files with other labels, as vak does. Files that cannot be used
-are skipped with a warning naming them and the problem; the others are written.
+`frames="centred"` writes the shards' linear spectrogram instead (write/linear.py: centred frames, float32).
+Annotation files come from write/annotations.py (crowsetta's formats, without crowsetta); `labelset` skips
+files with other labels, as vak does. Files that cannot be used are skipped with a warning naming them and the
+problem; the others are written.
 """
 
 from __future__ import annotations

@@ -254,10 +254,14 @@ def _run(jobs: List[Tuple[str, Tuple[Any, ...]]], dask_bag_kwargs: Optional[Dict
     if dask_bag_kwargs is not None:
         try:
             import dask.bag
+            import dask.threaded
         except ImportError:
             raise SpgError('dask_bag_kwargs needs dask: pip install "spgdataset[dask]"') from None
         bag = dask.bag.from_sequence([args for _, args in jobs], **dask_bag_kwargs).starmap(spect_file)
-        return list(bag.compute(scheduler=None if _has_dask_client() else "threads"))
+        # the caller's client or dask.config's scheduler when there is one; else threads, given as the function,
+        # not its name: asked by name, dask imports distributed (0.5 s) to look for a client
+        chosen = _has_dask_client() or dask.config.get("scheduler", None) is not None
+        return list(bag.compute(scheduler=None if chosen else dask.threaded.get))
     executor = local_executor(min(os.cpu_count() or 1, max(1, len(jobs) // 4)))
     try:
         return [result for _, result in sorted(executor.run(spect_file, jobs), key=lambda r: r[0])]
@@ -266,8 +270,8 @@ def _run(jobs: List[Tuple[str, Tuple[Any, ...]]], dask_bag_kwargs: Optional[Dict
 
 
 def _has_dask_client() -> bool:
-    """Whether the caller made a distributed Client (the bag then runs on it). Without one, threads: dask's
-    default for bags is processes, which start by importing the caller's script (a BrokenProcessPool without an
+    """Whether the caller made a distributed Client (the bag then runs on it). Without one (and without a
+    scheduler set in dask.config), threads: dask's default for bags is processes, which start by importing the caller's script (a BrokenProcessPool without an
     `if __name__ == "__main__":` guard) and then torch, for seconds per process. A client needs distributed
     imported: when it is not, no import of it (0.4 s) just to ask."""
     distributed = sys.modules.get("distributed")

@@ -238,6 +238,25 @@ def test_dask_bag_kwargs_give_the_same_files(tmp_path):
             assert np.array_equal(x["s"], y["s"]) and np.array_equal(x["t"], y["t"])
 
 
+def test_dask_bag_kwargs_run_in_threads_or_on_the_scheduler_dask_config_names(tmp_path, monkeypatch):
+    dask = pytest.importorskip("dask")
+    import threading
+
+    import spgdataset.vak as vak
+
+    folder, threads = birdsong(tmp_path, names=("a", "b", "c")), []
+    real = vak.spect_file
+    monkeypatch.setattr(vak, "spect_file", lambda *args: threads.append(threading.get_ident()) or real(*args))
+    make_spectrogram_files_from_audio_files("wav", {}, tmp_path / "threads", audio_dir=folder,
+                                            dask_bag_kwargs={"npartitions": 3})
+    assert len(threads) == 3 and threading.get_ident() not in threads  # the threaded scheduler's pool
+    threads.clear()
+    with dask.config.set(scheduler="synchronous"):  # a debugging session's choice is kept
+        make_spectrogram_files_from_audio_files("wav", {}, tmp_path / "sync", audio_dir=folder,
+                                                dask_bag_kwargs={"npartitions": 3})
+    assert threads == [threading.get_ident()] * 3
+
+
 @pytest.mark.slow
 def test_dask_bag_kwargs_run_on_the_callers_client(tmp_path):
     distributed = pytest.importorskip("distributed")

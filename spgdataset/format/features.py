@@ -146,8 +146,7 @@ class FeatureConfig:
         "logmel" (HTK mel scale, as the filters)."""
         if self.kind == "linear":
             return self.linear_bins() * (self.sample_rate / self.n_fft)
-        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
-        mels = np.linspace(_hz_to_mel(self.f_min), _hz_to_mel(f_max), self.n_mels + 2)[1:-1]
+        mels = np.linspace(_hz_to_mel(self.f_min), _hz_to_mel(self.band_top), self.n_mels + 2)[1:-1]
         return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
 
     def time_bins(self, frames: int) -> np.ndarray:

@@ -28,10 +28,15 @@ from .transport import PLAIN, Transport, one_thread
 FIRST_CHUNK_BATCHES = 4  # the first chunk's windows, in batches: the ramp of chunks.file_groups
 
 
+def first_chunk_windows(batch_size: Optional[int]) -> int:
+    """Windows of an epoch's first chunk (the ramp's start): what iterate_windows uses and chunk_plan records."""
+    return FIRST_CHUNK_BATCHES * (batch_size or 256)
+
+
 def chunk_plan(batching: Batching) -> List[int]:
     """[windows of a full chunk, of the first]: with the file order, what groups an epoch's windows into chunks
     (a saved state must agree: another grouping is another order)."""
-    return [batching.shuffle_buffer, FIRST_CHUNK_BATCHES * (batching.batch_size or 256)]
+    return [batching.shuffle_buffer, first_chunk_windows(batching.batch_size)]
 
 
 def iterate_windows(
@@ -60,7 +65,7 @@ def iterate_windows(
     threads = transport.batch_threads
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
     chunks = arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory(),
-                             first_windows=FIRST_CHUNK_BATCHES * size)
+                             first_windows=first_chunk_windows(batch_size))
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
         chunks = read_ahead(one_thread(chunks), depth=1)
     try:

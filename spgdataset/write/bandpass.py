@@ -52,10 +52,8 @@ class FilteredSource(Source):
         self._restart()
 
     def _restart(self) -> None:
-        from scipy.signal import lfilter_zi
-
         self.position = 0  # the next sample the filter would take
-        self.state = lfilter_zi(self.b, self.a) * 0.0  # at rest: lfilter with no zi starts from zeros
+        self.state = np.zeros(max(len(self.a), len(self.b)) - 1)  # at rest, as lfilter without zi starts
         self.last: Tuple[int, np.ndarray] = (0, np.zeros(0))
 
     def samples(self, lo: int, hi: int) -> np.ndarray:

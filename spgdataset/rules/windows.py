@@ -11,8 +11,9 @@ first `owned` frames, in its own frame numbers: each window of the file once, wh
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -105,6 +106,9 @@ def count_kept(rule: WindowRule, frames: Sequence[int],
     return count_kept_spans(rule, np.asarray(frames, dtype=np.int64), annotated, content)
 
 
+NARROW_LINE = 2**29  # a block laid on a shorter line is counted in int32 (edges are 4 * position + code)
+
+
 class Spans(NamedTuple):
     """The spans (samples, half-open) of one interval name: file i's are start[lo[i]:hi[i]], stop[lo[i]:hi[i]]."""
 
@@ -122,14 +126,17 @@ def count_kept_spans(
     offset: Optional[np.ndarray] = None,
     owned: Optional[np.ndarray] = None,
     block_files: int = 1 << 20,
-    block_windows: int = 1 << 17,
+    block_windows: Optional[int] = None,
+    block_edges: int = 1 << 15,
 ) -> np.ndarray:
     """len(kept_starts(...)) for every file, from columns: no Python loop per file, window or frame.
 
     `annotated[i]`: file i has interval names; `content`: the spans of each name chosen as content. Files
-    go in blocks of `block_files`, and their windows, laid end to end, in blocks of about `block_windows`,
-    so that memory stays bounded at any corpus size; in a block, content comes from one cumulative sum over
-    merged span edges. kept_starts stays the rule; this is its count, and tests hold the two equal.
+    go in blocks of `block_files`, and those with content to count in blocks of about `block_edges` span
+    edges (4 per span, 2 per file; and of `block_windows` windows, if given), so that memory stays bounded
+    at any corpus size and a block's arrays stay in the cache; in a block, each window's content comes from
+    the edges of the merged spans (_kept_in_block). kept_starts stays the rule; this is its count, and tests
+    hold the two equal.
     `offset`, `owned` (per file, None: whole files): segments of long files (window_starts). A segment is
     counted as the file it would be without its first `rule.phase(offset)` frames, its windows cut at `owned`.
     """
@@ -148,56 +155,154 @@ def count_kept_spans(
             found[(whole > 0) & (whole < window)] = 1
         if content_ratio > 0:
             files = lo + np.flatnonzero((np.asarray(annotated[lo : lo + block_files]) != 0) & (found > 0))
-            cumulative = np.cumsum(found[files - lo])
-            a = 0
-            while a < len(files):
-                b = max(int(np.searchsorted(cumulative, (cumulative[a - 1] if a else 0) + block_windows, "right")),
-                        a + 1)
+            limits = [(_running_edges(content, files), block_edges)]
+            if block_windows is not None:
+                limits.append((np.cumsum(found[files - lo]), block_windows))
+            for a, b in _blocks(limits, len(files)):
                 part = files[a:b]
-                found[part - lo] = _kept_in_block(block[part - lo], found[part - lo],
-                                                  [_spans_of(s, part, shift[part - lo] * hop_length) for s in content],
-                                                  window, step, hop_length, content_ratio)
-                a = b
+                at = part - lo
+                moved = None if phase is None else shift[at] * hop_length
+                found[at] = _kept_in_block(block[at], found[at], [_spans_of(s, part, moved) for s in content],
+                                           window, step, hop_length, content_ratio)
         counts[lo : lo + block_files] = found
     return counts
 
 
-def _spans_of(spans: Spans, block: np.ndarray, shift: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _running_edges(content: Sequence[Spans], files: np.ndarray) -> np.ndarray:
+    """Running total of the edges of `files` (2 per file, 4 per span), in place: a block's arrays and so its
+    time grow with these, not with its windows."""
+    edges = np.full(len(files), 2, dtype=np.int64)
+    for spans in content:
+        per_file = spans.hi[files]
+        per_file -= spans.lo[files]
+        per_file *= 4
+        edges += per_file
+    return np.cumsum(edges, out=edges)
+
+
+def _blocks(limits: Sequence[Tuple[np.ndarray, int]], n: int) -> Iterator[Tuple[int, int]]:
+    """Consecutive ranges [a, b) of n items, each as long as every running total stays within its limit
+    over it (each range holds at least one item)."""
+    a = 0
+    while a < n:
+        b = min(int(np.searchsorted(total, (total[a - 1] if a else 0) + limit, "right")) for total, limit in limits)
+        yield a, max(b, a + 1)
+        a = max(b, a + 1)
+
+
+def _spans_of(spans: Spans, block: np.ndarray,
+              shift: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(position in the block, start, stop) of the spans of the files `block`, each file's moved back by its
-    `shift` (samples)."""
-    sizes = spans.hi[block] - spans.lo[block]
-    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    where = np.repeat(spans.lo[block], sizes) + within
+    `shift` (samples; None: none). Files whose spans follow one another (an index's offsets) are sliced, not
+    gathered: the common case, whole files in index order."""
+    lo, hi = spans.lo[block], spans.hi[block]
+    sizes = hi - lo
     position = np.repeat(np.arange(len(block)), sizes)
-    return position, spans.start[where] - shift[position], spans.stop[where] - shift[position]
+    if len(block) and (hi[:-1] == lo[1:]).all():
+        start, stop = spans.start[lo[0] : hi[-1]], spans.stop[lo[0] : hi[-1]]
+    else:
+        within = np.arange(len(position)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        where = np.repeat(lo, sizes) + within
+        start, stop = spans.start[where], spans.stop[where]
+    if shift is None:
+        return position, start, stop
+    return position, start - shift[position], stop - shift[position]
 
 
 def _kept_in_block(frames: np.ndarray, counts: np.ndarray, spans: List[Tuple[np.ndarray, np.ndarray, np.ndarray]],
                    window: int, step: int, hop_length: int, content_ratio: float) -> np.ndarray:
     """Kept window counts of one block of files (their frames, window counts > 0 and content spans).
 
-    The files are laid end to end, each padded to whole steps, so that every window starts on the grid of
-    step-sized cells. The content of a window [s, s + W) is C(s + W) - C(s), with C(x) the content frames
-    before x; C is needed only on two grids, the cell starts and the cell starts + W % S, and on a grid it
-    is a few cumulative sums over the cells, built from the merged spans' edges (no search per window).
+    The content of the window at s, f(s) = C(s + W) - C(s) (C(x): content frames before x), changes by a
+    constant slope of -1, 0 or +1 frame per frame between the content spans' edges and those edges - W; so
+    each piece's kept starts are counted in closed form and the cost grows with the spans, not the windows.
+    The files are laid on one line, each at a multiple of `step` and far enough from the next that their
+    pieces never mix; two slope-less edges per file bound its window starts.
     """
-    lengths = -(-np.maximum(frames, window) // step) * step
-    cell_offsets = np.concatenate(([0], np.cumsum(lengths // step)))
-    where = np.concatenate([w for w, _, _ in spans]) if spans else np.zeros(0, np.int64)
-    start = np.concatenate([a for _, a, _ in spans]) if spans else np.zeros(0, np.int64)
-    stop = np.concatenate([b for _, _, b in spans]) if spans else np.zeros(0, np.int64)
-    first = np.maximum(-(-start // hop_length), 0)
-    last = np.minimum(-(-stop // hop_length), frames[where])
+    # Each file's room on the line, in steps: past its content and its window starts (a padded window may start
+    # past a segment's frames), then W more, where the next file's content may already count.
+    cells = -(-(np.maximum(frames, (counts - 1) * step + 1) + window) // step)
+    base = step * (np.cumsum(cells) - cells + -(-window // step))
+    end = base + (counts - 1) * step + 1  # past the file's last window start
+    first, last = _content_frames(frames, base, spans, hop_length)
+    line_end = int(base[-1] + step * cells[-1])
+    dtype = np.int32 if line_end < NARROW_LINE else np.int64  # narrower: quicker to divide and sort
+    edges = _edges(first, last, base, end, line_end, window, dtype)
+    code = edges & 3
+    position = edges >> 2
+    slope = np.cumsum(code - 1, dtype=dtype)
+    value = np.zeros(len(edges), dtype=dtype)  # f at each edge
+    gaps = np.diff(position)
+    gaps *= slope[:-1]
+    np.cumsum(gaps, out=value[1:], dtype=dtype)
+    needed = min(math.ceil(content_ratio * window), window + 1)  # more than W frames: none kept, as W + 1
+    pieces = _kept_in_pieces(position, slope, value, step, needed)
+    bounds = np.flatnonzero(code == 1)  # each file's base and end, in that order, then the line's end
+    return np.add.reduceat(pieces, bounds[:-1])[::2]
+
+
+def _content_frames(frames: np.ndarray, base: np.ndarray, spans: List[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    hop_length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The content frames of the block's files as disjoint sorted spans [first, last) on the line (each file
+    from its `base`), clipped to the file; spans that touch may stay apart (no slope changes between them)."""
+    if len(spans) == 1:
+        where, start, stop = spans[0]
+    else:
+        where = np.concatenate([w for w, _, _ in spans]) if spans else np.zeros(0, np.int64)
+        start = np.concatenate([a for _, a, _ in spans]) if spans else np.zeros(0, np.int64)
+        stop = np.concatenate([b for _, _, b in spans]) if spans else np.zeros(0, np.int64)
+    at = base[where]
+    first = at + np.maximum(-(-start // hop_length), 0)
+    last = at + np.minimum(-(-stop // hop_length), frames[where])
     keep = first < last
-    base = cell_offsets[where][keep] * step
-    merged_first, merged_last = _merged(base + first[keep], base + last[keep])
-    cells = int(cell_offsets[-1])
-    at_cell = _content_on_grid(merged_first, merged_last, step, 0, cells + 1)
-    at_end = _content_on_grid(merged_first, merged_last, step, window % step, cells + 1)
-    begins = np.cumsum(counts) - counts  # first window of each file, in the block's window order
-    cell = np.repeat(cell_offsets[:-1] - begins, counts) + np.arange(int(counts.sum()))
-    kept = at_end[cell + window // step] - at_cell[cell] >= content_ratio * window
-    return np.add.reduceat(kept, begins).astype(np.int64)
+    if not keep.all():
+        first, last = first[keep], last[keep]
+    if not (first[1:] >= last[:-1]).all():  # overlapping or out of order (several names): merge
+        first, last = _merged(first, last)
+    return first, last
+
+
+def _edges(first: np.ndarray, last: np.ndarray, base: np.ndarray, end: np.ndarray, line_end: int,
+           window: int, dtype: Any) -> np.ndarray:
+    """Every edge as 4 * position + (slope change + 1), sorted: span edges change f's slope (+1 at first - W and
+    last, -1 at last - W and first), files' bases and ends and the line's end (code 1) do not. One sort orders
+    the positions and carries the changes; the parts are sorted runs, which a stable sort merges quickly."""
+    m, files = len(first), len(base)
+    edges = np.empty(4 * m + 2 * files + 1, dtype=dtype)
+    parts = ((first, 2 - 4 * window, m), (last, -4 * window, m), (first, 0, m), (last, 2, m), (base, 1, files),
+             (end, 1, files))
+    at = 0
+    for values, code, size in parts:
+        np.multiply(values, 4, out=edges[at : at + size])
+        edges[at : at + size] += code
+        at += size
+    edges[-1] = 4 * line_end + 1
+    edges.sort(kind="stable")
+    return edges
+
+
+def _kept_in_pieces(position: np.ndarray, slope: np.ndarray, value: np.ndarray, step: int,
+                    needed: int) -> np.ndarray:
+    """Window starts (multiples of `step`) s in [position[j], position[j + 1]) with f(s) = value[j] +
+    slope[j] * (s - position[j]) >= needed, for each piece j (content is whole frames: >= ratio * W is
+    >= ceil(ratio * W)). A piece of any other slope than -1, 0, +1 has no length (edges at one position).
+    Arithmetic on masks, not np.where: the slopes come in no predictable order."""
+    at, slope, short = position[:-1], slope[:-1], needed - value[:-1]  # short: frames missing at the piece start
+    low = np.maximum(short, 0)
+    low *= slope > 0  # rising: from where f reaches `needed`
+    low += at
+    high = position[1:] - 1
+    cut = high - at
+    cut += short
+    np.maximum(cut, 0, out=cut)
+    cut *= slope < (short > 0)  # falling, or flat below `needed`: up to where f is still `needed`
+    high -= cut
+    high //= step
+    np.negative(low, out=low)
+    low //= step
+    high += low  # floor(high / step) - ceil(low / step)
+    high += 1
+    return np.maximum(high, 0, out=high)
 
 
 def _merged(firsts: np.ndarray, lasts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -210,20 +315,3 @@ def _merged(firsts: np.ndarray, lasts: np.ndarray) -> Tuple[np.ndarray, np.ndarr
     new = np.ones(len(firsts), dtype=bool)
     new[1:] = firsts[1:] > reach[:-1]  # a span starting past everything before it opens a new merged span
     return firsts[new], np.maximum.reduceat(lasts, np.nonzero(new)[0])
-
-
-def _content_on_grid(firsts: np.ndarray, lasts: np.ndarray, step: int, shift: int, size: int) -> np.ndarray:
-    """C(m * step + shift) for m in 0..size-1, C(x) = frames before x inside the disjoint spans.
-
-    Each span adds (x - first)+ - (x - last)+. On the grid, (x - p)+ is 0 before the first point at or past p,
-    then grows by `step` per point: a jump there (what it has reached) plus a slope after it, so
-    C = cumsum(jumps + step * cumsum(slopes)), one event per span edge (integer sums: floats add slowly).
-    """
-    m_first, m_last = -(-(firsts - shift) // step), -(-(lasts - shift) // step)
-    points, m = np.concatenate((firsts, lasts)), np.concatenate((m_first, m_last))
-    reached = (m * step + shift - points) * np.concatenate((np.ones(len(firsts)), -np.ones(len(lasts))))
-    out = np.bincount(m_first + 1, minlength=size + 2)[:size] - np.bincount(m_last + 1, minlength=size + 2)[:size]
-    np.cumsum(out, out=out)
-    out *= step
-    out += np.bincount(m, weights=reached, minlength=size + 1)[:size].astype(np.int64)
-    return np.cumsum(out, out=out)

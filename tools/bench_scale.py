@@ -3,16 +3,21 @@
     python tools/bench_scale.py --out bench_scale                 # 100k, 1M, 10M fabricated + 100k real files
     python tools/bench_scale.py --out bench_scale --sizes 100000,1000000 --real-files 0
     python tools/bench_scale.py --out bench_scale --format 1 --sizes 100000,1000000 --real-files 0  # rows index
+    python tools/bench_scale.py --out bench_scale --sizes 20000 --seconds 10 --repeats 7 --real-files 0 --no-workers
 
 Fabricated shard sets: the index (format 2 columns, or format 1 msgpack rows with `--format 1`) repeats the
 rows of a real 60-file corpus written by spg-shard, each copy with its own key and path, 1,000 files per
 shard; the manifest matches it, the shards themselves are not written (construction and len() never open
-one). Every measurement runs in a fresh `python tools/bench_scale.py --job ...` process:
+one). `--seconds S` makes the template's 60 clips all S s long (demo speech/noise intervals, a few per file):
+with S = 10 at 16 kHz, hop 160, each file has 1000 frames and 81 candidate windows for the content rule, the
+case where its count costs most per file. Every measurement runs in a fresh `python tools/bench_scale.py --job
+...` process (`--repeats R` runs of the construct job: median and min, also in us per file; `--profile`: the
+construct job's constructor + len() under cProfile, top 25 by tottime on stderr):
 
 - construct: `SpectrogramDataset(source, output_configuration={"masks": ["speech"], "label": "speaker"},
   batch_size=64)` then `len()`: wall seconds, and peak RSS (VmHWM) above a bare `import torch` process;
 - workers: the same dataset in a DataLoader with 2 workers (fork); each worker plans its share of epoch 0
-  (`plan_epoch`) and reports the private memory it added (Private_Clean + Private_Dirty of
+  (`epoch_order` and `plan_epoch`) and reports the private memory it added (Private_Clean + Private_Dirty of
   /proc/self/smaps_rollup, after the plan minus before it) and its whole private memory;
 - real: N WAV files of 2.5 s at 8 kHz (speech interval, speaker) written by `spg-shard --workers 2`
   (files/s: the writer's per-file cost), then the time from `import spgdataset` to the first batch of 64,
@@ -49,31 +54,36 @@ def private_kb() -> int:
 # ---------------------------------------------------------------- fabricated shard sets
 
 
-def template(out: str) -> str:
-    """A real 60-file corpus (demo clips of 3-20 s) written by spg-shard (reused when present)."""
+def template(out: str, seconds: float = 0.0) -> str:
+    """A real corpus of demo clips (60 of 3-20 s, or 60 of `seconds` s) written by spg-shard (reused when
+    present)."""
     from spgdataset import write_shards
     from spgdataset.demo import make_corpus
 
-    shards = os.path.join(out, "template_shards")
+    tag = f"_{seconds:g}s" if seconds else ""
+    shards = os.path.join(out, f"template{tag}_shards")
     if not os.path.exists(os.path.join(shards, "manifest.json")):
-        audio = os.path.join(out, "template_audio")
-        meta = make_corpus(audio, total_seconds=690, seed=1)
+        audio = os.path.join(out, f"template{tag}_audio")
+        if seconds:
+            meta = make_corpus(audio, total_seconds=60 * seconds, seed=1, min_seconds=seconds, max_seconds=seconds)
+        else:
+            meta = make_corpus(audio, total_seconds=690, seed=1)
         write_shards(audio, meta, shards, workers=2, progress=False)
     return shards
 
 
-def fabricate(out: str, files: int, fmt: int, per_shard: int = 1000) -> str:
+def fabricate(out: str, files: int, fmt: int, per_shard: int = 1000, seconds: float = 0.0) -> str:
     """A manifest + index of `files` files repeating the template's rows (no shards written)."""
     import hashlib
 
     from spgdataset.format.index import decode, pack_columns
     from spgdataset.format.names import MANIFEST_NAME
 
-    folder = os.path.join(out, f"fabricated_{files}_f{fmt}")
+    folder = os.path.join(out, f"fabricated_{files}_f{fmt}" + (f"_{seconds:g}s" if seconds else ""))
     if os.path.exists(os.path.join(folder, MANIFEST_NAME)):
         return folder
     os.makedirs(folder, exist_ok=True)
-    src = template(out)
+    src = template(out, seconds)
     manifest = json.load(open(os.path.join(src, MANIFEST_NAME)))
     index = decode(open(os.path.join(src, "index.bin"), "rb").read())
     copies = np.arange(files) % index.files  # file i repeats template file copies[i]
@@ -94,10 +104,11 @@ def fabricate(out: str, files: int, fmt: int, per_shard: int = 1000) -> str:
         name = "index.bin"
     with open(os.path.join(folder, name), "wb") as f:
         f.write(data)
-    manifest.update(format_version=fmt, index=name, index_sha256=hashlib.sha256(data).hexdigest(), index_bytes=len(data))
+    manifest.update(format_version=fmt, index=name, index_sha256=hashlib.sha256(data).hexdigest(),
+                    index_bytes=len(data))
     manifest["totals"]["files"] = files
-    with open(os.path.join(folder, MANIFEST_NAME), "w") as f:
-        json.dump(manifest, f)
+    with open(os.path.join(folder, MANIFEST_NAME), "w") as text:
+        json.dump(manifest, text)
     return folder
 
 
@@ -134,8 +145,8 @@ def _tiled_columns(index: Any, copies: np.ndarray, shard: np.ndarray):
         columns[f"iv{i}.stop"] = spans.stop[first + within]
     for j, (key, labels) in enumerate(index.metadata.items()):
         columns[f"meta{j}"] = labels.ids[copies]
-    header = {"files": n, "intervals": interval_names, "metadata": [[k, v.vocabulary] for k, v in index.metadata.items()],
-              "free_form": index.free_form}
+    header = {"files": n, "intervals": interval_names,
+              "metadata": [[k, v.vocabulary] for k, v in index.metadata.items()], "free_form": index.free_form}
     return header, columns
 
 
@@ -154,10 +165,21 @@ def job_construct(args: argparse.Namespace) -> Dict[str, Any]:
     from spgdataset import SpectrogramDataset
 
     base = vm_hwm_kb()
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     started = time.perf_counter()
     ds = SpectrogramDataset(args.source, output_configuration=OUTPUTS, batch_size=64)
     n = len(ds)
     seconds = time.perf_counter() - started
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     return {"seconds": seconds, "len": n, "windows": ds.num_windows(), "peak_rss_mb": vm_hwm_kb() / 1024,
             "torch_rss_mb": base / 1024}
 
@@ -174,7 +196,9 @@ def job_workers(args: argparse.Namespace) -> Dict[str, Any]:
         def __iter__(self):
             info = get_worker_info()
             before = private_kb()
-            if hasattr(ds, "plan_epoch"):
+            if hasattr(ds, "epoch_order"):  # the epoch's order (files, chunks), then this worker's ranges of it
+                plan = [ds.epoch_order(0), ds.plan_epoch(0, info.id, info.num_workers)]
+            elif hasattr(ds, "plan_epoch"):
                 plan = ds.plan_epoch(0, info.id, info.num_workers)
             else:  # spgdataset 0.1 (the "before" row: run with PYTHONPATH at a checkout of it)
                 plan = ds._plan(info.id, info.num_workers, 0)
@@ -203,12 +227,27 @@ def job_first_batch(args: argparse.Namespace) -> Dict[str, Any]:
 def run_job(name: str, **options: Any) -> Dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--job", name]
     for key, value in options.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        if isinstance(value, bool):  # a flag
+            cmd += [f"--{key.replace('_', '-')}"] if value else []
+        else:
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    if options.get("profile"):
+        print(done.stderr, file=sys.stderr)
     return json.loads(lines[-1][len(RESULT):])
+
+
+def construct_runs(source: str, files: int, repeats: int, profile: bool) -> Dict[str, Any]:
+    """The construct job `repeats` times (fresh processes, one after the other): the median run, with every
+    run's seconds and the median and min in us per file (single runs of a few ms drift with the machine)."""
+    runs = [run_job("construct", source=source, profile=profile and i == 0) for i in range(max(repeats, 1))]
+    seconds = sorted(r["seconds"] for r in runs)
+    median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    return dict(median, runs=[r["seconds"] for r in runs], us_per_file=1e6 * median["seconds"] / files,
+                min_us_per_file=1e6 * seconds[0] / files)
 
 
 # ---------------------------------------------------------------- real corpus of short files
@@ -256,6 +295,10 @@ def main() -> None:
     p.add_argument("--job")
     p.add_argument("--source")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0.0, help="template clips of this length (0: 3-20 s)")
+    p.add_argument("--repeats", type=int, default=1, help="construct job runs per size")
+    p.add_argument("--profile", action="store_true", help="cProfile the first construct run")
+    p.add_argument("--no-workers", action="store_true", help="skip the DataLoader workers job")
     args = p.parse_args()
     if args.job:
         result = {"torch": job_torch, "construct": job_construct, "workers": job_workers,
@@ -266,11 +309,11 @@ def main() -> None:
     results: Dict[str, Any] = {"torch": run_job("torch"), "sizes": []}
     print(f"bare import torch: peak RSS {results['torch']['peak_rss_mb']:.0f} MB", flush=True)
     for files in [int(s) for s in args.sizes.split(",") if s]:
-        source = fabricate(args.out, files, args.format)
-        row = {"files": files, "format": args.format,
+        source = fabricate(args.out, files, args.format, seconds=args.seconds)
+        row = {"files": files, "format": args.format, "seconds": args.seconds,
                "index_mb": sum(os.path.getsize(os.path.join(source, n)) for n in os.listdir(source)) / 2**20}
-        row["construct"] = run_job("construct", source=source)
-        row["workers"] = run_job("workers", source=source)["workers"]
+        row["construct"] = construct_runs(source, files, args.repeats, args.profile)
+        row["workers"] = [] if args.no_workers else run_job("workers", source=source)["workers"]
         results["sizes"].append(row)
         print(json.dumps(row), flush=True)
     if args.real_files:
@@ -279,7 +322,8 @@ def main() -> None:
         results["real"] = real
         print(json.dumps(real), flush=True)
     print_tables(results)
-    with open(os.path.join(args.out, f"results_f{args.format}.json"), "w") as f:
+    tag = f"_{args.seconds:g}s" if args.seconds else ""
+    with open(os.path.join(args.out, f"results_f{args.format}{tag}.json"), "w") as f:
         json.dump(results, f, indent=1)
 
 
@@ -293,6 +337,11 @@ def print_tables(results: Dict[str, Any]) -> None:
         workers = ", ".join(f"{w['added_kb'] / 1024:.1f} MB ({w['private_kb'] / 1024:.0f})" for w in row["workers"])
         print(f"| {row['files']:,} | {row['index_mb']:.0f} MB | {c['seconds']:.2f} s | {c['peak_rss_mb']:,.0f} MB | "
               f"{c['peak_rss_mb'] - torch_mb:,.0f} MB | {workers} |")
+    for row in results["sizes"]:
+        c = row["construct"]
+        print(f"{row['files']:,} files ({row.get('seconds') or '3-20'} s): constructor + len() "
+              f"{c['us_per_file']:.2f} us per file (median of {len(c['runs'])}; min {c['min_us_per_file']:.2f}), "
+              f"{c['windows']:,} windows")
     real = results.get("real")
     if real:
         print(f"\nreal corpus: {real['files']:,} files of 2.5 s at 8 kHz, written by spg-shard --workers 2 in "

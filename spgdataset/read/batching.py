@@ -1,10 +1,8 @@
 """Sliding windows out of decoded files, batched with one gather per output.
 
-Files are taken in chunks of at least `chunk_windows` windows (chunks.py); each batch is one gather on a
-chunk, into memory the transport chooses (transport.py).
-
-Shuffle quality: the windows of one batch are a uniform sample (without replacement) of the windows of
-one chunk, i.e. of the files that made the chunk (several files drawn from the file shuffle buffer).
+Files come in chunks, each with the order of its windows (rules/order.py, stages.py); each batch is one gather
+on a chunk (chunks.py), into memory the transport chooses (transport.py). A batch that a chunk's end cuts short
+is completed from the next chunk.
 """
 
 from __future__ import annotations
@@ -13,23 +11,23 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, Generator, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from .batches import batch_size_of, concat_batches, split_batch
-from .chunks import Chunk, arranged_chunks
+from .chunks import Chunk, built_chunks
 from .memory import ChunkMemory
 from .options import Batching
 from .prefetch import read_ahead
-from .records import FileRecord, WindowSpec
+from .records import WindowSpec
+from .stages import ChunkInput
 from .transport import PLAIN, Transport, one_thread
 
 
-FIRST_CHUNK_BATCHES = 4  # the first chunk's windows, in batches: the ramp of chunks.file_groups
+FIRST_CHUNK_BATCHES = 4  # the first chunk's windows, in batches: the ramp of rules/order.chunk_bounds
 
 
 def first_chunk_windows(batch_size: Optional[int]) -> int:
-    """Windows of an epoch's first chunk (the ramp's start): what iterate_windows uses and chunk_plan records."""
+    """Windows of an epoch's first chunk (the ramp's start): what the order uses and chunk_plan records."""
     return FIRST_CHUNK_BATCHES * (batch_size or 256)
 
 
@@ -40,20 +38,16 @@ def chunk_plan(batching: Batching) -> List[int]:
 
 
 def iterate_windows(
-    files: Iterator[FileRecord],
+    inputs: Iterator[ChunkInput],
     spec: WindowSpec,
-    chunk_windows: int,
     batch_size: Optional[int],
     drop_last: bool = False,
-    rng: Optional[np.random.Generator] = None,
-    skip_windows: int = 0,
     transport: Transport = PLAIN,
     memory: Optional[ChunkMemory] = None,
 ) -> Generator[Dict[str, Any], None, None]:
-    """Windows of `files` as batches of `batch_size` (or single windows when None), shuffled when `rng`.
+    """The windows of `inputs`, chunk after chunk in each one's order, as batches of `batch_size` (or single
+    windows when None).
 
-    `skip_windows`: leave out the first windows of the stream exactly as an earlier run yielded them
-    (same files, same permutations), without building them: how a resumed epoch continues.
     `transport` (transport.py): where batch tensors go, and how many threads build a chunk's batches at once
     (in order; torch copies release the GIL). Independent single-threaded copies, unlike intra-op threads, do
     not stall each other when another process holds a core.
@@ -64,13 +58,12 @@ def iterate_windows(
     outputs, fresh = transport.outputs(batch_size)
     threads = transport.batch_threads
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
-    chunks = arranged_chunks(files, spec, chunk_windows, rng, skip_windows, memory or ChunkMemory(),
-                             first_windows=first_chunk_windows(batch_size))
+    chunks: Iterator[Chunk] = built_chunks(inputs, spec, memory or ChunkMemory())
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
         chunks = read_ahead(one_thread(chunks), depth=1)
     try:
-        for chunk, pos in chunks:
-            ranges = []
+        for chunk in chunks:
+            ranges, pos = [], 0
             if carry is not None:
                 ranges.append((pos, min(pos + size - batch_size_of(carry), chunk.count)))
                 pos = ranges[-1][1]

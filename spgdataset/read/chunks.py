@@ -9,7 +9,7 @@ on a strided view of that tensor, straight into the batch's memory (transport.py
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -17,10 +17,8 @@ import torch
 from ..rules.frames import interval_mask
 from .memory import ChunkMemory
 from .records import FileRecord, WindowSpec
+from .stages import ChunkInput
 from .transport import OutputTensors
-
-
-RAMP_FILES = 8  # files a chunk of the ramp holds at least (file_groups): its batches mix that many
 
 
 class Chunk:
@@ -151,40 +149,9 @@ def per_window_normalised(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5)
 
 
-def arranged_chunks(files: Iterator[FileRecord], spec: WindowSpec, chunk_windows: int,
-                     rng: Optional[np.random.Generator], skip_windows: int, memory: ChunkMemory,
-                     first_windows: Optional[int] = None) -> Iterator[Tuple[Chunk, int]]:
-    """(chunk in its shuffled order, first window to emit): whole chunks skipped are never built. The first
-    chunk holds about `first_windows` windows (default `chunk_windows`), each next one twice as many as the one
-    before, up to `chunk_windows` (file_groups)."""
-    for group in file_groups(files, chunk_windows, first_windows):
-        count = sum(len(f.starts) for f in group)
-        order = rng.permutation(count) if rng is not None else np.arange(count)
-        if skip_windows >= count:
-            skip_windows -= count
-            continue
-        chunk = Chunk(group, spec, memory)
+def built_chunks(inputs: Iterable[ChunkInput], spec: WindowSpec, memory: ChunkMemory) -> Iterator[Chunk]:
+    """Each chunk laid out and put in its order (stages.py decides which files and which order)."""
+    for files, order in inputs:
+        chunk = Chunk(files, spec, memory)
         chunk.arrange(order)
-        yield chunk, skip_windows
-        skip_windows = 0
-
-
-def file_groups(files: Iterator[FileRecord], chunk_windows: int,
-                first_windows: Optional[int] = None) -> Iterator[List[FileRecord]]:
-    """Consecutive files holding at least `target` windows (the last group may hold fewer): `first_windows` for
-    the first group, four times as many for each next one, up to `chunk_windows`; a group smaller than
-    `chunk_windows` also holds at least RAMP_FILES files. Why the ramp: the first batch waits for its whole chunk
-    to be read and decoded (a full shuffle buffer is a third of a 1-hour corpus), while a small first chunk is a
-    few files; its cost is fewer files mixed in the first batches (docs/dataset.md, "Shuffle quality")."""
-    pending: List[FileRecord] = []
-    windows, target = 0, min(first_windows or chunk_windows, chunk_windows)
-    for record in files:
-        if len(record.starts) == 0:
-            continue
-        pending.append(record)
-        windows += len(record.starts)
-        if windows >= chunk_windows or (windows >= target and len(pending) >= RAMP_FILES):
-            yield pending
-            pending, windows, target = [], 0, min(4 * target, chunk_windows)
-    if pending:
-        yield pending
+        yield chunk

@@ -22,10 +22,12 @@ import torch
 from ..errors import ShardError
 from ..format.features import FeatureConfig
 from ..format.index import BadIndex
-from ..rules.plan import Pieces, batches, epoch_rng, shard_order, slot_pieces, slot_range
+from ..rules import elastic
+from ..rules.elastic import Stage
+from ..rules.order import EpochOrder, epoch_order
 from ..rules.windows import WindowRule, kept_starts
 from .access import WindowDataset
-from .batching import chunk_plan, iterate_windows
+from .batching import chunk_plan, first_chunk_windows, iterate_windows
 from .config import configure
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
@@ -36,7 +38,7 @@ from .records import FileRecord, WindowSpec, window_spec
 from .reference import build, is_reference_call, take_positions
 from .selection import Selection, select
 from .source import ShardSet, Source, open_source
-from .stages import ShardPlan, planned_files, shuffle_files
+from .stages import slot_chunks
 from .states import DATASET_FIELDS
 from .stream import EpochStream, Items
 from .summary import Summary, no_window_reason, one_line, summarize
@@ -67,8 +69,9 @@ class SpectrogramDataset(EpochStream):
         max_memory_cache: bytes of decoded files kept per process across epochs (0: none).
         num_workers: DataLoader workers that `loader()` uses and `len()` assumes.
         batch_size, drop_last: batches built by the dataset (None: single windows); drop the last partial one.
-        shuffle, seed: every order of an epoch derives from (seed, epoch, rank, worker).
-        shuffle_buffer: windows per chunk shuffled together. file_buffer: files in the file shuffle buffer.
+        shuffle, seed: an epoch's order derives from (seed, epoch) alone; ranks and workers take ranges of it.
+        shuffle_buffer: windows per chunk shuffled together. file_buffer: how many places a file may move in its
+            shard, per epoch (rules/order.py).
         pad_short: a file shorter than a window yields one window padded with silence (and a "valid" mask).
         rank, world_size: this process in a DDP job (None: torch.distributed, then torchrun's environment).
         on_error: "raise", or "warn" to skip a corrupt or truncated shard, log it and make up its windows.
@@ -154,6 +157,7 @@ class SpectrogramDataset(EpochStream):
                                   self.config.reading, self.error_log, frame_labeller(self.shards, self.config))
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
         self._windows_digest: Optional[str] = None
+        self._order: Optional[Tuple[Tuple[Any, ...], EpochOrder]] = None  # the last epoch's order, with its key
 
     def _select(self) -> Selection:
         """The subset's files and window counts, from the index columns (selection.py)."""
@@ -273,66 +277,64 @@ class SpectrogramDataset(EpochStream):
             self._access = WindowDataset(self, self._window_spec())
         return self._access
 
-    def worker_windows(self, worker: int, num_workers: int) -> int:
-        """Windows one DataLoader worker of this rank yields per epoch (full batches only with drop_last)."""
-        rank, world = self.rank_world
-        lo, hi = slot_range(self.num_windows(), rank, world, worker, num_workers)
-        n = hi - lo
+    @property
+    def world_size(self) -> int:
+        return self.rank_world[1]
+
+    def worker_windows(self, worker: int, num_workers: int, history: Sequence[Stage] = ()) -> int:
+        """Windows one DataLoader worker of this rank yields per epoch (full batches only with drop_last), in the
+        stage after `history` (rules/elastic.py)."""
+        return self.layout_windows(self.world_size, num_workers, 0, history)[worker]
+
+    def layout_windows(self, world: int, num_workers: int, epoch: int, history: Sequence[Stage] = ()) -> List[int]:
+        windows = elastic.worker_windows(self.num_windows(), history, world, num_workers)
         if self.batch_size and self.drop_last:
-            n = n // self.batch_size * self.batch_size
-        return int(n)
+            windows = [n // self.batch_size * self.batch_size for n in windows]
+        return windows
 
-    def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
-        """Items (batches, or windows without batch_size) each of `num_workers` workers yields per epoch (the
-        same every epoch)."""
+    def epoch_order(self, epoch: int) -> EpochOrder:
+        """The canonical order of `epoch` (rules/order.py), kept for the epoch being read."""
+        batching, selection = self.config.batching, self.selection
+        key = (epoch, id(selection), batching)
+        if self._order is None or self._order[0] != key:
+            order = epoch_order(selection.bounds, selection.counts, batching.seed, epoch, batching.shuffle,
+                                batching.file_buffer, batching.shuffle_buffer, first_chunk_windows(batching.batch_size),
+                                fixed_shards=self.config.reading.max_memory_cache > 0)
+            self._order = (key, order)
+        return self._order[1]
+
+    def plan_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1,
+                   history: Sequence[Stage] = ()) -> np.ndarray:
+        """This worker's ranges [lo, hi) of the epoch's order (rules/elastic.py, rules/order.py)."""
         rank, world = self.rank_world
-        sizes = [hi - lo for lo, hi in (slot_range(self.num_windows(), rank, world, w, num_workers)
-                                        for w in range(num_workers))]
-        return [batches(n, self.batch_size or 1, self.drop_last) for n in sizes]
-
-    def plan_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1) -> ShardPlan:
-        """This worker's shards (positions in the selection) and file window ranges for `epoch` (plan.py).
-
-        With a memory cache the assignment is the one of epoch 0 every epoch (only the reading order
-        changes), so that each worker finds its files in its own cache.
-        """
-        rank, world = self.rank_world
-        fixed, batching = self.config.reading.max_memory_cache > 0, self.config.batching
-        order = shard_order(len(self.selection.shards), batching.seed, 0 if fixed else epoch, batching.shuffle)
-        lo, hi = slot_range(self.num_windows(), rank, world, worker, num_workers)
-        plan = slot_pieces(order, self.selection.bounds, self.selection.counts, lo, hi)
-        if fixed and batching.shuffle:
-            plan = [plan[i] for i in epoch_rng(batching.seed, epoch, rank, worker, 3).permutation(len(plan))]
-        return plan
+        return elastic.slot_ranges(self.num_windows(), history, rank, world, worker, num_workers)
 
     # ------------------------------------------------------------ reading
 
     def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
-                   drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
-        """Epoch `epoch` as worker `worker` of `num_workers` of this rank yields it, leaving out the first
-        `skip_windows` windows exactly as that worker would have yielded them (without building them).
+                   drop_last: Optional[bool] = None, transport: Transport = PLAIN,
+                   history: Sequence[Stage] = ()) -> Items:
+        """Epoch `epoch` as worker `worker` of `num_workers` of this rank yields it in the stage after `history`,
+        leaving out the first `skip_windows` windows exactly as that worker would have yielded them (without
+        building them).
 
         Re-entrant: it reads nothing of the dataset's epoch or resume state and changes none of it (only the
         shard reader's cache and counters), so a router can run several at once. `drop_last`: None takes the
         dataset's. `transport`: where the batches' memory comes from and how many threads gather them; the
         caller (`stream()`) chooses it and carries the items on (transport.py).
         """
-        rank, _ = self.rank_world
         batching = self.config.batching
-        files = planned_files(self.plan_epoch(epoch, worker, num_workers), self._read, self.error_log.filled,
-                              self.shards.root, transport.shards_ahead)
-        if batching.shuffle:
-            seed = int(epoch_rng(batching.seed, epoch, rank, worker, 1).integers(2**62))
-            files = shuffle_files(files, batching.file_buffer, seed)
-        window_rng = epoch_rng(batching.seed, epoch, rank, worker, 2) if batching.shuffle else None
+        ranges = self.plan_epoch(epoch, worker, num_workers, history)
+        ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
+        chunks = slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
+                             self.error_log.filled, self.shards.root, transport.shards_ahead)
         drop_last = batching.drop_last if drop_last is None else drop_last
-        return iterate_windows(files, self._window_spec(), batching.shuffle_buffer, batching.batch_size, drop_last,
-                               window_rng, skip_windows, transport, self._chunk_memory())
+        return iterate_windows(chunks, self._window_spec(), batching.batch_size, drop_last, transport,
+                               self._chunk_memory())
 
-    def _read(self, j: int, pieces: Pieces) -> Optional[List[FileRecord]]:
-        """The planned files of selected shard j (None: skipped)."""
-        positions = self.selection.files[self.selection.bounds[j] + pieces[:, 0]].tolist()
-        return self.reader.read(self.selection.shards[j], positions)
+    def _read(self, j: int, ids: np.ndarray) -> Optional[List[FileRecord]]:
+        """Files `ids` (selection ids, ascending) of selected shard j, whole (None: the shard was skipped)."""
+        return self.reader.read(self.selection.shards[j], self.selection.files[ids].tolist())
 
     def _chunk_memory(self) -> ChunkMemory:
         """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""

@@ -63,6 +63,7 @@ class ShardReader:
         self.values_checked: Optional[np.ndarray] = None  # per index position: stored values checked (below)
         self.value_versions: Dict[str, Tuple[Any, ...]] = {}  # local shard -> the identity they were checked for
         self.opens = 0  # shards opened by this process
+        self.last_shard: Optional[Tuple[str, bytes, Optional[Tuple[Any, ...]]]] = None  # (url, bytes, identity)
 
     def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
         """The files at index `positions` (in manifest shard k, in shard order): from the memory cache when it
@@ -112,7 +113,11 @@ class ShardReader:
 
     def shard_bytes(self, url: str, shard: ShardEntry) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
         """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256, and the
-        identity of the local file it came from (None for a stream)."""
+        identity of the local file it came from (None for a stream). The last shard read is kept: an epoch reads
+        a shard again right away when its first chunk is read alone (stages.read_plans), and neither the download
+        nor the hash should happen twice."""
+        if self.last_shard is not None and self.last_shard[0] == url:
+            return self.last_shard[1], self.last_shard[2]
         stream = self.shards.open_shard(shard)
         try:
             data = read_at_most(stream, shard.bytes)
@@ -131,6 +136,7 @@ class ShardReader:
                                  f"{shard.sha256[:12]}... ({len(data)} bytes: corrupt or replaced)")
             if identity is not None:
                 self.verified[url] = identity
+        self.last_shard = (url, data, identity)
         return data, identity
 
     def _values_checked(self, url: str, identity: Optional[Tuple[Any, ...]], lo: int, hi: int) -> Optional[np.ndarray]:

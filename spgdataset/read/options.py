@@ -93,7 +93,7 @@ class Batching:
     shuffle: bool
     seed: int
     shuffle_buffer: int  # windows per chunk shuffled together
-    file_buffer: int  # files in the file shuffle buffer
+    file_buffer: int  # places a file may move in its shard, per epoch (rules/order.py)
     batch_threads: int  # threads gathering batches in the training process
 
 

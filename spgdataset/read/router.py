@@ -5,7 +5,7 @@ The router drives its datasets through their public surface only: `worker_window
 `iter_epoch` (a worker's stream of an epoch, from any window on) and their label vocabularies.
 
 - DDP: every dataset already gives each (rank, worker) slot the same window count on every rank
-  (plan.slot_range). The schedule deliberately leaves the rank out, so every rank computes the same
+  (rules/elastic.py). The schedule deliberately leaves the rank out, so every rank computes the same
   schedule over the same counts, hence the same number of windows and batches: no rank runs out first
   and leaves the others waiting in an all-reduce. The ranks still see different data, because each
   dataset gives each rank its own windows.
@@ -39,14 +39,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..rules.framelabels import merge_labelmaps
 from ..rules.labels import merge_vocabularies
-from ..rules.plan import batches
+from ..rules.elastic import Stage
 from .batches import batch_rows, batch_size_of, concat_batches
 from .compat import agreed, check_compatible, check_labels, check_windows, where
 from .dataset import SpectrogramDataset
@@ -58,6 +58,7 @@ from .transport import PLAIN, Transport
 
 log = logging.getLogger("spgdataset")
 SHOWN = 4  # datasets named in repr()
+Histories = Sequence[Sequence[Stage]]  # each dataset's finished stages of an epoch
 
 
 class WorkerPlan(NamedTuple):
@@ -110,6 +111,7 @@ class SpectrogramDatasetRouter(EpochStream):
         if weights is None and self.datasets:
             self.weights = normalize_weights([ds.num_windows() for ds in self.datasets])
         self.seed = int(seed)
+        self._dataset_histories: Dict[Tuple[int, Tuple[Stage, ...]], Histories] = {}
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
@@ -171,8 +173,17 @@ class SpectrogramDatasetRouter(EpochStream):
 
     # ------------------------------------------------------------ plan and sizes
 
-    def worker_plan(self, worker: int, num_workers: int, epoch: int) -> WorkerPlan:
-        windows = [ds.worker_windows(worker, num_workers) for ds in self.datasets]
+    @property
+    def world_size(self) -> int:
+        return self.datasets[0].world_size if self.datasets else 1
+
+    def worker_plan(self, worker: int, num_workers: int, epoch: int, histories: Optional[Histories] = None,
+                    world: Optional[int] = None) -> WorkerPlan:
+        """Worker `worker`'s schedule inputs, on `world` ranks (this job's when None) in the stage after each
+        dataset's `histories` (none: the epoch's first stage)."""
+        world = self.world_size if world is None else world
+        histories = histories or [()] * len(self.datasets)
+        windows = [ds.layout_windows(world, num_workers, epoch, h)[worker] for ds, h in zip(self.datasets, histories)]
         phases = schedule_phases(self.seed, epoch, worker, len(self.datasets))
         limits = stop_limits(windows, self.weights, phases, self.stop)
         if self.stop != "resample":
@@ -180,6 +191,34 @@ class SpectrogramDatasetRouter(EpochStream):
         length = self.epoch_length or 0
         share = length * (worker + 1) // num_workers - length * worker // num_workers
         return WorkerPlan(windows, phases, limits, int(share), self._passes_needed(num_workers))
+
+    def layout_windows(self, world: int, num_workers: int, epoch: int, history: Sequence[Stage] = ()) -> List[int]:
+        if not self.datasets:
+            return [0] * max(num_workers, 1)
+        histories = self.dataset_histories(epoch, history)
+        return [self.worker_plan(w, num_workers, epoch, histories, world).total for w in range(max(num_workers, 1))]
+
+    def dataset_histories(self, epoch: int, history: Sequence[Stage]) -> Histories:
+        """Each dataset's finished stages from the router's: the schedule of each worker of a stage, replayed up to
+        the windows it delivered, says how many each dataset gave it."""
+        key = (epoch, tuple(history))
+        if key not in self._dataset_histories:
+            per: List[List[Stage]] = [[] for _ in self.datasets]
+            for stage in history:
+                before = [tuple(h) for h in per]
+                taken = np.zeros((len(self.datasets), stage.workers), dtype=np.int64)
+                for w in range(stage.workers):
+                    plan = self.worker_plan(w, stage.workers, epoch, before, stage.world)
+                    blocks = schedule(self.weights, plan.phases, plan.limits, plan.total)
+                    taken[:, w] = skip_schedule(blocks, stage.taken[w], len(self.datasets))[0]
+                for i, rows in enumerate(taken.tolist()):
+                    per[i].append(Stage(stage.world, stage.workers, tuple(rows)))
+            self._dataset_histories = {key: [tuple(h) for h in per]}
+        return self._dataset_histories[key]
+
+    def elastic_fields(self) -> Tuple[str, ...]:
+        """With stop="resample" the datasets cycle passes per worker: its epochs resume on their own layout only."""
+        return () if self.stop == "resample" else super().elastic_fields()
 
     def _passes_needed(self, num_workers: int) -> List[int]:
         """P_i: the most passes dataset i can need in one epoch of any worker (the same in every worker)."""
@@ -197,14 +236,6 @@ class SpectrogramDatasetRouter(EpochStream):
                 passes[i] = max(passes[i], math.ceil(((share + d) * w + 1) / n))
         return passes
 
-    def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
-        if not self.datasets:
-            return [0] * num_workers
-        epoch = self.epoch if epoch is None else epoch
-        size = self.batch_size or 1
-        return [batches(self.worker_plan(w, num_workers, epoch).total, size, self.drop_last)
-                for w in range(num_workers)]
-
     # ------------------------------------------------------------ resume
 
     def plan_inputs(self) -> Dict[str, Any]:
@@ -218,16 +249,19 @@ class SpectrogramDatasetRouter(EpochStream):
     # ------------------------------------------------------------ reading
 
     def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
-                   drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
-        """Epoch `epoch` as worker `worker` of `num_workers` yields it, after its first `skip_windows` windows.
-        `transport`: the mix's; the datasets' parts are built as it says, but read ahead only as a whole."""
+                   drop_last: Optional[bool] = None, transport: Transport = PLAIN,
+                   history: Sequence[Stage] = ()) -> Items:
+        """Epoch `epoch` as worker `worker` of `num_workers` yields it in the stage after `history`, after its
+        first `skip_windows` windows. `transport`: the mix's; the datasets' parts are built as it says, but read
+        ahead only as a whole."""
         if not self.datasets:
             return
-        plan = self.worker_plan(worker, num_workers, epoch)
+        histories = self.dataset_histories(epoch, history)
+        plan = self.worker_plan(worker, num_workers, epoch, histories)
         taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_windows,
                                    len(self.datasets))
         inner = transport.inner()
-        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner)
+        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner, histories[i])
                    for i in range(len(self.datasets))]
         drop_last = self.drop_last if drop_last is None else drop_last
         items = self._batches(ids, streams, self.batch_size, drop_last) if self.batch_size else \
@@ -239,7 +273,7 @@ class SpectrogramDatasetRouter(EpochStream):
                 stream.close()
 
     def _passes(self, i: int, plan: WorkerPlan, epoch: int, worker: int, num_workers: int, skip: int,
-                transport: Transport) -> Generator[Dict[str, Any], None, None]:
+                transport: Transport, history: Sequence[Stage]) -> Generator[Dict[str, Any], None, None]:
         """Dataset i's items in this worker from window `skip` of the schedule on: one pass, or pass after
         pass at dataset epochs epoch * P_i + p for "resample"."""
         epochs: Iterable[int] = [epoch]
@@ -247,7 +281,7 @@ class SpectrogramDatasetRouter(EpochStream):
             first, skip = divmod(skip, plan.windows[i])
             epochs = itertools.count(epoch * plan.passes[i] + first)
         for pass_epoch in epochs:
-            items = self.datasets[i].iter_epoch(pass_epoch, worker, num_workers, skip, False, transport)
+            items = self.datasets[i].iter_epoch(pass_epoch, worker, num_workers, skip, False, transport, history)
             skip, yielded = 0, False
             try:
                 for item in items:

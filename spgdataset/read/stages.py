@@ -1,10 +1,13 @@
 """The reader as a chain of small stages, each a plain generator over the one before it.
 
-    plan (rules/plan.py)       [(shard, [(file, first window, end window), ...]), ...] for one worker
-    -> planned_files           each shard read (decode.py) one ahead in a thread, its files restricted to their
-                               planned window ranges; windows of skipped shards made up at the end (fill_in)
-    -> shuffle_files           a shuffle buffer over files
-    -> batching.iterate_windows  chunks of files, windows shuffled per chunk, batches by one gather each
+    order (rules/order.py)     the epoch's canonical order: files, chunks, a permutation per chunk
+    + ranges (rules/elastic.py)  what this worker of this rank yields of it
+    -> Piece                   the chunks' windows the ranges cover, in order (EpochOrder.pieces)
+    -> piece_plan              which files of which shard each piece needs
+    -> read_plans              each run of pieces on one shard read at once (decode.py), a run ahead in a thread
+    -> chunk_inputs            a piece's files, cut to its windows, and the order to yield them in; windows of
+                               skipped shards made up at the end (fill_in)
+    -> batching.iterate_windows  chunks laid end to end, batches by one gather each
 
 SpectrogramDataset.iter_epoch composes them in a few lines; each is tested on its own. How the items then
 travel (read ahead in a thread, into a DataLoader's shared slots) is the stream's choice (transport.py).
@@ -13,78 +16,166 @@ travel (read ahead in a thread, into a DataLoader's shared slots) is the stream'
 from __future__ import annotations
 
 import dataclasses
-import random
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..errors import ShardError
-from ..rules.plan import Pieces
+from ..rules.order import EpochOrder, Piece
 from .prefetch import read_ahead
 from .records import FileRecord
 
-ShardPlan = List[Tuple[int, Pieces]]
-ReadShard = Callable[[int, Pieces], Optional[List[FileRecord]]]  # None: the shard was skipped
+ReadFiles = Callable[[int, np.ndarray], Optional[List[FileRecord]]]  # (selected shard, selection ids); None: skipped
+RUN_FILES = 256  # files read at once from one shard, at most (more when one piece needs them)
 
 
-def restrict(records: Sequence[FileRecord], pieces: Pieces) -> Iterator[FileRecord]:
-    """Each file cut to its planned window range (pieces and records in the same order)."""
-    for record, (a, b) in zip(records, pieces[:, 1:].tolist()):
-        yield dataclasses.replace(record, starts=record.starts[a:b])
+class PiecePlan(NamedTuple):
+    """A piece and the files it needs: their selection ids (in the chunk's file order), each one's wanted windows
+    (numbered in the file, ascending: offsets into `windows`), and the order to yield the wanted windows in."""
+
+    piece: Piece
+    files: np.ndarray  # selection ids
+    shards: np.ndarray  # selected shard of each file
+    cuts: np.ndarray  # file i's wanted windows are windows[cuts[i]:cuts[i + 1]]
+    windows: np.ndarray  # window numbers inside each file
+    arrangement: np.ndarray  # the piece's windows as positions in the files' wanted windows laid end to end
 
 
-def planned_files(plan: ShardPlan, read: ReadShard, filled: Callable[[int], None] = lambda n: None,
-                  where: str = "", ahead: bool = True) -> Iterator[FileRecord]:
-    """The planned files, shard by shard, each shard read one ahead of its use in a thread (`ahead`), or when
-    its turn comes.
+class ChunkInput(NamedTuple):
+    """What a chunk is built from: files cut to their wanted windows, and the order to yield those in."""
 
-    A shard skipped in warn mode (`read` gives None) leaves its windows out; they are made up at the end by
-    `fill_in`, so that this worker still yields its planned count and every rank len() items (a rank that
-    yields fewer batches hangs the others in their next all-reduce).
-    """
-    lost, done = 0, []
-    shards: Iterator[Tuple[Tuple[int, Pieces], Optional[List[FileRecord]]]] = \
-        (((k, pieces), read(k, pieces)) for k, pieces in plan)
-    for (k, pieces), records in read_ahead(shards) if ahead else shards:
-        if records is None:
-            lost += int((pieces[:, 2] - pieces[:, 1]).sum())
-            continue
-        done.append((k, pieces))
-        yield from restrict(records, pieces)
+    records: List[FileRecord]
+    order: np.ndarray
+
+
+def piece_plan(order: EpochOrder, piece: Piece, bounds: np.ndarray) -> PiecePlan:
+    """The files piece `piece` needs and where its windows are in them."""
+    edges = order.chunk_file_windows(piece.chunk)
+    wanted = np.sort(piece.windows)
+    file_of = np.searchsorted(edges, wanted, side="right") - 1
+    used, cuts = np.unique(file_of, return_index=True)
+    files = order.files[order.chunk_files[piece.chunk] + used]
+    shards = np.searchsorted(bounds, files, side="right") - 1
+    return PiecePlan(piece, files, shards, np.append(cuts, len(wanted)), wanted - edges[file_of],
+                     np.searchsorted(wanted, piece.windows))
+
+
+def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tuple[int, np.ndarray]],
+               first_alone: bool = True) -> Iterator[List[Tuple[PiecePlan, Dict[int, Optional[FileRecord]]]]]:
+    """Plans with their files (None: its shard was skipped), in order, a list per read: consecutive pieces on one
+    shard are read at once (a shard holds many chunks), up to RUN_FILES files; the first piece alone with
+    `first_alone`, so that the first batch waits for its own files only. Reads that worked go to `done_reads`."""
+    waiting: List[PiecePlan] = []
+    run: List[np.ndarray] = []
+    run_shard = -1
+    held: Dict[int, Optional[FileRecord]] = {}
+
+    def flush() -> None:
+        if run:
+            ids = np.unique(np.concatenate(run))
+            records = read(run_shard, ids)
+            if records is not None:
+                done_reads.append((run_shard, ids))
+            held.update(zip(ids.tolist(), records if records is not None else [None] * len(ids)))
+            run.clear()
+
+    def done(plans: List[PiecePlan], current: Optional[PiecePlan] = None) -> List[Tuple[PiecePlan, Dict[int, Any]]]:
+        """The finished plans with their files; files only `current` still needs stay held."""
+        out = [(plan, {i: held[i] for i in plan.files.tolist()}) for plan in plans]
+        keep = set(current.files.tolist()) if current is not None else set()
+        for i in [i for i in held if i not in keep]:
+            del held[i]
+        return out
+
+    for n, plan in enumerate(plans):
+        for j, ids in _shard_runs(plan):
+            if j != run_shard or sum(map(len, run)) >= RUN_FILES:
+                flush()
+                if waiting:
+                    yield done(waiting, plan)
+                    waiting = []
+                run_shard = j
+            run.append(ids)
+        waiting.append(plan)
+        if n == 0 and first_alone:
+            flush()
+            yield done(waiting)
+            waiting, run_shard = [], -1
+    flush()
+    if waiting:
+        yield done(waiting)
+
+
+def _shard_runs(plan: PiecePlan) -> Iterator[Tuple[int, np.ndarray]]:
+    """(shard, selection ids) of a plan's files, shard run by shard run (a chunk's files are shard by shard)."""
+    if not len(plan.files):
+        return
+    breaks = np.flatnonzero(np.diff(plan.shards)) + 1
+    for ids, shards in zip(np.split(plan.files, breaks), np.split(plan.shards, breaks)):
+        yield int(shards[0]), ids
+
+
+def slot_chunks(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray, read: ReadFiles,
+                filled: Callable[[int], None] = lambda n: None, where: str = "",
+                ahead: bool = True) -> Iterator[ChunkInput]:
+    """What a worker yields of ranges `ranges` of the epoch's order, chunk by chunk, the reads a run ahead in a
+    thread (`ahead`). A shard skipped in warn mode leaves its windows out; they are made up at the end
+    (fill_in), so that this worker still yields its planned count and every rank len() items (a rank that yields
+    fewer batches hangs the others in their next all-reduce)."""
+    done_reads: List[Tuple[int, np.ndarray]] = []
+    reads = read_plans((piece_plan(order, piece, bounds) for piece in order.pieces(ranges)), read, done_reads)
+    lost = 0
+    for group in read_ahead(reads) if ahead else reads:
+        for plan, records in group:
+            chunk, missing = assemble(plan, records)
+            lost += missing
+            if len(chunk.order):
+                yield chunk
     if lost:
-        yield from fill_in(done, lost, read, filled, where)
+        yield from fill_in(done_reads, lost, read, filled, where)
 
 
-def fill_in(done: ShardPlan, lost: int, read: ReadShard, filled: Callable[[int], None],
-            where: str) -> Iterator[FileRecord]:
-    """`lost` windows repeated from the shards of `done` (read again, in plan order, as often as needed)."""
-    readable = list(range(len(done)))
+def assemble(plan: PiecePlan, records: Dict[int, Optional[FileRecord]]) -> Tuple[ChunkInput, int]:
+    """(the piece's files cut to its windows with their order, windows lost to skipped shards)."""
+    kept: List[FileRecord] = []
+    present = np.zeros(len(plan.files), dtype=bool)
+    for i, file_id in enumerate(plan.files.tolist()):
+        record = records[file_id]
+        if record is not None:
+            present[i] = True
+            wanted = plan.windows[plan.cuts[i] : plan.cuts[i + 1]]
+            kept.append(dataclasses.replace(record, starts=record.starts[wanted]))
+    if present.all():
+        return ChunkInput(kept, plan.arrangement), 0
+    window_present = np.repeat(present, np.diff(plan.cuts))
+    renumbered = np.cumsum(window_present) - 1
+    arrangement = plan.arrangement[window_present[plan.arrangement]]
+    return ChunkInput(kept, renumbered[arrangement]), int((~window_present).sum())
+
+
+def fill_in(done_reads: Sequence[Tuple[int, np.ndarray]], lost: int, read: ReadFiles, filled: Callable[[int], None],
+            where: str) -> Iterator[ChunkInput]:
+    """`lost` windows repeated from the files of `done_reads` (read again, in order, as often as needed)."""
+    readable = list(range(len(done_reads)))
     while lost > 0:
         if not readable:
             raise ShardError(f"{where}: every shard of this worker's share was skipped; {lost} windows cannot be "
                              "made up from other files, so this rank would yield fewer batches than len()")
-        for j in list(readable):
-            k, pieces = done[j]
-            records = read(k, pieces)
+        for k in list(readable):
+            records = read(*done_reads[k])
             if records is None:  # it failed this time
-                readable.remove(j)
+                readable.remove(k)
                 continue
-            for record in restrict(records, pieces):
+            taken: List[FileRecord] = []
+            for record in records:
                 take = min(lost, len(record.starts))
-                filled(take)
-                yield dataclasses.replace(record, starts=record.starts[:take])
-                lost -= take
+                if take:
+                    taken.append(dataclasses.replace(record, starts=record.starts[:take]))
+                    lost -= take
                 if not lost:
-                    return
-
-
-def shuffle_files(files: Iterable[FileRecord], bufsize: int, seed: int) -> Iterator[FileRecord]:
-    """A shuffle buffer as webdataset's: once `bufsize` files are in, each new one sends out one drawn at
-    random; the rest leave shuffled at the end."""
-    rng, buffer = random.Random(seed), []
-    for record in files:
-        buffer.append(record)
-        if len(buffer) >= bufsize:
-            k = rng.randrange(len(buffer))
-            buffer[k], buffer[-1] = buffer[-1], buffer[k]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+                    break
+            count = sum(len(r.starts) for r in taken)
+            filled(count)
+            yield ChunkInput(taken, np.arange(count, dtype=np.int64))
+            if not lost:
+                return

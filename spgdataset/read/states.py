@@ -68,15 +68,26 @@ def list_of(item: Check, length: Optional[int] = None) -> Check:
     return check
 
 
+def stage_row(value: Any) -> Optional[str]:
+    """A finished stage of the epoch (cursor.py): [world size >= 1, workers >= 1, items consumed >= 0]."""
+    expected = "[world size >= 1, DataLoader workers >= 1, items consumed >= 0]"
+    if not isinstance(value, list) or len(value) != 3:
+        return expected
+    checks = (integer(1), integer(1), integer(0))
+    return expected if any(check(v) for check, v in zip(checks, value)) else None
+
+
 POSITION: Dict[str, Check] = {"epoch": integer(0), "consumed": integer(0)}
+STAGES: Dict[str, Check] = {"stages": list_of(stage_row)}
 DATASET_FIELDS: Dict[str, Check] = {
     **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
     "world_size": integer(1), "shards": text(), "window": list_of(integer(1), 2), "windows": text(),
-    "chunks": list_of(integer(1), 2)}
+    "chunks": list_of(integer(1), 2), **STAGES}
 ROUTER_FIELDS: Dict[str, Check] = {
     **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
     "stop": text(STOP_POLICIES), "epoch_length": integer(1, none=True), "weights": list_of(real),
-    "windows": list_of(integer(0)), "world_size": integer(1), "shards": list_of(text()), "plans": list_of(text())}
+    "windows": list_of(integer(0)), "world_size": integer(1), "shards": list_of(text()),
+    "plans": list_of(text()), **STAGES}
 
 
 def check_fields(state: Any, fields: Mapping[str, Check], what: str, exact: bool = True) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import IterableDataset
 
-from .cursor import EpochCursor, current_worker
+from ..rules.elastic import Stage, taken_windows
+from ..rules.plan import batches, resume_point
+from .cursor import EpochCursor, StageRow, current_worker
 from .errorlog import SharedErrorLog
 from .loader import SpectrogramLoader, make_loader
 from .ring import BatchRing
@@ -42,6 +44,7 @@ class EpochStream(IterableDataset):
     def __init__(self) -> None:
         super().__init__()
         self.cursor = EpochCursor()  # epoch and resume point, seen by persistent workers
+        self._histories: Dict[Tuple[int, Tuple[StageRow, ...]], Tuple[Stage, ...]] = {}
 
     # ------------------------------------------------------------ what a stream provides
 
@@ -63,15 +66,28 @@ class EpochStream(IterableDataset):
     def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
         """Change the batch size and DataLoader worker count (the given ones): what `loader()` asks for."""
 
+    @property
     @abc.abstractmethod
-    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
-                   drop_last: Optional[bool] = None, transport: Transport = PLAIN) -> Items:
-        """Worker `worker`'s part of epoch `epoch` after its first `skip_windows` windows, carried as
-        `transport` says; it reads and changes none of the stream's epoch or resume state."""
+    def drop_last(self) -> bool:
+        """A worker's last windows that do not fill a batch are left out."""
+
+    @property
+    @abc.abstractmethod
+    def world_size(self) -> int:
+        """Ranks of the DDP job this stream is part of (1 without DDP)."""
 
     @abc.abstractmethod
-    def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
-        """Items (batches, or windows without batch_size) each of `num_workers` workers yields in `epoch`."""
+    def iter_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
+                   drop_last: Optional[bool] = None, transport: Transport = PLAIN,
+                   history: Sequence[Stage] = ()) -> Items:
+        """Worker `worker`'s part of epoch `epoch` after its first `skip_windows` windows, in the stage of the epoch
+        after `history` (rules/elastic.py), carried as `transport` says; it reads and changes none of the stream's
+        epoch or resume state."""
+
+    @abc.abstractmethod
+    def layout_windows(self, world: int, num_workers: int, epoch: int, history: Sequence[Stage] = ()) -> List[int]:
+        """Windows each of `num_workers` workers of a rank of `world` yields in the stage of `epoch` after
+        `history` (the same on every rank)."""
 
     @abc.abstractmethod
     def plan_inputs(self) -> Dict[str, Any]:
@@ -93,8 +109,38 @@ class EpochStream(IterableDataset):
         return self.cursor.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle: every order in an epoch derives from (seed, epoch, rank, worker)."""
+        """Reshuffle: an epoch's order derives from (seed, epoch) (rules/order.py)."""
         self.cursor.set_epoch(epoch)
+
+    def worker_items(self, num_workers: int, epoch: Optional[int] = None) -> List[int]:
+        """Items (batches, or windows without batch_size) each of `num_workers` workers yields in `epoch` (the
+        current one when None), in its stage being resumed if it is."""
+        epoch = self.epoch if epoch is None else epoch
+        return self._items(self.layout_windows(self.world_size, num_workers, epoch, self.history(epoch)))
+
+    def _items(self, windows: Sequence[int]) -> List[int]:
+        return [batches(n, self.batch_size or 1, self.drop_last) for n in windows]
+
+    def history(self, epoch: int, rows: Optional[Sequence[StageRow]] = None) -> Tuple[Stage, ...]:
+        """The finished stages of `epoch` (those of the cursor, or `rows`) in windows each worker delivered."""
+        rows = self.cursor.stages_of(epoch) if rows is None else rows
+        key = (epoch, tuple(rows))
+        if key not in self._histories:
+            stages: List[Stage] = []
+            for world, workers, consumed in rows:
+                windows = self.layout_windows(world, workers, epoch, tuple(stages))
+                items = self._items(windows)
+                if consumed > sum(items):
+                    raise ValueError(f"{self.kind} state: stages: a stage on {world} rank(s) x {workers} worker(s) "
+                                     f"consumed {consumed} items of its {sum(items)}")
+                taken = resume_point(consumed, items)[0]
+                stages.append(Stage(world, workers, taken_windows(taken, windows, self.batch_size or 1)))
+            self._histories = {key: tuple(stages)}
+        return self._histories[key]
+
+    def _stage_items(self, epoch: int, rows: List[StageRow], world: int, num_workers: int) -> int:
+        """A rank's items in the stage of `epoch` after `rows` on `world` x `num_workers` (load_state_dict)."""
+        return sum(self._items(self.layout_windows(world, num_workers, epoch, self.history(epoch, rows))))
 
     def __len__(self) -> int:
         """Items this rank yields this epoch (windows, or batches with batch_size), the same on every rank."""
@@ -117,7 +163,8 @@ class EpochStream(IterableDataset):
         epoch = self.cursor.epoch
         role, skip = self.cursor.role(worker, num_workers, epoch, lambda n: self.worker_items(n, epoch))
         transport = self.transport(in_worker, ring, worker)
-        items = self.iter_epoch(epoch, role, num_workers, skip * (self.batch_size or 1), transport=transport)
+        items = self.iter_epoch(epoch, role, num_workers, skip * (self.batch_size or 1), transport=transport,
+                                history=self.history(epoch))
         return self.cursor.track(transport.deliver(items), epoch, counting=not in_worker)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -129,12 +176,16 @@ class EpochStream(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue epoch `state["epoch"]` after the first `state["consumed"]` items of this rank; the plan must
-        be the one the state was saved under. Every field is checked (states.py) before anything changes."""
+        be the one the state was saved under, except for the layout (world size, workers: `elastic_fields`), which
+        may change. Every field is checked (states.py) before anything changes."""
         check_fields(state, self.state_fields, self.kind)
         plan = self.plan_inputs()
-        self.cursor.load_state_dict(state, plan, tuple(plan), self.kind,
-                                    lambda epoch: sum(self.worker_items(max(self.num_workers, 1), epoch)))
+        self.cursor.load_state_dict(state, plan, tuple(plan), self.kind, self._stage_items, self.elastic_fields())
         self.set_epoch(int(state["epoch"]))
+
+    def elastic_fields(self) -> Tuple[str, ...]:
+        """The plan's entries a resumed epoch may change: its layout (a stage of the epoch ends there)."""
+        return ("world_size", "num_workers")
 
     @property
     def errors(self) -> List[str]:

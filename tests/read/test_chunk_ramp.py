@@ -1,4 +1,4 @@
-"""The ramp of chunk sizes (read/chunks.py, file_groups): a small first chunk so that the first batch waits for a
+"""The ramp of chunk sizes (rules/order.py, chunk_bounds): a small first chunk so that the first batch waits for a
 few files, not for a full shuffle buffer; each next chunk four times larger up to `shuffle_buffer`; every chunk
 of the ramp mixing at least RAMP_FILES files. Real shards for the first-batch test (tests/helpers.py)."""
 
@@ -8,34 +8,35 @@ import numpy as np
 import torch
 
 from spgdataset import SpectrogramDataset
-from spgdataset.read.chunks import RAMP_FILES, file_groups
-from spgdataset.read.records import FileRecord
+from spgdataset.rules.order import RAMP_FILES, chunk_bounds
 
 
-def records(windows_per_file):
-    return [FileRecord(f"k{i}", f"f{i}.wav", np.zeros((1, 1), np.float32), {}, {}, np.arange(n))
-            for i, n in enumerate(windows_per_file)]
+def groups(windows_per_file, chunk_windows, first_windows=None):
+    """The chunks as lists of (file position, windows), files without windows left out."""
+    counts = np.array(windows_per_file, dtype=np.int64)
+    bounds = chunk_bounds(counts, chunk_windows, first_windows or chunk_windows).tolist()
+    chunks = [[(i, int(counts[i])) for i in range(a, b) if counts[i]] for a, b in zip(bounds, bounds[1:])]
+    assert bounds[0] == 0 and bounds[-1] == len(counts)
+    return [c for c in chunks if c]
 
 
 def test_chunks_grow_fourfold_from_the_first_and_hold_enough_files():
-    groups = list(file_groups(iter(records([10] * 400)), chunk_windows=1000, first_windows=40))
-    sizes = [sum(len(f.starts) for f in g) for g in groups]
+    chunks = groups([10] * 400, chunk_windows=1000, first_windows=40)
+    sizes = [sum(n for _, n in c) for c in chunks]
     # 40 windows would be 4 files: a ramp chunk holds RAMP_FILES; then 160, 640, then full chunks of 1000
     assert sizes[:4] == [10 * RAMP_FILES, 160, 640, 1000] and set(sizes[4:-1]) == {1000}
-    assert sum(sizes) == 4000 and [f.key for g in groups for f in g] == [f"k{i}" for i in range(400)]
+    assert sum(sizes) == 4000 and [i for c in chunks for i, _ in c] == list(range(400))
 
 
 def test_long_files_are_chunked_as_without_the_ramp():
     """A file of more windows than the first target still needs RAMP_FILES files in its chunk, or a full one."""
-    groups = list(file_groups(iter(records([3000] * 10)), chunk_windows=10000, first_windows=256))
-    assert [len(g) for g in groups] == [4, 4, 2]
-    without = list(file_groups(iter(records([3000] * 10)), chunk_windows=10000))
-    assert [len(g) for g in without] == [4, 4, 2]
+    assert [len(c) for c in groups([3000] * 10, chunk_windows=10000, first_windows=256)] == [4, 4, 2]
+    assert [len(c) for c in groups([3000] * 10, chunk_windows=10000)] == [4, 4, 2]
 
 
 def test_files_without_windows_are_left_out_and_no_ramp_is_the_old_grouping():
-    groups = list(file_groups(iter(records([5, 0, 7, 0, 9])), chunk_windows=12))
-    assert [[f.key for f in g] for g in groups] == [["k0", "k2"], ["k4"]]
+    assert [[i for i, _ in c] for c in groups([5, 0, 7, 0, 9], chunk_windows=12)] == [[0, 2], [4]]
+    assert chunk_bounds(np.zeros(0, dtype=np.int64), 12, 12).tolist() == [0, 0]
 
 
 def test_the_first_batch_mixes_several_files_and_the_epoch_is_whole(run16k):

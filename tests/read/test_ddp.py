@@ -35,27 +35,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_nodes(shards: str, out: str, *extra: str, timeout: float = 300) -> None:
-    """Two torchrun 'nodes' of 2 processes each; fails (instead of hanging) if any rank hangs."""
-    os.makedirs(out, exist_ok=True)
+def run_nodes(job: str, nnodes: int, nproc: int, *args: str, timeout: float = 300) -> None:
+    """`nnodes` torchrun 'nodes' of `nproc` ranks each running `job`; fails (instead of hanging) if any rank hangs."""
     port = str(free_port())
     env = dict(os.environ, OMP_NUM_THREADS="1")
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-             "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-             JOB, shards, out, *extra],
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node),
+             "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", port, job, *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for node in (0, 1)
+        for node in range(nnodes)
     ]
     try:
         outputs = [node.communicate(timeout=timeout)[0] for node in nodes]
     except subprocess.TimeoutExpired:
         for node in nodes:
             node.kill()
-        pytest.fail(f"DDP job did not finish in {timeout} s (a rank hung?)")
+        pytest.fail(f"DDP job on {nnodes} x {nproc} did not finish in {timeout} s (a rank hung?)")
     for node, output in zip(nodes, outputs):
         assert node.returncode == 0, output[-3000:]
+
+
+def run_two_nodes(shards: str, out: str, *extra: str, timeout: float = 300) -> None:
+    """Two torchrun 'nodes' of 2 processes each."""
+    os.makedirs(out, exist_ok=True)
+    run_nodes(JOB, 2, 2, shards, out, *extra, timeout=timeout)
 
 
 def load(out: str, name: str):

@@ -472,15 +472,18 @@ def test_resume_single_windows_in_process(shards):
     assert collect(resumed) == full  # the epoch after the resumed one starts from its beginning
 
 
-def test_resume_refuses_another_world_size_or_shard_set(shards):
+def test_resume_accepts_another_world_size_and_refuses_another_shard_set(shards):
     def make(names: str = "abc", **kwargs: Any) -> SpectrogramDatasetRouter:
         return SpectrogramDatasetRouter(datasets(shards, names, **kwargs), weights=[0.5, 0.3, 0.2][: len(names)],
                                         seed=7)
 
     state = make(rank=0, world_size=2).state_dict()
     make(rank=1, world_size=2).load_state_dict(state)
-    with pytest.raises(ValueError, match="world_size"):
-        make(rank=0, world_size=3).load_state_dict(state)
+    make(rank=0, world_size=3).load_state_dict({**state, "consumed": 1})  # a finished stage, then the rest
+    resample = {**state, "stop": "resample", "epoch_length": 40}
+    with pytest.raises(ValueError, match="world_size"):  # "resample" cycles passes per worker: its own layout only
+        SpectrogramDatasetRouter(datasets(shards, "abc", rank=0, world_size=3), weights=[0.5, 0.3, 0.2], seed=7,
+                                 stop="resample", epoch_length=40).load_state_dict(resample)
     with pytest.raises(ValueError, match="shards"):  # same window counts, other shards
         make("acb", rank=0, world_size=2).load_state_dict({**state, "windows": make("acb").state_dict()["windows"],
                                                            "weights": make("acb").state_dict()["weights"]})

@@ -1,5 +1,4 @@
-"""The reader's stages and seams on their own: restrict, planned_files (with fill-in), shuffle_files, the epoch
-cursor, and the public surface the router uses (iter_epoch, worker_windows, plan_epoch)."""
+"""The reader's stages and seams on their own: slot_chunks (with fill-in), read_plans, the epoch cursor, and the public surface the router uses (iter_epoch, worker_windows, plan_epoch)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ from torch.utils.data import DataLoader
 from spgdataset import ShardError, SpectrogramDataset
 from spgdataset.read.records import FileRecord
 from spgdataset.read.cursor import EpochCursor
-from spgdataset.read.stages import planned_files, restrict, shuffle_files
+from spgdataset.read.stages import piece_plan, read_plans, slot_chunks
+from spgdataset.rules.order import EpochOrder, epoch_order
 from spgdataset.rules.plan import resume_point
 from tests.helpers import NO_MASKS
 
@@ -24,53 +24,80 @@ def record(key: str, windows: int) -> FileRecord:
     return FileRecord(key, key + ".wav", np.zeros((2, 3), np.float16), {}, {}, np.arange(windows) * 10)
 
 
-def pieces(*rows) -> np.ndarray:
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
-
-
 # ---------------------------------------------------------------- stages
 
 
-def test_restrict_cuts_each_file_to_its_planned_windows():
-    records = [record("a", 5), record("b", 4)]
-    out = list(restrict(records, pieces((0, 1, 3), (1, 0, 4))))
-    assert [r.starts.tolist() for r in out] == [[10, 20], [0, 10, 20, 30]]
+SHARD_FILES = 3
 
 
-def _shards(n: int) -> Dict[int, List[FileRecord]]:
-    return {k: [record(f"s{k}f{i}", 4) for i in range(2)] for k in range(n)}
+def _order(shards: int, windows: int = 4, chunk_windows: int = 10, seed: int = 1) -> EpochOrder:
+    bounds = np.arange(0, SHARD_FILES * shards + 1, SHARD_FILES, dtype=np.int64)
+    counts = np.full(SHARD_FILES * shards, windows, dtype=np.int64)
+    return epoch_order(bounds, counts, seed, 2, True, 2, chunk_windows, chunk_windows)
 
 
-def test_planned_files_reads_in_plan_order_and_fills_in_skipped_windows():
-    shards, bad, reads = _shards(4), {2}, []
-
-    def read(k: int, p: np.ndarray) -> Optional[List[FileRecord]]:
-        reads.append(k)  # a reader returns the planned files of the shard, in its order
-        return None if k in bad else [shards[k][i] for i in p[:, 0]]
-
-    plan = [(3, pieces((0, 0, 4), (1, 0, 4))), (2, pieces((0, 1, 4), (1, 0, 2))), (0, pieces((1, 2, 4)))]
-    filled = []
-    out = list(planned_files(plan, read, filled.append, "here"))
-    windows = [(r.key, s) for r in out for s in r.starts.tolist()]
-    planned = 8 + 5 + 2
-    assert len(windows) == planned  # every planned window is yielded, the skipped shard's made up
-    assert not any(k.startswith("s2") for k, _ in windows)
-    assert windows[:10] == [(f"s3f{i}", s) for i in range(2) for s in (0, 10, 20, 30)] + [("s0f1", 20), ("s0f1", 30)]
-    assert windows[10:] == [("s3f0", s) for s in (0, 10, 20, 30)] + [("s3f1", 0)]  # repeats, in plan order
-    assert sum(filled) == 5 and reads[:3] == [3, 2, 0]
+def _reader(bad=(), reads=None):
+    """read(j, ids) as the dataset's: files `ids` of shard j, whole, in id order (None: a skipped shard)."""
+    def read(j: int, ids: np.ndarray) -> Optional[List[FileRecord]]:
+        if reads is not None:
+            reads.append((j, ids.tolist()))
+        assert all(i // SHARD_FILES == j for i in ids.tolist()) and list(ids) == sorted(ids)
+        return None if j in bad else [record(f"f{i}", 4) for i in ids.tolist()]
+    return read
 
 
-def test_planned_files_with_nothing_readable_says_so():
+def expected_windows(order: EpochOrder, ranges: np.ndarray) -> List[tuple]:
+    """(file key, start) of ranges of the order, worked out from its definition: chunk windows numbered in file
+    order, then put in the chunk's permutation."""
+    out = []
+    for c in range(len(order.chunk_starts) - 1):
+        files = order.files[order.chunk_files[c] : order.chunk_files[c + 1]].tolist()
+        numbered = [(f"f{f}", 10 * w) for f in files for w in range(4)]
+        out += [numbered[w] for w in order.permutation(c).tolist()]
+    return [w for lo, hi in ranges.tolist() for w in out[lo:hi]]
+
+
+def _in_order(chunk):
+    laid = [(r, s) for r in chunk.records for s in r.starts.tolist()]
+    return [laid[i] for i in chunk.order.tolist()]
+
+
+@pytest.mark.parametrize("ranges", [[[0, 48]], [[5, 17]], [[30, 48], [0, 3], [20, 21]]])
+def test_slot_chunks_yield_their_ranges_of_the_order(ranges):
+    order, ranges = _order(4), np.array(ranges, dtype=np.int64)
+    assert order.total == 48
+    got = [(r.key, int(s)) for c in slot_chunks(order, ranges, np.arange(0, 13, 3), _reader(), ahead=False)
+           for r, s in _in_order(c)]
+    assert got == expected_windows(order, ranges)
+
+
+def test_a_skipped_shard_is_made_up_from_the_files_read():
+    order, everything = _order(4), np.array([[0, 48]], dtype=np.int64)
+    filled: List[int] = []
+    chunks = list(slot_chunks(order, everything, np.arange(0, 13, 3), _reader(bad={2}), filled.append, "here"))
+    got = [(r.key, int(s)) for c in chunks for r, s in _in_order(c)]
+    lost = {f"f{i}" for i in range(6, 9)}
+    kept = [w for w in expected_windows(order, everything) if w[0] not in lost]
+    assert got[: len(kept)] == kept and len(got) == 48 and sum(filled) == 12
+    assert all(w[0] not in lost for w in got[len(kept):])  # repeats of files that were read
+
+
+def test_with_nothing_readable_it_says_so():
     with pytest.raises(ShardError, match="every shard of this worker's share was skipped"):
-        list(planned_files([(0, pieces((0, 0, 3)))], lambda k, p: None, lambda n: None, "root"))
+        list(slot_chunks(_order(2), np.array([[0, 24]]), np.arange(0, 7, 3), _reader(bad={0, 1}), where="root"))
 
 
-def test_shuffle_files_is_a_seeded_permutation():
-    files = [record(str(i), 1) for i in range(100)]
-    a = [r.key for r in shuffle_files(iter(files), 10, seed=4)]
-    assert sorted(a, key=int) == [r.key for r in files] and a != [r.key for r in files]
-    assert a == [r.key for r in shuffle_files(iter(files), 10, seed=4)]
-    assert a != [r.key for r in shuffle_files(iter(files), 10, seed=5)]
+def test_consecutive_chunks_on_one_shard_read_it_once_after_the_first():
+    """A shard holds many chunks: read once for all of them; only the first chunk is read on its own, so that the
+    first batch waits for its own files."""
+    order, reads = _order(3, windows=1, chunk_windows=2), []
+    plans = [piece_plan(order, piece, np.arange(0, 10, 3)) for piece in order.pieces(np.array([[0, 9]]))]
+    assert len(plans) >= 4
+    groups = list(read_plans(plans, _reader(reads=reads), []))
+    assert [plan for group in groups for plan, _ in group] == plans
+    first_shard = reads[0][0]
+    assert [j for j, _ in reads[1:]].count(first_shard) <= 1 and len(reads) <= 4
+    assert sorted(i for _, ids in reads for i in ids) == list(range(9))  # each file read once
 
 
 # ---------------------------------------------------------------- the cursor
@@ -109,7 +136,7 @@ def test_iter_epoch_per_worker_is_what_dataloader_workers_yield(run16k):
     assert collections.Counter(by_iter_epoch[0] + by_iter_epoch[1]) == from_workers
     assert [len(w) for w in by_iter_epoch] == [ds.worker_windows(w, 2) for w in (0, 1)]
     assert sum(ds.worker_windows(w, 2) for w in (0, 1)) == ds.num_windows()
-    planned = sum(int((p[:, 2] - p[:, 1]).sum()) for w in (0, 1) for _, p in ds.plan_epoch(2, w, 2))
+    planned = sum(int((r[:, 1] - r[:, 0]).sum()) for w in (0, 1) for r in [ds.plan_epoch(2, w, 2)])
     assert planned == ds.num_windows()
 
 

@@ -316,7 +316,7 @@ def test_warn_mode_with_nothing_left_to_fill_from_says_so(many_shards, tmp_path)
 # ---------------------------------------------------------------- 14. resume checks
 
 
-def test_resume_refuses_another_world_size_or_shard_set(many_shards):
+def test_resume_accepts_another_world_size_and_refuses_another_shard_set(many_shards):
     def make(**kwargs):
         return SpectrogramDataset(kwargs.pop("source", many_shards), window_content_ratio=0, batch_size=4,
                                   output_configuration=NO_MASKS, **kwargs)
@@ -327,8 +327,13 @@ def test_resume_refuses_another_world_size_or_shard_set(many_shards):
     state = ds.state_dict()
     items.close()
     make(rank=1, world_size=2).load_state_dict(state)  # another rank of the same job: fine
-    with pytest.raises(ValueError, match="world_size"):
-        make(rank=0, world_size=4).load_state_dict(state)
+    resized = make(rank=0, world_size=4)
+    resized.load_state_dict(state)  # another layout: the saved run becomes a finished stage (rules/elastic.py)
+    assert resized.state_dict()["stages"] == [[2, 1, 2]] and resized.state_dict()["consumed"] == 0
+    with pytest.raises(ValueError, match="stages"):
+        make(rank=0, world_size=4).load_state_dict({**state, "stages": [[2, 1, 10**6]]})
+    with pytest.raises(ValueError, match="stages must be"):
+        make(rank=0, world_size=4).load_state_dict({**state, "stages": [[0, 1, 1]]})
     fewer = os.path.join(many_shards, "shard-{000000..000009}.tar")
     with pytest.raises(ValueError, match="shard"):
         make(source=fewer, rank=0, world_size=2).load_state_dict(state)

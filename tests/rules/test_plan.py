@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from spgdataset.rules.plan import resume_point, shard_order, slot_pieces, slot_range
+from spgdataset.rules.elastic import part_bounds
+from spgdataset.rules.plan import resume_point, shard_order
 
 
 @pytest.mark.parametrize("total", [0, 1, 7, 100, 1001])
@@ -13,7 +14,7 @@ def test_slots_partition_the_epoch_with_equal_rank_shares(total, world, workers)
     covered = []
     per_rank = []
     for rank in range(world):
-        ranges = [slot_range(total, rank, world, w, workers) for w in range(workers)]
+        ranges = [part_bounds(total, rank, world, w, workers) for w in range(workers)]
         per_rank.append(sum(hi - lo for lo, hi in ranges))
         for lo, hi in ranges:
             covered.extend(range(lo, hi))
@@ -22,22 +23,6 @@ def test_slots_partition_the_epoch_with_equal_rank_shares(total, world, workers)
     missing = total - len(covered)
     assert missing == (total % world if world > 1 else 0)
     assert covered == list(range(len(covered)))  # contiguous from the start
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_slot_pieces_cut_through_shards_and_files(seed):
-    rng = np.random.default_rng(seed)
-    files = [list(rng.integers(0, 9, size=rng.integers(0, 5))) for _ in range(9)]  # empty shards too
-    order = shard_order(len(files), seed=1, epoch=2, shuffle=True)
-    sequence = [(k, i, j) for k in order for i, n in enumerate(files[k]) for j in range(n)]
-    ranges = [(0, len(sequence)), (len(sequence), len(sequence))]
-    ranges += [tuple(sorted(rng.integers(0, len(sequence) + 1, size=2))) for _ in range(20)]
-    for lo, hi in ranges:
-        bounds = np.concatenate(([0], np.cumsum([len(f) for f in files])))
-        counts = np.array([n for f in files for n in f], dtype=np.int64)
-        got = [(k, i, j) for k, pieces in slot_pieces(order, bounds, counts, lo, hi)
-               for i, a, b in pieces for j in range(a, b)]
-        assert got == sequence[lo:hi]
 
 
 def test_shard_order_is_a_seeded_permutation():

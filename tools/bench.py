@@ -309,7 +309,7 @@ def job_decode_logmel(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] = None,
-            normalize: bool = False, small_pages: bool = False) -> Dict[str, Any]:
+            normalize: bool = False, small_pages: bool = False, batch_threads: int = 1) -> Dict[str, Any]:
     """SpectrogramDataset: iterated directly (workers=0) or behind ds.loader(num_workers=workers).
 
     small_pages: each chunk in a fresh torch.empty tensor (4 KB pages, faulted in anew), as before
@@ -322,7 +322,7 @@ def job_spg(args: argparse.Namespace, workers: int = 0, threads: Optional[int] =
     started = time.perf_counter()
     ds = SpectrogramDataset(
         paths(args)["shards"], window_size_sec=WINDOW_SEC, window_offset_sec=STEP_SEC, window_content_ratio=0,
-        normalize=normalize, dtype=torch.float32, batch_size=BATCH,
+        normalize=normalize, dtype=torch.float32, batch_size=BATCH, batch_threads=batch_threads,
         output_configuration={"spectrogram": True, "masks": [MASK], "label": LABEL},
     )
     loader = ds if workers == 0 else ds.loader(batch_size=BATCH, num_workers=workers)  # persistent workers
@@ -566,6 +566,8 @@ WRITE_JOBS: Dict[str, Callable[[argparse.Namespace], Dict[str, Any]]] = {
 READ_JOBS: Dict[str, Any] = {
     "spg_1proc": ("SpectrogramDataset, 1 process, default threads", 1, job_spg),
     "spg_1proc_1thread": ("SpectrogramDataset, 1 process, 1 torch thread", 1, lambda a: job_spg(a, threads=1)),
+    "spg_1proc_2gatherers": ("SpectrogramDataset, 1 process, batch_threads=2", 1,
+                             lambda a: job_spg(a, batch_threads=2)),
     "spg_1proc_norm": ("SpectrogramDataset, 1 process, normalize=True", 1, lambda a: job_spg(a, normalize=True)),
     "spg_1proc_small_pages": ("SpectrogramDataset, 1 process, chunks in fresh 4 KB pages (before memory.py)", 1,
                               lambda a: job_spg(a, small_pages=True)),

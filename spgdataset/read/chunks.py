@@ -9,7 +9,7 @@ on a strided view of that tensor, straight into the batch's memory (transport.py
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,46 +102,80 @@ class Chunk:
         here once per chunk, so a batch costs a few slices plus one index_select per tensor output.
         """
         files = self.file_of[order]
-        self._starts = self.global_start[torch.from_numpy(order)]
-        self._local = torch.from_numpy(self.file_start[order])  # the start in the recording, as items report it
-        self._labels = self.labels[torch.from_numpy(files)]
+        self.window_starts = self.global_start[torch.from_numpy(order)]
+        self.window_local = torch.from_numpy(self.file_start[order])  # the start in the recording, as items report it
+        self.window_labels = self.labels[torch.from_numpy(files)]
         picked = files.tolist()
-        self._keys = [self.files[i].key for i in picked]
-        self._paths = [self.files[i].path for i in picked]
-        self._meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
+        self.window_keys = [self.files[i].key for i in picked]
+        self.window_paths = [self.files[i].path for i in picked]
+        self.window_meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
 
     def take(self, lo: int, hi: int, outputs: OutputTensors) -> Dict[str, Any]:
         """Windows lo..hi of the arranged order, as one batch dict."""
-        spec, W = self.spec, self.spec.window
-        starts = self._starts[lo:hi]
-        batch: Dict[str, Any] = {}
-        if self.data is not None:
-            view = self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
-            x = torch.index_select(view, 0, starts, out=outputs.empty((len(starts), spec.n_mels, W), self.data.dtype))
-            if spec.per_window_norm:
-                x = per_window_normalised(x)
-            batch["spectrogram"] = x.to(spec.dtype)
-        if self.audio is not None:
+        return take_parts([(self, lo, hi)], outputs)
+
+    def strided(self, name: str) -> torch.Tensor:
+        """Every window of tensor `name` as a view (windows, ...) on the chunk's frames: what a gather reads."""
+        W, spec = self.spec.window, self.spec
+        if name == "spectrogram":
+            assert self.data is not None
+            return self.data.as_strided((self.total - W + 1, spec.n_mels, W), (1, self.total, 1))
+        if name == "audio":
+            assert self.audio is not None
             n = W * spec.hop_length
-            view = self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
-            batch["audio"] = torch.index_select(view, 0, starts * spec.hop_length,
-                                                out=outputs.empty((len(starts), n), torch.float32))
-        if self.masks:
-            batch["masks"] = {
-                name: torch.index_select(m.as_strided((self.total - W + 1, W), (1, 1)), 0, starts)
-                for name, m in self.masks.items()
-            }
-        if self.frame_labels is not None:
-            view = self.frame_labels.as_strided((self.total - W + 1, W), (1, 1))
-            batch["frame_labels"] = torch.index_select(view, 0, starts)
-        if spec.label:
-            batch["label"] = self._labels[lo:hi].clone()
-        if spec.meta:
-            batch["meta"] = {k: values[lo:hi] for k, values in self._meta.items()}
-        batch["key"] = self._keys[lo:hi]
-        batch["path"] = self._paths[lo:hi]
-        batch["start"] = self._local[lo:hi].clone()
-        return batch
+            return self.audio.as_strided((len(self.audio) - n + 1, n), (1, 1))
+        frames = self.frame_labels if name == "frame_labels" else self.masks[name]
+        assert frames is not None
+        return frames.as_strided((self.total - W + 1, W), (1, 1))
+
+
+Part = Tuple[Chunk, int, int]  # windows lo..hi of a chunk's arranged order
+
+
+def take_parts(parts: Sequence[Part], outputs: OutputTensors) -> Dict[str, Any]:
+    """Windows of several chunks (the router's datasets) as one batch dict, each tensor gathered straight into
+    its rows of the batch: one copy per window, as for a dataset's own batch."""
+    first, n = parts[0][0], sum(hi - lo for _, lo, hi in parts)
+    spec = first.spec
+    batch: Dict[str, Any] = {}
+    if first.data is not None:
+        x = _gathered(parts, "spectrogram", lambda c: c.window_starts, outputs, n)
+        if spec.per_window_norm:
+            x = per_window_normalised(x)
+        batch["spectrogram"] = x.to(spec.dtype)
+    if first.audio is not None:
+        batch["audio"] = _gathered(parts, "audio", lambda c: c.window_starts * spec.hop_length, outputs, n)
+    if first.masks:
+        batch["masks"] = {name: _gathered(parts, name, lambda c: c.window_starts, None, n) for name in first.masks}
+    if first.frame_labels is not None:
+        batch["frame_labels"] = _gathered(parts, "frame_labels", lambda c: c.window_starts, None, n)
+    if spec.label:
+        batch["label"] = torch.cat([c.window_labels[lo:hi] for c, lo, hi in parts])
+    if spec.meta:
+        batch["meta"] = {k: [v for c, lo, hi in parts for v in c.window_meta[k][lo:hi]] for k in first.window_meta}
+    batch["key"] = [k for c, lo, hi in parts for k in c.window_keys[lo:hi]]
+    batch["path"] = [p for c, lo, hi in parts for p in c.window_paths[lo:hi]]
+    batch["start"] = torch.cat([c.window_local[lo:hi] for c, lo, hi in parts])
+    return batch
+
+
+def _gathered(parts: Sequence[Part], name: str, starts: Callable[[Chunk], torch.Tensor],
+              outputs: Optional[OutputTensors], n: int) -> torch.Tensor:
+    """Tensor `name` of every part's windows, gathered into one new (n, ...) tensor (from `outputs` if given)."""
+    views = [c.strided(name) for c, _, _ in parts]
+    shape, dtype = (n, *views[0].shape[1:]), views[0].dtype
+    if any(v.dtype != dtype for v in views):  # datasets that hold their frames in different dtypes
+        dtype = torch.float32
+    out = outputs.empty(shape, dtype) if outputs is not None else torch.empty(shape, dtype=dtype)
+    at = 0
+    for view, (chunk, lo, hi) in zip(views, parts):
+        rows = out[at : at + hi - lo]
+        if view.dtype == dtype:
+            torch.index_select(view, 0, starts(chunk)[lo:hi], out=rows)
+        else:
+            rows.copy_(torch.index_select(view, 0, starts(chunk)[lo:hi]))
+        at += hi - lo
+    return out
 
 
 def per_window_normalised(x: torch.Tensor) -> torch.Tensor:

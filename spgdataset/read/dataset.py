@@ -14,7 +14,7 @@ import hashlib
 import inspect
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from ..rules.order import EpochOrder, epoch_order
 from ..rules.windows import WindowRule, kept_starts
 from .access import WindowDataset
 from .batching import chunk_plan, first_chunk_windows, iterate_windows
+from .chunks import Chunk, built_chunks
 from .config import configure
 from .decode import ShardReader
 from .errorlog import SharedErrorLog
@@ -38,10 +39,10 @@ from .records import FileRecord, WindowSpec, window_spec
 from .reference import build, is_reference_call, take_positions
 from .selection import Selection, select
 from .source import ShardSet, Source, open_source
-from .stages import slot_chunks
+from .stages import ChunkInput, slot_chunks
 from .states import DATASET_FIELDS
 from .stream import EpochStream, Items
-from .summary import Summary, no_window_reason, one_line, summarize
+from .summary import Summary, all_windows, no_window_reason, one_line, summarize
 from .transport import PLAIN, Transport
 
 
@@ -77,7 +78,8 @@ class SpectrogramDataset(EpochStream):
         on_error: "raise", or "warn" to skip a corrupt or truncated shard, log it and make up its windows.
         verify: check each shard's sha256 (a local shard once per process while it is unchanged), "always", or
             False.
-        batch_threads: threads gathering batches when iterated in the training process.
+        batch_threads: threads gathering batches when iterated in the training process (2: about 15% faster for
+            50% more CPU; docs/performance.md).
         check_names: False accepts mask, label, meta and split_key names the shards do not have (yet).
     """
 
@@ -116,7 +118,7 @@ class SpectrogramDataset(EpochStream):
         world_size: Optional[int] = None,
         on_error: str = "raise",
         verify: Any = True,
-        batch_threads: int = 2,
+        batch_threads: int = 1,
         check_names: bool = True,
         audio_root: Optional[Union[str, os.PathLike]] = None,
         spectrograms_root: Optional[Union[str, os.PathLike]] = None,
@@ -260,13 +262,7 @@ class SpectrogramDataset(EpochStream):
     def windows(self) -> List[Tuple[str, int]]:
         """Every (key, start) of this subset, from the index alone (no shard is opened). One tuple per window:
         at a million files, prefer `selection.files` and `selection.counts` (arrays)."""
-        index, out = self.shards.index, []
-        for position in self.selection.files.tolist():
-            key = index.keys[position]
-            offset = index.segment_of(position)[0]
-            out += [(key, offset + int(s))
-                    for s in self.file_windows(int(index.frames[position]), index.intervals_of(position), position)]
-        return out
+        return all_windows(self)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         return self.map_style()[i]  # window i: the i-th of an epoch with shuffle=False in one process (access.py)
@@ -315,22 +311,27 @@ class SpectrogramDataset(EpochStream):
                    drop_last: Optional[bool] = None, transport: Transport = PLAIN,
                    history: Sequence[Stage] = ()) -> Items:
         """Epoch `epoch` as worker `worker` of `num_workers` of this rank yields it in the stage after `history`,
-        leaving out the first `skip_windows` windows exactly as that worker would have yielded them (without
-        building them).
-
-        Re-entrant: it reads nothing of the dataset's epoch or resume state and changes none of it (only the
-        shard reader's cache and counters), so a router can run several at once. `drop_last`: None takes the
-        dataset's. `transport`: where the batches' memory comes from and how many threads gather them; the
-        caller (`stream()`) chooses it and carries the items on (transport.py).
-        """
+        without its first `skip_windows` windows (not built). Re-entrant: it reads and changes nothing of the
+        dataset's epoch or resume state (a router runs several at once). `drop_last`: None takes the dataset's.
+        `transport` (transport.py): where batches' memory comes from, how many threads gather them."""
         batching = self.config.batching
+        drop_last = batching.drop_last if drop_last is None else drop_last
+        return iterate_windows(self._chunk_inputs(epoch, worker, num_workers, skip_windows, transport, history),
+                               self._window_spec(), batching.batch_size, drop_last, transport, self._chunk_memory())
+
+    def iter_chunks(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
+                    transport: Transport = PLAIN, history: Sequence[Stage] = ()) -> Iterator[Chunk]:
+        """What `iter_epoch` yields, as chunks in their order before they are cut into batches: the router gathers
+        its batches from several datasets' chunks at once (chunks.take_parts)."""
+        return built_chunks(self._chunk_inputs(epoch, worker, num_workers, skip_windows, transport, history),
+                            self._window_spec(), self._chunk_memory())
+
+    def _chunk_inputs(self, epoch: int, worker: int, num_workers: int, skip_windows: int, transport: Transport,
+                      history: Sequence[Stage]) -> Iterator[ChunkInput]:
         ranges = self.plan_epoch(epoch, worker, num_workers, history)
         ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
-        chunks = slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
-                             self.error_log.filled, self.shards.root, transport.shards_ahead)
-        drop_last = batching.drop_last if drop_last is None else drop_last
-        return iterate_windows(chunks, self._window_spec(), batching.batch_size, drop_last, transport,
-                               self._chunk_memory())
+        return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
+                           self.error_log.filled, self.shards.root, transport.shards_ahead)
 
     def _read(self, j: int, ids: np.ndarray) -> Optional[List[FileRecord]]:
         """Files `ids` (selection ids, ascending) of selected shard j, whole (None: the shard was skipped)."""

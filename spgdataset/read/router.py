@@ -47,7 +47,8 @@ import torch
 from ..rules.framelabels import merge_labelmaps
 from ..rules.labels import merge_vocabularies
 from ..rules.elastic import Stage
-from .batches import batch_rows, batch_size_of, concat_batches
+from .batches import batch_size_of
+from .chunks import Chunk, Part, take_parts
 from .compat import agreed, check_compatible, check_labels, check_windows, where
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
@@ -260,12 +261,11 @@ class SpectrogramDatasetRouter(EpochStream):
         plan = self.worker_plan(worker, num_workers, epoch, histories)
         taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_windows,
                                    len(self.datasets))
-        inner = transport.inner()
-        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner, histories[i])
+        inner, size = transport.inner(), self.batch_size
+        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner, histories[i], size)
                    for i in range(len(self.datasets))]
         drop_last = self.drop_last if drop_last is None else drop_last
-        items = self._batches(ids, streams, self.batch_size, drop_last) if self.batch_size else \
-            self._windows(ids, streams)
+        items = self._batches(ids, streams, size, drop_last, transport) if size else self._windows(ids, streams)
         try:
             yield from items
         finally:
@@ -273,15 +273,18 @@ class SpectrogramDatasetRouter(EpochStream):
                 stream.close()
 
     def _passes(self, i: int, plan: WorkerPlan, epoch: int, worker: int, num_workers: int, skip: int,
-                transport: Transport, history: Sequence[Stage]) -> Generator[Dict[str, Any], None, None]:
-        """Dataset i's items in this worker from window `skip` of the schedule on: one pass, or pass after
-        pass at dataset epochs epoch * P_i + p for "resample"."""
+                transport: Transport, history: Sequence[Stage], chunks: Optional[int]) -> Generator[Any, None, None]:
+        """Dataset i's items (its chunks, with `chunks`, when batches are gathered from them) in this worker from
+        window `skip` of the schedule on: one pass, or pass after pass at dataset epochs epoch * P_i + p for
+        "resample"."""
         epochs: Iterable[int] = [epoch]
         if self.stop == "resample" and plan.windows[i]:
             first, skip = divmod(skip, plan.windows[i])
             epochs = itertools.count(epoch * plan.passes[i] + first)
         for pass_epoch in epochs:
-            items = self.datasets[i].iter_epoch(pass_epoch, worker, num_workers, skip, False, transport, history)
+            ds = self.datasets[i]
+            items: Any = ds.iter_chunks(pass_epoch, worker, num_workers, skip, transport, history) if chunks else \
+                ds.iter_epoch(pass_epoch, worker, num_workers, skip, False, transport, history)
             skip, yielded = 0, False
             try:
                 for item in items:
@@ -313,21 +316,39 @@ class SpectrogramDatasetRouter(EpochStream):
                     return
                 yield self._tag(item, i, batched=False)
 
-    def _batches(self, ids: Iterator[np.ndarray], streams: Sequence[Iterator[Dict[str, Any]]], size: int,
-                 drop_last: bool) -> Iterator[Dict[str, Any]]:
-        takers = [Taker(s) for s in streams]
-        for chunk in rechunk(ids, size):
-            if len(chunk) < size and drop_last:
+    def _batches(self, ids: Iterator[np.ndarray], streams: Sequence[Iterator[Chunk]], size: int, drop_last: bool,
+                 transport: Transport) -> Iterator[Dict[str, Any]]:
+        """Each batch gathered straight from the datasets' chunks (chunks.take_parts), grouped by dataset."""
+        takers = [ChunkTaker(s) for s in streams]
+        full, fresh = transport.outputs(size)
+        for block in rechunk(ids, size):
+            if len(block) < size and drop_last:
                 return
-            counts = np.bincount(chunk, minlength=len(takers))
-            parts: List[Dict[str, Any]] = []
+            counts = np.bincount(block, minlength=len(takers))
+            parts: List[Part] = []
+            owners: List[int] = []
             for i in np.flatnonzero(counts).tolist():
                 got = takers[i].take(int(counts[i]))
-                if sum(batch_size_of(p) for p in got) < counts[i]:
+                if sum(hi - lo for _, lo, hi in got) < counts[i]:
                     ran_out(self.datasets[i], i)
                     return
-                parts.extend(self._tag(p, i, batched=True) for p in got)
-            yield concat_batches(parts)
+                parts += got
+                owners += [i] * len(got)
+            yield self._tagged(take_parts(parts, full if len(block) == size else fresh), parts, owners)
+
+    def _tagged(self, batch: Dict[str, Any], parts: Sequence[Part], owners: Sequence[int]) -> Dict[str, Any]:
+        """A gathered batch with "dataset", and labels moved into the merged vocabularies, slice by slice."""
+        lengths = torch.tensor([hi - lo for _, lo, hi in parts])
+        batch["dataset"] = torch.repeat_interleave(torch.tensor(owners, dtype=torch.int64), lengths)
+        at = 0
+        for n, i in zip(lengths.tolist(), owners):
+            if "label" in batch:
+                batch["label"][at : at + n] = self.label_maps[i][batch["label"][at : at + n]]
+            lookup = self.frame_label_maps[i] if "frame_labels" in batch else None
+            if lookup is not None:
+                batch["frame_labels"][at : at + n] = lookup[batch["frame_labels"][at : at + n]]
+            at += n
+        return batch
 
     # ------------------------------------------------------------ errors
 
@@ -352,23 +373,23 @@ def _checked_epoch_length(stop: str, epoch_length: Optional[int]) -> Optional[in
     return None
 
 
-class Taker:
-    """Any number of windows at a time out of a stream of batches."""
+class ChunkTaker:
+    """Any number of windows at a time out of a stream of chunks, as (chunk, lo, hi) parts."""
 
-    def __init__(self, items: Iterator[Dict[str, Any]]) -> None:
-        self.items, self.pos = items, 0
-        self.batch: Optional[Dict[str, Any]] = None
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self.chunks, self.pos = chunks, 0
+        self.chunk: Optional[Chunk] = None
 
-    def take(self, n: int) -> List[Dict[str, Any]]:
-        """Slices totalling n windows (fewer only when the stream ends)."""
-        parts: List[Dict[str, Any]] = []
+    def take(self, n: int) -> List[Part]:
+        """Parts totalling n windows (fewer only when the stream ends)."""
+        parts: List[Part] = []
         while n > 0:
-            if self.batch is None or self.pos >= batch_size_of(self.batch):
-                self.batch, self.pos = next(self.items, None), 0
-                if self.batch is None:
+            if self.chunk is None or self.pos >= self.chunk.count:
+                self.chunk, self.pos = next(self.chunks, None), 0
+                if self.chunk is None:
                     break
-            m = min(n, batch_size_of(self.batch) - self.pos)
-            parts.append(batch_rows(self.batch, self.pos, self.pos + m))
+            m = min(n, self.chunk.count - self.pos)
+            parts.append((self.chunk, self.pos, self.pos + m))
             self.pos += m
             n -= m
         return parts

@@ -184,3 +184,14 @@ def _height(features: Dict[str, Any], band: bool = True) -> str:
         return f"{features['n_mels']} linear bins"
     hz = f"{features.get('f_min') or 0:g}-{features['f_max'] or features['sample_rate'] / 2:g} Hz"
     return f"{features['n_mels']} linear bins ({hz}, transform {features.get('transform_type')})"
+
+
+def all_windows(ds: "SpectrogramDataset") -> List[Tuple[str, int]]:
+    """Every (key, start) of a dataset's subset, from the index alone (`SpectrogramDataset.windows`)."""
+    index, out = ds.shards.index, []
+    for position in ds.selection.files.tolist():
+        key = index.keys[position]
+        offset = index.segment_of(position)[0]
+        out += [(key, offset + int(s))
+                for s in ds.file_windows(int(index.frames[position]), index.intervals_of(position), position)]
+    return out

@@ -487,3 +487,19 @@ def test_resume_accepts_another_world_size_and_refuses_another_shard_set(shards)
     with pytest.raises(ValueError, match="shards"):  # same window counts, other shards
         make("acb", rank=0, world_size=2).load_state_dict({**state, "windows": make("acb").state_dict()["windows"],
                                                            "weights": make("acb").state_dict()["weights"]})
+
+
+def test_datasets_holding_frames_in_other_dtypes_mix_exactly(shards):
+    """A batch is gathered straight from each dataset's chunk (chunks.take_parts); a dataset normalised on load
+    holds its frames in float32 and one that is not in float16: each part is still its dataset's own values."""
+    def make(name: str, normalize: bool) -> SpectrogramDataset:
+        return SpectrogramDataset(shards[name], window_content_ratio=0, seed=3, batch_size=16, normalize=normalize,
+                                  dtype=torch.float16, output_configuration={"masks": ["speech"]})
+
+    router = SpectrogramDatasetRouter([make("a", True), make("b", False)], weights=[0.5, 0.5], stop="all_exhausted")
+    batches = list(router)
+    assert all(b["spectrogram"].dtype == torch.float16 for b in batches)
+    for i, (name, normalize) in enumerate([("a", True), ("b", False)]):
+        got, want = rows_of(batches, i), rows_of(list(make(name, normalize)))
+        assert [(g["key"], int(g["start"])) for g in got] == [(w["key"], int(w["start"])) for w in want]
+        assert all(torch.equal(g["spectrogram"], w["spectrogram"]) for g, w in zip(got, want))

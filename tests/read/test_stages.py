@@ -1,11 +1,12 @@
-"""The reader's stages and seams on their own: slot_chunks (with fill-in), read_plans, the epoch cursor, and the public surface the router uses (iter_epoch, worker_windows, plan_epoch)."""
+"""The reader's stages and seams on their own: slot_chunks (with fill-in), read_plans, the epoch cursor,
+and the public surface the router uses (iter_epoch, worker_windows, plan_epoch)."""
 
 from __future__ import annotations
 
 import collections
 import os
 import pickle
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Invariants of the epoch plan: ranges partition the epoch, ranks get equal shares, resume points are exact."""
 
-import numpy as np
 import pytest
 
 from spgdataset.rules.elastic import part_bounds

@@ -24,7 +24,7 @@ from torch.utils.data import get_worker_info
 
 from ..rules.plan import resume_point
 from ..errors import shown
-from .states import POSITION, check_consumed, check_fields
+from .states import MAX_SLOTS, POSITION, check_consumed, check_fields
 
 T = TypeVar("T")
 MAX_STAGES = 64  # resumes on another layout within one epoch
@@ -85,6 +85,10 @@ class EpochCursor:
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
         stages: List[StageRow] = [(int(a), int(b), int(c)) for a, b, c in state.get("stages", [])]
         moved = any(state.get(name) != plan[name] for name in layout)
+        slots = int(state.get("world_size", 1)) * max(int(state.get("num_workers", 0)), 1)
+        if moved and slots > MAX_SLOTS:  # it would become a finished stage, whose slots are shared out one by one
+            raise ValueError(f"{what} state: world_size x num_workers must be at most {MAX_SLOTS} to resume on "
+                             f"another layout, got {state.get('world_size')} x {state.get('num_workers')}")
         if items is not None:
             saved = (int(state.get("world_size", 1)), max(int(state.get("num_workers", 0)), 1))
             check_consumed(state, items(epoch, stages, *saved), what)

@@ -68,25 +68,33 @@ def list_of(item: Check, length: Optional[int] = None) -> Check:
     return check
 
 
+MAX_WORLD, MAX_WORKERS = 1 << 16, 1 << 10  # a layout's ranks and DataLoader workers per rank, at most
+MAX_SLOTS = 1 << 17  # ranks x workers of a finished stage: resuming shares out its slots' rests one by one
+
+
 def stage_row(value: Any) -> Optional[str]:
-    """A finished stage of the epoch (cursor.py): [world size >= 1, workers >= 1, items consumed >= 0]."""
-    expected = "[world size >= 1, DataLoader workers >= 1, items consumed >= 0]"
+    """A finished stage of the epoch (cursor.py): [world size, workers, items consumed], its slots bounded: a
+    hand-edited world of 10**9 would otherwise keep a resume busy for hours."""
+    expected = (f"[world size in 1..{MAX_WORLD}, DataLoader workers in 1..{MAX_WORKERS}, items consumed >= 0], "
+                f"at most {MAX_SLOTS} ranks x workers")
     if not isinstance(value, list) or len(value) != 3:
         return expected
-    checks = (integer(1), integer(1), integer(0))
-    return expected if any(check(v) for check, v in zip(checks, value)) else None
+    checks = (integer(1, MAX_WORLD), integer(1, MAX_WORKERS), integer(0))
+    if any(check(v) for check, v in zip(checks, value)) or value[0] * value[1] > MAX_SLOTS:
+        return expected
+    return None
 
 
 POSITION: Dict[str, Check] = {"epoch": integer(0), "consumed": integer(0)}
 STAGES: Dict[str, Check] = {"stages": list_of(stage_row)}
 DATASET_FIELDS: Dict[str, Check] = {
-    **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
-    "world_size": integer(1), "shards": text(), "window": list_of(integer(1), 2), "windows": text(),
+    **POSITION, "seed": integer(), "num_workers": integer(0, MAX_WORKERS), "batch_size": integer(1, none=True),
+    "world_size": integer(1, MAX_WORLD), "shards": text(), "window": list_of(integer(1), 2), "windows": text(),
     "chunks": list_of(integer(1), 2), **STAGES}
 ROUTER_FIELDS: Dict[str, Check] = {
-    **POSITION, "seed": integer(), "num_workers": integer(0), "batch_size": integer(1, none=True),
+    **POSITION, "seed": integer(), "num_workers": integer(0, MAX_WORKERS), "batch_size": integer(1, none=True),
     "stop": text(STOP_POLICIES), "epoch_length": integer(1, none=True), "weights": list_of(real),
-    "windows": list_of(integer(0)), "world_size": integer(1), "shards": list_of(text()),
+    "windows": list_of(integer(0)), "world_size": integer(1, MAX_WORLD), "shards": list_of(text()),
     "plans": list_of(text()), **STAGES}
 
 

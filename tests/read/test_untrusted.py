@@ -334,6 +334,15 @@ def test_resume_accepts_another_world_size_and_refuses_another_shard_set(many_sh
         make(rank=0, world_size=4).load_state_dict({**state, "stages": [[2, 1, 10**6]]})
     with pytest.raises(ValueError, match="stages must be"):
         make(rank=0, world_size=4).load_state_dict({**state, "stages": [[0, 1, 1]]})
+    # a hand-edited layout of 10**9 ranks would keep a resume busy for hours: refused, the field named
+    with pytest.raises(ValueError, match="stages must be"):
+        make(rank=0, world_size=4).load_state_dict({**state, "stages": [[10**9, 1, 1]]})
+    with pytest.raises(ValueError, match="stages must be"):
+        make(rank=0, world_size=4).load_state_dict({**state, "stages": [[60000, 1000, 1]]})
+    with pytest.raises(ValueError, match="world_size must be"):
+        make(rank=0, world_size=4).load_state_dict({**state, "world_size": 10**9})
+    with pytest.raises(ValueError, match="world_size x num_workers"):
+        make(rank=0, world_size=4).load_state_dict({**state, "world_size": 60000, "num_workers": 1000})
     fewer = os.path.join(many_shards, "shard-{000000..000009}.tar")
     with pytest.raises(ValueError, match="shard"):
         make(source=fewer, rank=0, world_size=2).load_state_dict(state)

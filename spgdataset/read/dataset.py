@@ -330,6 +330,7 @@ class SpectrogramDataset(EpochStream):
                       history: Sequence[Stage]) -> Iterator[ChunkInput]:
         ranges = self.plan_epoch(epoch, worker, num_workers, history)
         ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
+        self.reader.new_pass()
         return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
                            self.error_log.filled, self.shards.root, transport.shards_ahead)
 

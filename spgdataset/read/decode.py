@@ -64,6 +64,11 @@ class ShardReader:
         self.value_versions: Dict[str, Tuple[Any, ...]] = {}  # local shard -> the identity they were checked for
         self.opens = 0  # shards opened by this process
         self.last_shard: Optional[Tuple[str, bytes, Optional[Tuple[Any, ...]]]] = None  # (url, bytes, identity)
+        self.last_failed: Optional[str] = None  # the shard last skipped, when it was the last one asked for
+
+    def new_pass(self) -> None:
+        """A new pass over the shards (an epoch, a worker's share): a shard skipped in the last one is tried again."""
+        self.last_failed = None
 
     def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
         """The files at index `positions` (in manifest shard k, in shard order): from the memory cache when it
@@ -71,7 +76,11 @@ class ShardReader:
         cached = [self.cache[p] for p in positions if p in self.cache]
         if len(cached) == len(positions):
             return cached
+        url = self.shards.url(self.shards.manifest.shards[k])
+        if self.last_failed == url:  # the same shard asked for again right away (its next run): skipped once
+            return None
         records = self._read(self.shards.manifest.shards[k], k, set(positions))
+        self.last_failed = url if records is None else None
         if records is not None:
             for record, position in zip(records, positions):
                 self._remember(position, record)

@@ -202,6 +202,29 @@ def test_non_finite_stored_values_are_shard_errors_that_warn_mode_skips(run16k, 
     assert all(np.isfinite(b["spectrogram"].numpy()).all() for b in batches)
 
 
+def test_a_bad_shard_read_in_two_runs_is_skipped_once(tmp_path):
+    """The epoch's first chunk (8 files) is read on its own, then the rest of the shard it ends in: when that
+    shard is bad, warn mode skips it once (one message, one count), not once per run, and tries it again the
+    next epoch."""
+    from spgdataset.demo import make_corpus
+
+    metadata = make_corpus(tmp_path / "audio", 60, seed=2, min_seconds=3, max_seconds=5)
+    write_shards(tmp_path / "audio", metadata, tmp_path / "out", max_shard_files=6, workers=1, progress=False)
+    shards = Shards(str(tmp_path / "out"), tmp_path / "s")
+    kwargs = dict(window_content_ratio=0, batch_size=8, output_configuration={"masks": []}, on_error="warn")
+    probe = SpectrogramDataset(str(shards), **kwargs)
+    order = probe.epoch_order(0)
+    shard_of = probe.shards.index.shard[probe.selection.files[order.files]]
+    last = int(shard_of[order.chunk_files[1] - 1])  # the shard the first chunk ends in ...
+    assert last in shard_of[order.chunk_files[1] :].tolist()  # ... holds files of later chunks too
+    name = probe.shards.manifest.shards[last].name
+    poison(shards, name, float("nan"), update_manifest=False)  # its sha256 no longer matches: every read fails
+    ds = SpectrogramDataset(str(shards), **kwargs)
+    assert sum(len(b["key"]) for b in ds) == ds.num_windows()
+    assert ds.skipped_shards == 1 and len(ds.errors) == 1 and name in ds.errors[0]
+    assert sum(len(b["key"]) for b in ds) == ds.num_windows() and ds.skipped_shards == 2
+
+
 def test_the_values_check_runs_again_for_another_version_of_a_shard(run16k, tmp_path):
     """Checked once per file version and process: a shard changed between epochs is checked again, even
     with verify=False (no sha256)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import operator
 import os
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -27,14 +26,15 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from webdataset.tariterators import base_plus_ext, group_by_keys
+from webdataset.tariterators import base_plus_ext
 
 from ..errors import ShardError, first_line
 from ..format.index import DIGEST_BYTES
 from ..format.manifest import ShardEntry
-from ..format.tar import tar_members, tar_walk
+from ..format.tar import tar_walk
 from .chunks import Chunk, per_window_normalised
 from .memory import ChunkMemory
+from .decode import blake2b
 from .records import WindowSpec
 
 if TYPE_CHECKING:
@@ -151,10 +151,6 @@ def sample_runs(data: bytes, url: str) -> Iterator[Tuple[str, int, int]]:
         yield run[0], run[1], run[2]
 
 
-def blake2b(data: Any) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
-
-
 class WindowDataset(Dataset):
     """The windows of a SpectrogramDataset's subset as a map-style Dataset: `len()` is `num_windows()`, item i
     the i-th window of an unshuffled epoch (negative i counts from the end, as in a list). For any sampler:
@@ -238,28 +234,9 @@ class WindowDataset(Dataset):
     def load(self, position: int) -> LoadedFile:
         """Read, check and decode the file at index `position` alone (see the module docstring)."""
         shards, reader = self.dataset.shards, self.dataset.reader
-        index, k = shards.index, int(shards.index.shard[position])
-        shard = shards.manifest.shards[k]
-        url, key = shards.url(shard), index.keys[position]
-        offset, size, digest = self.place(k, shard, position)
-        data = shards.storage.read_range(shard.name, offset, size)
+        k = int(shards.index.shard[position])
+        record = reader.read_alone(k, position, self.place(k, shards.manifest.shards[k], position))
         self.reads += 1
-        if len(data) != size:
-            raise ShardError(f"{url}: {len(data)} bytes at byte {offset}, the file index says {key!r} has {size} "
-                             "there (truncated or replaced shard)")
-        if reader.verify and digest is not None and blake2b(data) != digest:
-            raise ShardError(f"{url}: the bytes of {key!r} disagree with the file index's blake2b (corrupt or "
-                             "replaced shard)")
-        try:
-            samples = list(group_by_keys(tar_members(data, url, whole=False)))
-            if [sample["__key__"] for sample in samples] != [key]:
-                raise ShardError(f"{url}: at byte {offset} the file index places {key!r}, the shard holds "
-                                 f"{[sample['__key__'] for sample in samples][:3]}")
-            record = reader.decode_file(url, samples[0], position, check_values=True)
-        except ShardError:
-            raise
-        except Exception as exc:  # tar, npy, msgpack and FLAC each raise their own types for garbage
-            raise ShardError(f"{url}: {key!r} at byte {offset}: corrupt: {first_line(exc)}") from None
         chunk = Chunk([record], self.spec, PlainMemory(keep=0))
         frames = None if chunk.data is None else np.ascontiguousarray(chunk.data.numpy().T)
         return LoadedFile(record.key, record.path, record.metadata, record.starts, record.offset, record.label,
@@ -269,18 +246,15 @@ class WindowDataset(Dataset):
     def place(self, k: int, shard: ShardEntry, position: int) -> Tuple[int, int, Optional[bytes]]:
         """(first header byte, bytes, blake2b or None) of the members of the file at `position` in shard k: from
         the index's columns, else from a walk of the shard."""
-        members = self.dataset.shards.index.members
-        if members is not None:
-            offset, size, digest = int(members[0][position]), int(members[1][position]), members[2][position].tobytes()
-        else:
-            lo = int(self.dataset.reader.bounds[k])
-            offsets, sizes, digests = self.walked[k] if k in self.walked else self.walk(k, shard)
-            offset, size = int(offsets[position - lo]), int(sizes[position - lo])
-            digest = None if digests is None else digests[position - lo].tobytes()
+        if self.dataset.shards.index.members is not None:
+            return self.dataset.reader.member_place(k, position)
+        lo = int(self.dataset.reader.bounds[k])
+        offsets, sizes, digests = self.walked[k] if k in self.walked else self.walk(k, shard)
+        offset, size = int(offsets[position - lo]), int(sizes[position - lo])
         if offset < 0 or size < 512 or offset + size > shard.bytes:
             raise ShardError(f"{self.dataset.shards.url(shard)}: the file index places a file at bytes {offset}.."
                              f"{offset + size} of a shard of {shard.bytes} (edited or mismatched index)")
-        return offset, size, digest
+        return offset, size, None if digests is None else digests[position - lo].tobytes()
 
     def walk(self, k: int, shard: ShardEntry) -> Places:
         """Where each file of shard k lies and (with `verify`) its blake2b, for a set written without them: the

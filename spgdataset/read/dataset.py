@@ -334,9 +334,10 @@ class SpectrogramDataset(EpochStream):
         return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
                            self.error_log.filled, self.shards.root, transport.shards_ahead)
 
-    def _read(self, j: int, ids: np.ndarray) -> Optional[List[FileRecord]]:
-        """Files `ids` (selection ids, ascending) of selected shard j, whole (None: the shard was skipped)."""
-        return self.reader.read(self.selection.shards[j], self.selection.files[ids].tolist())
+    def _read(self, j: int, ids: np.ndarray, alone: bool = False) -> Optional[List[FileRecord]]:
+        """Files `ids` (selection ids, ascending) of selected shard j (None: the shard was skipped); `alone`: each
+        by its own byte range (decode.py)."""
+        return self.reader.read(self.selection.shards[j], self.selection.files[ids].tolist(), alone)
 
     def _chunk_memory(self) -> ChunkMemory:
         """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""

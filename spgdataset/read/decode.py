@@ -24,7 +24,7 @@ from webdataset.tariterators import group_by_keys
 from ..errors import ShardError, first_line, shown
 from ..format.codec import decode_flac, npy_view, unpack
 from ..format.features import VALUE_LIMIT, values_out_of_range
-from ..format.index import Index
+from ..format.index import DIGEST_BYTES, Index
 from ..format.manifest import ShardEntry
 from ..format.names import AUDIO, INFO, SPEC
 from ..format.tar import tar_members
@@ -62,25 +62,33 @@ class ShardReader:
         self.verified: Dict[str, Tuple[Any, ...]] = {}  # local shard -> file identity when its sha256 passed
         self.values_checked: Optional[np.ndarray] = None  # per index position: stored values checked (below)
         self.value_versions: Dict[str, Tuple[Any, ...]] = {}  # local shard -> the identity they were checked for
-        self.opens = 0  # shards opened by this process
+        self.opens = 0  # shards opened by this process (read whole, or some files of one alone)
         self.last_shard: Optional[Tuple[str, bytes, Optional[Tuple[Any, ...]]]] = None  # (url, bytes, identity)
-        self.last_failed: Optional[str] = None  # the shard last skipped, when it was the last one asked for
+        self.failed: Set[str] = set()  # shards skipped in this pass over the shards
 
     def new_pass(self) -> None:
         """A new pass over the shards (an epoch, a worker's share): a shard skipped in the last one is tried again."""
-        self.last_failed = None
+        self.failed.clear()
 
-    def read(self, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
+    def read(self, k: int, positions: Sequence[int], alone: bool = False) -> Optional[List[FileRecord]]:
         """The files at index `positions` (in manifest shard k, in shard order): from the memory cache when it
-        holds them all, else read; None when the shard was skipped (on_error="warn")."""
+        holds them all, else read; None when the shard was skipped (on_error="warn"). `alone`: read each file
+        by its byte range and check it against its own blake2b when the index has them (`member.*`), instead of
+        reading and hashing the whole shard first: how an epoch's first chunk is read."""
         cached = [self.cache[p] for p in positions if p in self.cache]
         if len(cached) == len(positions):
             return cached
-        url = self.shards.url(self.shards.manifest.shards[k])
-        if self.last_failed == url:  # the same shard asked for again right away (its next run): skipped once
+        shard = self.shards.manifest.shards[k]
+        url = self.shards.url(shard)
+        if url in self.failed:  # skipped once in this pass (the rest of a shard, its check): not tried again in it
             return None
-        records = self._read(self.shards.manifest.shards[k], k, set(positions))
-        self.last_failed = url if records is None else None
+        if alone and self.shards.index.members is not None:
+            self.opens += 1
+            records = self._skipping(url, lambda: [self.read_alone(k, p, self.member_place(k, p)) for p in positions])
+        else:
+            records = self._read(shard, k, set(positions))
+        if records is None:
+            self.failed.add(url)
         if records is not None:
             for record, position in zip(records, positions):
                 self._remember(position, record)
@@ -111,14 +119,69 @@ class ShardReader:
         except Exception as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(
                 f"{url}: truncated or corrupt shard after {len(seen)} files: {first_line(exc)}")
+            return self._skipping(url, lambda: _raise(error))
+        if checked is not None:  # only now: a shard that failed is checked again when read again
+            checked[[positions[record.key] - lo for record in records]] = True
+        return records
+
+    def _skipping(self, url: str, read: Callable[[], List[FileRecord]]) -> Optional[List[FileRecord]]:
+        """read(), or, when it fails and on_error="warn", None with the error logged and counted."""
+        try:
+            return read()
+        except Exception as exc:
+            error = exc if isinstance(exc, ShardError) else ShardError(f"{url}: {first_line(exc)}")
             if self.on_error == "raise":
                 raise error from None
             self.error_log.skipped(str(error))
             log.warning("skipping: %s", error)
             return None
-        if checked is not None:  # only now: a shard that failed is checked again when read again
-            checked[[positions[record.key] - lo for record in records]] = True
-        return records
+
+    def member_place(self, k: int, position: int) -> Tuple[int, int, Optional[bytes]]:
+        """(first header byte, bytes, blake2b) of the members of the file at `position` in shard k, from the
+        index's member columns, checked to lie inside the shard."""
+        members, shard = self.shards.index.members, self.shards.manifest.shards[k]
+        assert members is not None
+        offset, size = int(members[0][position]), int(members[1][position])
+        if offset < 0 or size < 512 or offset + size > shard.bytes:
+            raise ShardError(f"{self.shards.url(shard)}: the file index places a file at bytes {offset}.."
+                             f"{offset + size} of a shard of {shard.bytes} (edited or mismatched index)")
+        return offset, size, members[2][position].tobytes()
+
+    def read_alone(self, k: int, position: int, place: Tuple[int, int, Optional[bytes]]) -> FileRecord:
+        """The file at `position` of shard k read alone: the byte range `place` gives (first header byte, bytes,
+        blake2b or None), in one pread or range request, checked against the blake2b (with `verify`), then
+        decoded and checked as every file is (decode_file)."""
+        shard = self.shards.manifest.shards[k]
+        url, key = self.shards.url(shard), self.shards.index.keys[position]
+        offset, size, digest = place
+        data = self.shards.storage.read_range(shard.name, offset, size)
+        if len(data) != size:
+            raise ShardError(f"{url}: {len(data)} bytes at byte {offset}, the file index says {key!r} has {size} "
+                             "there (truncated or replaced shard)")
+        if self.verify and digest is not None and not self._unchanged(url, shard) and blake2b(data) != digest:
+            raise ShardError(f"{url}: the bytes of {key!r} disagree with the file index's blake2b (corrupt or "
+                             "replaced shard)")
+        try:
+            samples = list(group_by_keys(tar_members(data, url, whole=False)))
+            if [sample["__key__"] for sample in samples] != [key]:
+                raise ShardError(f"{url}: at byte {offset} the file index places {key!r}, the shard holds "
+                                 f"{[sample['__key__'] for sample in samples][:3]}")
+            return self.decode_file(url, samples[0], position, check_values=True)
+        except ShardError:
+            raise
+        except Exception as exc:  # tar, npy, msgpack and FLAC each raise their own types for garbage
+            raise ShardError(f"{url}: {key!r} at byte {offset}: corrupt: {first_line(exc)}") from None
+
+    def _unchanged(self, url: str, shard: ShardEntry) -> bool:
+        """A local shard whose sha256 passed in this process and whose file has not changed since (as the whole
+        shard is hashed once per process, its files are not checked again one by one; verify="always" does)."""
+        if self.verify == "always" or url not in self.verified:
+            return False
+        try:
+            st = os.stat(url)
+        except (OSError, ValueError):
+            return False
+        return self.verified[url] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, shard.sha256)
 
     def shard_bytes(self, url: str, shard: ShardEntry) -> Tuple[bytes, Optional[Tuple[Any, ...]]]:
         """The whole shard in one read, checked against the manifest's size and (see `verify`) sha256, and the
@@ -242,3 +305,12 @@ def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, .
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
 
+
+
+def blake2b(data: Any) -> bytes:
+    """A file's digest as the index's `member.blake2b` holds it."""
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def _raise(error: Exception) -> List[FileRecord]:
+    raise error

@@ -16,7 +16,7 @@ travel (read ahead in a thread, into a DataLoader's shared slots) is the stream'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from ..rules.order import EpochOrder, Piece
 from .prefetch import read_ahead
 from .records import FileRecord
 
-ReadFiles = Callable[[int, np.ndarray], Optional[List[FileRecord]]]  # (selected shard, selection ids); None: skipped
+# (selected shard, selection ids, each file alone by its byte range?) -> the files; None: the shard was skipped
+ReadFiles = Callable[[int, np.ndarray, bool], Optional[List[FileRecord]]]
 RUN_FILES = 256  # files read at once from one shard, at most (more when one piece needs them)
 
 
@@ -53,33 +54,45 @@ def piece_plan(order: EpochOrder, piece: Piece, bounds: np.ndarray) -> PiecePlan
     edges = order.chunk_file_windows(piece.chunk)
     wanted = np.sort(piece.windows)
     file_of = np.searchsorted(edges, wanted, side="right") - 1
-    used, cuts = np.unique(file_of, return_index=True)
+    cuts = np.flatnonzero(np.diff(file_of, prepend=-1))  # file_of is sorted: where each file's windows begin
+    used = file_of[cuts]
     files = order.files[order.chunk_files[piece.chunk] + used]
     shards = np.searchsorted(bounds, files, side="right") - 1
     return PiecePlan(piece, files, shards, np.append(cuts, len(wanted)), wanted - edges[file_of],
                      np.searchsorted(wanted, piece.windows))
 
 
+PlanFiles = List[Tuple[PiecePlan, Dict[int, Optional[FileRecord]]]]  # plans with their files (None: skipped)
+
+
 def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tuple[int, np.ndarray]],
-               first_alone: bool = True) -> Iterator[List[Tuple[PiecePlan, Dict[int, Optional[FileRecord]]]]]:
+               shard_files: Optional[np.ndarray] = None, first_alone: bool = True) -> Iterator[PlanFiles]:
     """Plans with their files (None: its shard was skipped), in order, a list per read: consecutive pieces on one
     shard are read at once (a shard holds many chunks), up to RUN_FILES files; the first piece alone with
-    `first_alone`, so that the first batch waits for its own files only. Reads that worked go to `done_reads`."""
+    `first_alone`, each of its files by its own byte range, so that the first batch waits for its own files
+    only, not for a whole shard to be read and hashed (unless they are half of it or more: `shard_files`, the
+    files of each shard); their shards are read whole right after, so that every shard still gets its checks.
+    Reads that worked go to `done_reads`."""
     waiting: List[PiecePlan] = []
     run: List[np.ndarray] = []
     run_shard = -1
     held: Dict[int, Optional[FileRecord]] = {}
+    alone_reads: List[Tuple[int, np.ndarray]] = []
 
-    def flush() -> None:
+    def flush(alone: bool = False) -> None:
         if run:
-            ids = np.unique(np.concatenate(run))
-            records = read(run_shard, ids)
-            if records is not None:
+            ids = np.sort(np.concatenate(run))
+            ids = ids[np.diff(ids, prepend=-1) != 0]  # each file once (np.unique would import numpy.ma: 10 ms)
+            alone = alone and (shard_files is None or 2 * len(ids) < shard_files[run_shard])  # else whole is less
+            records = read(run_shard, ids, alone)
+            if alone:
+                alone_reads.append((run_shard, ids))
+            elif records is not None:
                 done_reads.append((run_shard, ids))
             held.update(zip(ids.tolist(), records if records is not None else [None] * len(ids)))
             run.clear()
 
-    def done(plans: List[PiecePlan], current: Optional[PiecePlan] = None) -> List[Tuple[PiecePlan, Dict[int, Any]]]:
+    def done(plans: List[PiecePlan], current: Optional[PiecePlan] = None) -> PlanFiles:
         """The finished plans with their files; files only `current` still needs stay held."""
         out = [(plan, {i: held[i] for i in plan.files.tolist()}) for plan in plans]
         keep = set(current.files.tolist()) if current is not None else set()
@@ -90,7 +103,7 @@ def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tup
     for n, plan in enumerate(plans):
         for j, ids in _shard_runs(plan):
             if j != run_shard or sum(map(len, run)) >= RUN_FILES:
-                flush()
+                flush(alone=n == 0 and first_alone)
                 if waiting:
                     yield done(waiting, plan)
                     waiting = []
@@ -98,9 +111,12 @@ def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tup
             run.append(ids)
         waiting.append(plan)
         if n == 0 and first_alone:
-            flush()
+            flush(alone=True)
             yield done(waiting)
             waiting, run_shard = [], -1
+            for j, ids in alone_reads:  # now the shards those files came from, whole: every shard's checks still
+                if read(j, ids, False) is not None:  # run (a bad one is an error, or skipped in warn mode), and
+                    done_reads.append((j, ids))  # the bytes stay for the next run on that shard (decode.py)
     flush()
     if waiting:
         yield done(waiting)
@@ -123,7 +139,8 @@ def slot_chunks(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray, read:
     (fill_in), so that this worker still yields its planned count and every rank len() items (a rank that yields
     fewer batches hangs the others in their next all-reduce)."""
     done_reads: List[Tuple[int, np.ndarray]] = []
-    reads = read_plans((piece_plan(order, piece, bounds) for piece in order.pieces(ranges)), read, done_reads)
+    reads = read_plans((piece_plan(order, piece, bounds) for piece in order.pieces(ranges)), read, done_reads,
+                       np.diff(bounds))
     lost = 0
     for group in read_ahead(reads) if ahead else reads:
         for plan, records in group:
@@ -162,7 +179,7 @@ def fill_in(done_reads: Sequence[Tuple[int, np.ndarray]], lost: int, read: ReadF
             raise ShardError(f"{where}: every shard of this worker's share was skipped; {lost} windows cannot be "
                              "made up from other files, so this rank would yield fewer batches than len()")
         for k in list(readable):
-            records = read(*done_reads[k])
+            records = read(*done_reads[k], False)
             if records is None:  # it failed this time
                 readable.remove(k)
                 continue

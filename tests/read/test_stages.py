@@ -39,9 +39,9 @@ def _order(shards: int, windows: int = 4, chunk_windows: int = 10, seed: int = 1
 
 def _reader(bad=(), reads=None):
     """read(j, ids) as the dataset's: files `ids` of shard j, whole, in id order (None: a skipped shard)."""
-    def read(j: int, ids: np.ndarray) -> Optional[List[FileRecord]]:
+    def read(j: int, ids: np.ndarray, alone: bool = False) -> Optional[List[FileRecord]]:
         if reads is not None:
-            reads.append((j, ids.tolist()))
+            reads.append((j, ids.tolist(), alone))
         assert all(i // SHARD_FILES == j for i in ids.tolist()) and list(ids) == sorted(ids)
         return None if j in bad else [record(f"f{i}", 4) for i in ids.tolist()]
     return read
@@ -89,16 +89,27 @@ def test_with_nothing_readable_it_says_so():
 
 
 def test_consecutive_chunks_on_one_shard_read_it_once_after_the_first():
-    """A shard holds many chunks: read once for all of them; only the first chunk is read on its own, so that the
-    first batch waits for its own files."""
-    order, reads = _order(3, windows=1, chunk_windows=2), []
+    """A shard holds many chunks: read once for all of them. The first chunk's files are read on their own, each
+    by its byte range, so that the first batch waits for its own files; their shard is then read whole for its
+    checks (the reader keeps those bytes for the next run on it: decode.py)."""
+    order, reads = _order(3, windows=1, chunk_windows=1), []
     plans = [piece_plan(order, piece, np.arange(0, 10, 3)) for piece in order.pieces(np.array([[0, 9]]))]
-    assert len(plans) >= 4
-    groups = list(read_plans(plans, _reader(reads=reads), []))
+    assert len(plans) == 9  # a chunk a file
+    groups = list(read_plans(plans, _reader(reads=reads), [], np.full(3, SHARD_FILES)))
     assert [plan for group in groups for plan, _ in group] == plans
-    first_shard = reads[0][0]
-    assert [j for j, _ in reads[1:]].count(first_shard) <= 1 and len(reads) <= 4
-    assert sorted(i for _, ids in reads for i in ids) == list(range(9))  # each file read once
+    (first_shard, first_ids, alone), (check_shard, check_ids, check_alone) = reads[:2]
+    assert alone and len(first_ids) == 1 and (check_shard, check_ids, check_alone) == (first_shard, first_ids, False)
+    rest = reads[2:]
+    assert [j for j, _, _ in rest] == sorted(set(j for j, _, _ in rest), key=[j for j, _, _ in rest].index)
+    assert sorted(i for _, ids, _ in rest for i in ids) == sorted(set(range(9)) - set(first_ids))  # each once
+    assert not any(a for _, _, a in rest)
+
+
+def test_a_first_chunk_of_half_its_shard_or_more_reads_the_shard_whole():
+    order, reads = _order(3, windows=1, chunk_windows=2), []  # two files of a shard of three
+    plans = [piece_plan(order, piece, np.arange(0, 10, 3)) for piece in order.pieces(np.array([[0, 9]]))]
+    list(read_plans(plans, _reader(reads=reads), [], np.full(3, SHARD_FILES)))
+    assert not any(alone for _, _, alone in reads)
 
 
 # ---------------------------------------------------------------- the cursor

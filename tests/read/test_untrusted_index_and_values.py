@@ -24,7 +24,7 @@ import pytest
 
 from spgdataset import ShardError, SpectrogramDataset, SpgError, write_shards
 from spgdataset.format.features import FeatureConfig
-from spgdataset.format.index import pack_columns
+from spgdataset.format.index import DIGEST_BYTES, pack_columns
 from tests.helpers import NO_MASKS, Shards
 
 FIVE_GIB = 5 << 30
@@ -76,9 +76,20 @@ def poison(shards: Shards, name: str, value: float, update_manifest: bool = True
     before = os.stat(path)
     path.write_bytes(bytes(data))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # another version of the file
-    if update_manifest:
+    if update_manifest:  # as a writer that stored such values would have it: the shard's and the file's digests
         digest = hashlib.sha256(bytes(data)).hexdigest()
         shards.edit_manifest(lambda m: next(s for s in m["shards"] if s["name"] == name).update(sha256=digest))
+        shard = [s["name"] for s in json.loads((shards.folder / "manifest.json").read_text())["shards"]].index(name)
+
+        def file_digest(columns: Dict[str, np.ndarray]) -> None:
+            offsets, sizes = columns["member.offset"], columns["member.bytes"]
+            rows = np.flatnonzero((columns["shard"] == shard) & (offsets <= at) & (at < offsets + sizes))
+            row = int(rows[0])
+            file_bytes = bytes(data[offsets[row] : offsets[row] + sizes[row]])
+            columns["member.blake2b"].reshape(-1, DIGEST_BYTES)[row] = np.frombuffer(
+                hashlib.blake2b(file_bytes, digest_size=DIGEST_BYTES).digest(), dtype=np.uint8)
+
+        edit_columns(shards, file_digest)
 
 
 def first_continued_row(columns: Dict[str, np.ndarray]) -> int:

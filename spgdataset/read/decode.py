@@ -83,13 +83,12 @@ class ShardReader:
         if url in self.failed:  # skipped once in this pass (the rest of a shard, its check): not tried again in it
             return None
         if alone and self.shards.index.members is not None:
-            self.opens += 1
-            records = self._skipping(url, lambda: [self.read_alone(k, p, self.member_place(k, p)) for p in positions])
+            records = self._read_alone(url, k, positions)
         else:
             records = self._read(shard, k, set(positions))
         if records is None:
             self.failed.add(url)
-        if records is not None:
+        else:
             for record, position in zip(records, positions):
                 self._remember(position, record)
         return records
@@ -119,22 +118,27 @@ class ShardReader:
         except Exception as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(
                 f"{url}: truncated or corrupt shard after {len(seen)} files: {first_line(exc)}")
-            return self._skipping(url, lambda: _raise(error))
+            self._skip(error)
+            return None
         if checked is not None:  # only now: a shard that failed is checked again when read again
             checked[[positions[record.key] - lo for record in records]] = True
         return records
 
-    def _skipping(self, url: str, read: Callable[[], List[FileRecord]]) -> Optional[List[FileRecord]]:
-        """read(), or, when it fails and on_error="warn", None with the error logged and counted."""
+    def _read_alone(self, url: str, k: int, positions: Sequence[int]) -> Optional[List[FileRecord]]:
+        """Files `positions` of shard k each by its byte range (read_alone); None when one failed, in warn mode."""
+        self.opens += 1
         try:
-            return read()
+            return [self.read_alone(k, p, self.member_place(k, p)) for p in positions]
         except Exception as exc:
-            error = exc if isinstance(exc, ShardError) else ShardError(f"{url}: {first_line(exc)}")
-            if self.on_error == "raise":
-                raise error from None
-            self.error_log.skipped(str(error))
-            log.warning("skipping: %s", error)
+            self._skip(exc if isinstance(exc, ShardError) else ShardError(f"{url}: {first_line(exc)}"))
             return None
+
+    def _skip(self, error: ShardError) -> None:
+        """Raise `error`, or with on_error="warn" log and count it (the caller then skips the shard)."""
+        if self.on_error == "raise":
+            raise error from None
+        self.error_log.skipped(str(error))
+        log.warning("skipping: %s", error)
 
     def member_place(self, k: int, position: int) -> Tuple[int, int, Optional[bytes]]:
         """(first header byte, bytes, blake2b) of the members of the file at `position` in shard k, from the
@@ -306,11 +310,7 @@ def _file_identity(stream: Any, size: int, sha256: str) -> Optional[Tuple[Any, .
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
 
 
-
 def blake2b(data: Any) -> bytes:
     """A file's digest as the index's `member.blake2b` holds it."""
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 
-
-def _raise(error: Exception) -> List[FileRecord]:
-    raise error

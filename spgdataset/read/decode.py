@@ -82,13 +82,11 @@ class ShardReader:
         url = self.shards.url(shard)
         if url in self.failed:  # skipped once in this pass (the rest of a shard, its check): not tried again in it
             return None
-        if alone and self.shards.index.members is not None:
-            records = self._read_alone(url, k, positions)
-        else:
-            records = self._read(shard, k, set(positions))
+        alone = alone and self.shards.index.members is not None
+        records = self._read_alone(url, k, positions) if alone else self._read(shard, k, set(positions))
         if records is None:
             self.failed.add(url)
-        else:
+        elif not alone:  # files read alone enter the cache with their shard's whole read, once it is checked
             for record, position in zip(records, positions):
                 self._remember(position, record)
         return records

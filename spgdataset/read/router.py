@@ -25,13 +25,12 @@ Stop policies (`stop=`), per worker, in windows:
   most passes dataset i can need in one router epoch, so no pass repeats another one's order.
 
 With `batch_size` (the datasets' batch size, which must agree), each batch holds the next batch_size
-windows of the schedule: the mix is inside every batch, not across batches. A batch is the
-concatenation of slices of the datasets' own batches, grouped by dataset.
+windows of the schedule, grouped by dataset, gathered straight from the datasets' chunks (chunks.take_parts).
 
-Resume (`state_dict()` / `load_state_dict()`): the schedule is replayed to find how many windows each
-dataset had delivered, and each dataset's stream starts at that window without building what is skipped.
-With DataLoader workers, a restarted worker plays the role of the worker whose turn was next (cursor.py),
-so the resumed epoch yields exactly what the uninterrupted one would have, in the same order.
+Resume (`state_dict()` / `load_state_dict()`): the schedule is replayed to find how many windows each dataset
+had delivered, and each dataset's stream starts there without building what is skipped; on the same layout the
+resumed epoch is the uninterrupted one (restarted workers play rotated roles, cursor.py), on another each
+dataset shares out its own rest (dataset_histories, rules/elastic.py).
 """
 
 from __future__ import annotations
@@ -116,6 +115,7 @@ class SpectrogramDatasetRouter(EpochStream):
         self._num_workers = max([ds.num_workers for ds in self.datasets], default=0)
         self.label_vocabulary, maps = merge_vocabularies([ds.label_vocabulary for ds in self.datasets])
         self.label_maps = [torch.from_numpy(m) for m in maps]
+        self.label_kept = [np.array_equal(m, np.arange(len(m))) for m in maps]  # ids already the merged ones
         frame_labels = bool(self.datasets) and self.datasets[0].config.outputs.frame_labels  # all or none (compat)
         lookups = merge_labelmaps([ds.labelmap for ds in self.datasets])[1] if frame_labels else []
         self.frame_label_maps: List[Optional[torch.Tensor]] = [  # None: the dataset's numbers are the merged ones
@@ -338,11 +338,11 @@ class SpectrogramDatasetRouter(EpochStream):
 
     def _tagged(self, batch: Dict[str, Any], parts: Sequence[Part], owners: Sequence[int]) -> Dict[str, Any]:
         """A gathered batch with "dataset", and labels moved into the merged vocabularies, slice by slice."""
-        lengths = torch.tensor([hi - lo for _, lo, hi in parts])
-        batch["dataset"] = torch.repeat_interleave(torch.tensor(owners, dtype=torch.int64), lengths)
+        lengths = [hi - lo for _, lo, hi in parts]
+        batch["dataset"] = torch.from_numpy(np.repeat(np.array(owners, dtype=np.int64), lengths))
         at = 0
-        for n, i in zip(lengths.tolist(), owners):
-            if "label" in batch:
+        for n, i in zip(lengths, owners):
+            if "label" in batch and not self.label_kept[i]:
                 batch["label"][at : at + n] = self.label_maps[i][batch["label"][at : at + n]]
             lookup = self.frame_label_maps[i] if "frame_labels" in batch else None
             if lookup is not None:

@@ -250,11 +250,8 @@ class WindowDataset(Dataset):
             return self.dataset.reader.member_place(k, position)
         lo = int(self.dataset.reader.bounds[k])
         offsets, sizes, digests = self.walked[k] if k in self.walked else self.walk(k, shard)
-        offset, size = int(offsets[position - lo]), int(sizes[position - lo])
-        if offset < 0 or size < 512 or offset + size > shard.bytes:
-            raise ShardError(f"{self.dataset.shards.url(shard)}: the file index places a file at bytes {offset}.."
-                             f"{offset + size} of a shard of {shard.bytes} (edited or mismatched index)")
-        return offset, size, None if digests is None else digests[position - lo].tobytes()
+        return self.dataset.reader.checked_place(k, int(offsets[position - lo]), int(sizes[position - lo]),
+                                                 None if digests is None else digests[position - lo].tobytes())
 
     def walk(self, k: int, shard: ShardEntry) -> Places:
         """Where each file of shard k lies and (with `verify`) its blake2b, for a set written without them: the

@@ -36,17 +36,6 @@ def batch_size_of(batch: Dict[str, Any]) -> int:
     return len(batch["key"])
 
 
-def batch_rows(batch: Dict[str, Any], lo: int, hi: int) -> Dict[str, Any]:
-    """Windows lo..hi of a batch (views); the batch itself when that is all of it."""
-    if lo == 0 and hi == batch_size_of(batch):
-        return batch
-
-    def cut(value: Any) -> Any:
-        return {k: cut(v) for k, v in value.items()} if isinstance(value, dict) else value[lo:hi]
-
-    return {name: cut(value) for name, value in batch.items()}
-
-
 def split_batch(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Per-window dicts (own memory, so a DataLoader can collate and send them safely)."""
     def pick(value: Any, i: int) -> Any:

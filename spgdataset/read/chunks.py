@@ -178,6 +178,28 @@ def _gathered(parts: Sequence[Part], name: str, starts: Callable[[Chunk], torch.
     return out
 
 
+class ChunkTaker:
+    """Any number of windows at a time out of a stream of chunks, as (chunk, lo, hi) parts."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self.chunks, self.pos = chunks, 0
+        self.chunk: Optional[Chunk] = None
+
+    def take(self, n: int) -> List[Part]:
+        """Parts totalling n windows (fewer only when the stream ends)."""
+        parts: List[Part] = []
+        while n > 0:
+            if self.chunk is None or self.pos >= self.chunk.count:
+                self.chunk, self.pos = next(self.chunks, None), 0
+                if self.chunk is None:
+                    break
+            m = min(n, self.chunk.count - self.pos)
+            parts.append((self.chunk, self.pos, self.pos + m))
+            self.pos += m
+            n -= m
+        return parts
+
+
 def per_window_normalised(x: torch.Tensor) -> torch.Tensor:
     """normalize="window": each window of a (B, n_mels, W) batch to zero mean and unit deviation on its own."""
     return (x - x.mean(dim=(1, 2), keepdim=True)) / (x.std(dim=(1, 2), keepdim=True) + 1e-5)

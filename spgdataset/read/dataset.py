@@ -291,7 +291,7 @@ class SpectrogramDataset(EpochStream):
     def epoch_order(self, epoch: int) -> EpochOrder:
         """The canonical order of `epoch` (rules/order.py), kept for the epoch being read."""
         batching, selection = self.config.batching, self.selection
-        key = (epoch, id(selection), batching)
+        key = (epoch, batching)  # set_batching changes the ramp's first chunk; the selection is fixed at construction
         if self._order is None or self._order[0] != key:
             order = epoch_order(selection.bounds, selection.counts, batching.seed, epoch, batching.shuffle,
                                 batching.file_buffer, batching.shuffle_buffer, first_chunk_windows(batching.batch_size),

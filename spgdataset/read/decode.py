@@ -141,13 +141,19 @@ class ShardReader:
     def member_place(self, k: int, position: int) -> Tuple[int, int, Optional[bytes]]:
         """(first header byte, bytes, blake2b) of the members of the file at `position` in shard k, from the
         index's member columns, checked to lie inside the shard."""
-        members, shard = self.shards.index.members, self.shards.manifest.shards[k]
+        members = self.shards.index.members
         assert members is not None
-        offset, size = int(members[0][position]), int(members[1][position])
+        return self.checked_place(k, int(members[0][position]), int(members[1][position]),
+                                  members[2][position].tobytes())
+
+    def checked_place(self, k: int, offset: int, size: int,
+                      digest: Optional[bytes]) -> Tuple[int, int, Optional[bytes]]:
+        """(offset, size, digest) of a file in shard k, once its byte range is known to lie inside the shard."""
+        shard = self.shards.manifest.shards[k]
         if offset < 0 or size < 512 or offset + size > shard.bytes:
             raise ShardError(f"{self.shards.url(shard)}: the file index places a file at bytes {offset}.."
                              f"{offset + size} of a shard of {shard.bytes} (edited or mismatched index)")
-        return offset, size, members[2][position].tobytes()
+        return offset, size, digest
 
     def read_alone(self, k: int, position: int, place: Tuple[int, int, Optional[bytes]]) -> FileRecord:
         """The file at `position` of shard k read alone: the byte range `place` gives (first header byte, bytes,

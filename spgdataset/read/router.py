@@ -46,8 +46,7 @@ import torch
 from ..rules.framelabels import merge_labelmaps
 from ..rules.labels import merge_vocabularies
 from ..rules.elastic import Stage
-from .batches import batch_size_of
-from .chunks import Chunk, Part, take_parts
+from .chunks import Chunk, ChunkTaker, Part, take_parts
 from .compat import agreed, check_compatible, check_labels, check_windows, where
 from .dataset import SpectrogramDataset
 from .errorlog import SharedErrorLog
@@ -262,7 +261,7 @@ class SpectrogramDatasetRouter(EpochStream):
         taken, ids = skip_schedule(schedule(self.weights, plan.phases, plan.limits, plan.total), skip_windows,
                                    len(self.datasets))
         inner, size = transport.inner(), self.batch_size
-        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner, histories[i], size)
+        streams = [self._passes(i, plan, epoch, worker, num_workers, int(taken[i]), inner, histories[i], bool(size))
                    for i in range(len(self.datasets))]
         drop_last = self.drop_last if drop_last is None else drop_last
         items = self._batches(ids, streams, size, drop_last, transport) if size else self._windows(ids, streams)
@@ -273,7 +272,7 @@ class SpectrogramDatasetRouter(EpochStream):
                 stream.close()
 
     def _passes(self, i: int, plan: WorkerPlan, epoch: int, worker: int, num_workers: int, skip: int,
-                transport: Transport, history: Sequence[Stage], chunks: Optional[int]) -> Generator[Any, None, None]:
+                transport: Transport, history: Sequence[Stage], chunks: bool) -> Generator[Any, None, None]:
         """Dataset i's items (its chunks, with `chunks`, when batches are gathered from them) in this worker from
         window `skip` of the schedule on: one pass, or pass after pass at dataset epochs epoch * P_i + p for
         "resample"."""
@@ -295,15 +294,19 @@ class SpectrogramDatasetRouter(EpochStream):
             if not yielded:  # a pass with nothing in it (e.g. every shard skipped): do not loop forever
                 return
 
-    def _tag(self, item: Dict[str, Any], i: int, batched: bool) -> Dict[str, Any]:
-        """Say which dataset the windows came from and move their labels into the merged vocabulary."""
-        item = dict(item)
-        item["dataset"] = torch.full((batch_size_of(item),), i, dtype=torch.int64) if batched else i
-        if "label" in item:
-            item["label"] = self.label_maps[i][item["label"]]
-        lookup = self.frame_label_maps[i] if "frame_labels" in item else None
-        if lookup is not None:
-            item["frame_labels"] = lookup[item["frame_labels"]]
+    def _lookup(self, i: int, name: str) -> Optional[torch.Tensor]:
+        """What moves dataset i's "label" or "frame_labels" numbers into the merged ones (None: they are already)."""
+        if name == "label":
+            return None if self.label_kept[i] else self.label_maps[i]
+        return self.frame_label_maps[i]
+
+    def _tag(self, item: Dict[str, Any], i: int) -> Dict[str, Any]:
+        """Say which dataset a single window came from and move its labels into the merged vocabularies."""
+        item = dict(item, dataset=i)
+        for name in ("label", "frame_labels"):
+            lookup = self._lookup(i, name) if name in item else None
+            if lookup is not None:
+                item[name] = lookup[item[name]]
         return item
 
     def _windows(self, ids: Iterator[np.ndarray],
@@ -314,7 +317,7 @@ class SpectrogramDatasetRouter(EpochStream):
                 if item is None:
                     ran_out(self.datasets[i], i)
                     return
-                yield self._tag(item, i, batched=False)
+                yield self._tag(item, i)
 
     def _batches(self, ids: Iterator[np.ndarray], streams: Sequence[Iterator[Chunk]], size: int, drop_last: bool,
                  transport: Transport) -> Iterator[Dict[str, Any]]:
@@ -342,11 +345,10 @@ class SpectrogramDatasetRouter(EpochStream):
         batch["dataset"] = torch.from_numpy(np.repeat(np.array(owners, dtype=np.int64), lengths))
         at = 0
         for n, i in zip(lengths, owners):
-            if "label" in batch and not self.label_kept[i]:
-                batch["label"][at : at + n] = self.label_maps[i][batch["label"][at : at + n]]
-            lookup = self.frame_label_maps[i] if "frame_labels" in batch else None
-            if lookup is not None:
-                batch["frame_labels"][at : at + n] = lookup[batch["frame_labels"][at : at + n]]
+            for name in ("label", "frame_labels"):
+                lookup = self._lookup(i, name) if name in batch else None
+                if lookup is not None:
+                    batch[name][at : at + n] = lookup[batch[name][at : at + n]]
             at += n
         return batch
 
@@ -371,28 +373,6 @@ def _checked_epoch_length(stop: str, epoch_length: Optional[int]) -> Optional[in
         raise ValueError(f"epoch_length is only for stop='resample'; with stop={stop!r} the epoch ends "
                          "when the datasets run out")
     return None
-
-
-class ChunkTaker:
-    """Any number of windows at a time out of a stream of chunks, as (chunk, lo, hi) parts."""
-
-    def __init__(self, chunks: Iterator[Chunk]) -> None:
-        self.chunks, self.pos = chunks, 0
-        self.chunk: Optional[Chunk] = None
-
-    def take(self, n: int) -> List[Part]:
-        """Parts totalling n windows (fewer only when the stream ends)."""
-        parts: List[Part] = []
-        while n > 0:
-            if self.chunk is None or self.pos >= self.chunk.count:
-                self.chunk, self.pos = next(self.chunks, None), 0
-                if self.chunk is None:
-                    break
-            m = min(n, self.chunk.count - self.pos)
-            parts.append((self.chunk, self.pos, self.pos + m))
-            self.pos += m
-            n -= m
-        return parts
 
 
 def ran_out(ds: SpectrogramDataset, i: int) -> None:

@@ -60,7 +60,7 @@ def iterate_windows(
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads > 1 else None
     chunks: Iterator[Chunk] = built_chunks(inputs, spec, memory or ChunkMemory())
     if pool is not None:  # the next chunk is built while the pool gathers the batches of this one
-        chunks = read_ahead(one_thread(chunks), depth=1)
+        chunks = read_ahead(one_thread(chunks), depth=1, name="chunks")
     try:
         for chunk in chunks:
             ranges, pos = [], 0

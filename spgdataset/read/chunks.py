@@ -22,10 +22,15 @@ from .transport import OutputTensors
 
 
 class Chunk:
-    """Several files laid end to end in one tensor, plus the references of their windows."""
+    """Several files laid end to end in one tensor, plus the references of their windows.
+
+    It keeps the files' keys, paths and metadata, not the files: their spectrograms are views of the shards'
+    bytes, which are released (and their buffers reused, decode.read_reusing) once the chunk is built."""
 
     def __init__(self, files: List[FileRecord], spec: WindowSpec, memory: Optional[ChunkMemory] = None) -> None:
-        self.files, self.spec = files, spec
+        self.spec = spec
+        self.keys, self.paths = [f.key for f in files], [f.path for f in files]
+        self.metadata = [f.metadata for f in files]
         self.memory = memory or ChunkMemory(keep=0)
         W = spec.window
         lengths = np.array([max(f.frames, W) for f in files], dtype=np.int64)
@@ -37,18 +42,18 @@ class Chunk:
         self.file_start = np.concatenate([f.starts + f.offset for f in files]) if files else np.zeros(0, np.int64)
         self.global_start = torch.from_numpy(self.local_start + offsets[self.file_of])
         self.count = int(counts.sum())
-        self.data = self._spectrograms(offsets, lengths) if spec.spectrogram else None
-        self.masks = {name: self._mask(offsets, name) for name in spec.masks}
+        self.data = self._spectrograms(files, offsets, lengths) if spec.spectrogram else None
+        self.masks = {name: self._mask(files, offsets, name) for name in spec.masks}
         if spec.valid_mask:
             valid = np.zeros(self.total, dtype=bool)
             for f, off in zip(files, offsets):
                 valid[off : off + f.frames] = True
             self.masks["valid"] = torch.from_numpy(valid)
-        self.audio = self._audio(offsets) if spec.audio else None
-        self.frame_labels = self._frame_labels(offsets) if spec.frame_labels else None
+        self.audio = self._audio(files, offsets) if spec.audio else None
+        self.frame_labels = self._frame_labels(files, offsets) if spec.frame_labels else None
         self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
 
-    def _spectrograms(self, offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+    def _spectrograms(self, files: List[FileRecord], offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
         """The chunk's frames in one tensor of the output dtype, normalised once here, not per window.
 
         Converting float16 -> float32 per frame here (once) rather than per window in each batch
@@ -60,7 +65,7 @@ class Chunk:
         data = self.memory.empty((spec.n_mels, self.total), hold)
         with warnings.catch_warnings():  # views of immutable tar bytes: read-only is fine, we only read
             warnings.simplefilter("ignore", UserWarning)
-            for f, off, length in zip(self.files, offsets, lengths):
+            for f, off, length in zip(files, offsets, lengths):
                 data[:, off : off + f.frames].copy_(torch.from_numpy(f.spec))
                 if length > f.frames:
                     data[:, off + f.frames : off + length].fill_(spec.pad_value)
@@ -68,27 +73,27 @@ class Chunk:
             data.sub_(spec.mean[:, None]).div_(spec.std[:, None])
         return data
 
-    def _mask(self, offsets: np.ndarray, name: str) -> torch.Tensor:
+    def _mask(self, files: List[FileRecord], offsets: np.ndarray, name: str) -> torch.Tensor:
         mask = np.zeros(self.total, dtype=bool)
-        for f, off in zip(self.files, offsets):
+        for f, off in zip(files, offsets):
             spans = f.intervals.get(name)
             if spans:
                 mask[off : off + f.frames] = interval_mask(spans, f.frames, self.spec.hop_length)
         return torch.from_numpy(mask)
 
-    def _frame_labels(self, offsets: np.ndarray) -> torch.Tensor:
+    def _frame_labels(self, files: List[FileRecord], offsets: np.ndarray) -> torch.Tensor:
         """The files' frame labels end to end (int64), 0 on the padding of a short file, as masks are False there."""
         labels = np.zeros(self.total, dtype=np.int64)
-        for f, off in zip(self.files, offsets):
+        for f, off in zip(files, offsets):
             if f.frame_labels is None:
                 raise ValueError(f"{f.path}: decoded without its frame labels")
             labels[off : off + f.frames] = f.frame_labels
         return torch.from_numpy(labels)
 
-    def _audio(self, offsets: np.ndarray) -> torch.Tensor:
+    def _audio(self, files: List[FileRecord], offsets: np.ndarray) -> torch.Tensor:
         hop = self.spec.hop_length
         audio = np.zeros((self.total + 1) * hop, dtype=np.float32)
-        for f, off in zip(self.files, offsets):
+        for f, off in zip(files, offsets):
             if f.audio is None:
                 raise ValueError(f"{f.path}: decoded without its audio")
             samples = f.audio[: (f.frames + 1) * hop]
@@ -106,9 +111,9 @@ class Chunk:
         self.window_local = torch.from_numpy(self.file_start[order])  # the start in the recording, as items report it
         self.window_labels = self.labels[torch.from_numpy(files)]
         picked = files.tolist()
-        self.window_keys = [self.files[i].key for i in picked]
-        self.window_paths = [self.files[i].path for i in picked]
-        self.window_meta = {k: [self.files[i].metadata.get(k) for i in files.tolist()] for k in self.spec.meta}
+        self.window_keys = [self.keys[i] for i in picked]
+        self.window_paths = [self.paths[i] for i in picked]
+        self.window_meta = {k: [self.metadata[i].get(k) for i in picked] for k in self.spec.meta}
 
     def take(self, lo: int, hi: int, outputs: OutputTensors) -> Dict[str, Any]:
         """Windows lo..hi of the arranged order, as one batch dict."""
@@ -207,7 +212,8 @@ def per_window_normalised(x: torch.Tensor) -> torch.Tensor:
 
 def built_chunks(inputs: Iterable[ChunkInput], spec: WindowSpec, memory: ChunkMemory) -> Iterator[Chunk]:
     """Each chunk laid out and put in its order (stages.py decides which files and which order)."""
-    for files, order in inputs:
-        chunk = Chunk(files, spec, memory)
-        chunk.arrange(order)
+    for item in inputs:
+        chunk = Chunk(item.records, spec, memory)
+        chunk.arrange(item.order)
+        del item  # its files are views of shard bytes, whose buffer is reused once nothing refers to it
         yield chunk

@@ -9,7 +9,7 @@ epoch-stream protocol it implements (stream.py) adds what a DataLoader needs.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import inspect
 import os
@@ -20,12 +20,11 @@ import numpy as np
 import torch
 
 from ..errors import ShardError
-from ..format.features import FeatureConfig
 from ..format.index import BadIndex
 from ..rules import elastic
 from ..rules.elastic import Stage
 from ..rules.order import EpochOrder, epoch_order
-from ..rules.windows import WindowRule, kept_starts
+from ..rules.windows import kept_starts
 from .access import WindowDataset
 from .batching import chunk_plan, first_chunk_windows, iterate_windows
 from .chunks import Chunk, built_chunks
@@ -34,19 +33,20 @@ from .decode import ShardReader
 from .errorlog import SharedErrorLog
 from .framelabels import frame_labeller, labelmap_of
 from .memory import ChunkMemory
-from .options import DatasetArguments, DatasetConfig
+from .nextepoch import NextEpoch
+from .options import ConfigValues, DatasetArguments, DatasetConfig
 from .records import FileRecord, WindowSpec, window_spec
 from .reference import build, is_reference_call, take_positions
 from .selection import Selection, select
 from .source import ShardSet, Source, open_source
-from .stages import ChunkInput, slot_chunks
+from .stages import ChunkInput, first_reads, slot_chunks
 from .states import DATASET_FIELDS
 from .stream import EpochStream, Items
 from .summary import Summary, all_windows, no_window_reason, one_line, summarize
 from .transport import PLAIN, Transport
 
 
-class SpectrogramDataset(EpochStream):
+class SpectrogramDataset(ConfigValues, EpochStream):
     """Sliding windows over the spectrograms of a shard set, with their masks, labels and metadata.
 
     Iterating yields one dict per window, or with `batch_size` one dict of stacked tensors per batch (the fast
@@ -158,8 +158,9 @@ class SpectrogramDataset(EpochStream):
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, self.config.outputs.audio,
                                   self.config.reading, self.error_log, frame_labeller(self.shards, self.config))
         self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
+        self._next = (os.getpid(), NextEpoch())  # the next epoch's first files, read while this one drains
         self._windows_digest: Optional[str] = None
-        self._order: Optional[Tuple[Tuple[Any, ...], EpochOrder]] = None  # the last epoch's order, with its key
+        self._orders: Dict[Tuple[Any, ...], EpochOrder] = {}  # the last two epochs' orders, by (epoch, batching)
 
     def _select(self) -> Selection:
         """The subset's files and window counts, from the index columns (selection.py)."""
@@ -173,75 +174,13 @@ class SpectrogramDataset(EpochStream):
     def _label_id(self, position: int) -> int:
         return int(self._label_ids[position]) if self._label_ids is not None else -1
 
-    # ------------------------------------------------------------ the configuration's values most asked for
-
-    @property
-    def features(self) -> FeatureConfig:
-        """The shard set's feature parameters (sample_rate, hop_length, n_mels, n_fft, kind, ...)."""
-        return self.config.features
-
-    @property
-    def rule(self) -> WindowRule:
-        return self.config.rule
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.features.sample_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.rule.hop_length
-
-    @property
-    def n_mels(self) -> int:
-        return self.config.features.n_mels
-
-    @property
-    def window(self) -> int:
-        """Frames of a window."""
-        return self.config.rule.window
-
-    @property
-    def step(self) -> int:
-        """Frames between window starts."""
-        return self.config.rule.step
-
-    @property
-    def label_key(self) -> Optional[str]:
-        return self.config.outputs.label
+    # ------------------------------------------------------------ sizes and plans
 
     @property
     def labelmap(self) -> Dict[str, int]:
         """What frame labels' numbers mean: "background" 0, the labelset or interval names sorted from 1."""
         return labelmap_of(self.shards)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.config.reading.dtype
-
-    @property
-    def batch_size(self) -> Optional[int]:
-        return self.config.batching.batch_size
-
-    @property
-    def num_workers(self) -> int:
-        return self.config.batching.num_workers
-
-    @property
-    def drop_last(self) -> bool:
-        return self.config.batching.drop_last
-
-    @property
-    def batch_threads(self) -> int:
-        return self.config.batching.batch_threads
-
-    def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
-        batching = self.config.batching
-        changed = dataclasses.replace(batching, batch_size=batching.batch_size if batch_size is None else batch_size,
-                                      num_workers=batching.num_workers if num_workers is None else num_workers)
-        self.config = dataclasses.replace(self.config, batching=changed)
-
-    # ------------------------------------------------------------ sizes and plans
 
     @property
     def rank_world(self) -> Tuple[int, int]:
@@ -292,12 +231,13 @@ class SpectrogramDataset(EpochStream):
         """The canonical order of `epoch` (rules/order.py), kept for the epoch being read."""
         batching, selection = self.config.batching, self.selection
         key = (epoch, batching)  # set_batching changes the ramp's first chunk; the selection is fixed at construction
-        if self._order is None or self._order[0] != key:
+        order = self._orders.get(key)
+        if order is None:  # (also made in the background for the next epoch: nextepoch.py)
             order = epoch_order(selection.bounds, selection.counts, batching.seed, epoch, batching.shuffle,
                                 batching.file_buffer, batching.shuffle_buffer, first_chunk_windows(batching.batch_size),
                                 fixed_shards=self.config.reading.max_memory_cache > 0)
-            self._order = (key, order)
-        return self._order[1]
+            self._orders = dict(list(self._orders.items())[-1:] + [(key, order)])
+        return order
 
     def plan_epoch(self, epoch: int, worker: int = 0, num_workers: int = 1,
                    history: Sequence[Stage] = ()) -> np.ndarray:
@@ -331,13 +271,40 @@ class SpectrogramDataset(EpochStream):
         ranges = self.plan_epoch(epoch, worker, num_workers, history)
         ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
         self.reader.new_pass()
-        return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read,
-                           self.error_log.filled, self.shards.root, transport.shards_ahead)
+        local = self.shards.storage.local  # shards ahead: local ones named to the kernel, remote ones in a thread
+        hint = (lambda j: self.shards.will_read(self.selection.shards[j])) if transport.shards_ahead and local else None
+        return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read, self.error_log.filled,
+                           self.shards.root, transport.shards_ahead and not local, hint)
 
     def _read(self, j: int, ids: np.ndarray, alone: bool = False) -> Optional[List[FileRecord]]:
         """Files `ids` (selection ids, ascending) of selected shard j (None: the shard was skipped); `alone`: each
-        by its own byte range (decode.py)."""
-        return self.reader.read(self.selection.shards[j], self.selection.files[ids].tolist(), alone)
+        by its own byte range (decode.py), or as read ahead of this epoch (nextepoch.py)."""
+        next_epoch = self._next_epoch()
+        with next_epoch.lock:  # after the background reading of this epoch's first files, if any
+            records = next_epoch.take(j, ids) if alone else None
+            if records is None:
+                records = self.reader.read(self.selection.shards[j], self.selection.files[ids].tolist(), alone)
+            return records
+
+    def after_epoch(self, epoch: int, worker: int, num_workers: int) -> None:
+        """The epoch most likely next, its order and this worker's first files, prepared in the background."""
+        if self.shards.index.members is not None:
+            next_epoch = self._next_epoch()
+            next_epoch.prepare(lambda e: self._first_reads(e, worker, num_workers), next_epoch.guesses(epoch))
+
+    def _first_reads(self, epoch: int, worker: int, num_workers: int) -> Iterator[Tuple[int, np.ndarray, Any]]:
+        """The reads of single files that start `epoch` for this worker (stages.first_reads), not cached ones."""
+        reader, selection = self.reader, self.selection
+        for j, ids in first_reads(self.epoch_order(epoch), self.plan_epoch(epoch, worker, num_workers),
+                                  selection.bounds):
+            k, positions = int(selection.shards[j]), selection.files[ids].tolist()
+            if not all(p in reader.cache for p in positions):
+                yield j, ids, functools.partial(reader.files_alone, k, positions)
+
+    def _next_epoch(self) -> NextEpoch:
+        if self._next[0] != os.getpid():  # a forked worker: not the parent's (its lock may be held by a thread)
+            self._next = (os.getpid(), NextEpoch())
+        return self._next[1]
 
     def _chunk_memory(self) -> ChunkMemory:
         """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""

@@ -134,3 +134,71 @@ class DatasetConfig:
     batching: Batching
     reading: Reading
     placement: Placement
+
+
+class ConfigValues:
+    """The configuration's values most asked for, as properties of the dataset (and `set_batching`, the one
+    change a dataset makes to its configuration: what its loader asks for)."""
+
+    config: DatasetConfig
+
+    @property
+    def features(self) -> FeatureConfig:
+        """The shard set's feature parameters (sample_rate, hop_length, n_mels, n_fft, kind, ...)."""
+        return self.config.features
+
+    @property
+    def rule(self) -> WindowRule:
+        return self.config.rule
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.features.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.rule.hop_length
+
+    @property
+    def n_mels(self) -> int:
+        return self.config.features.n_mels
+
+    @property
+    def window(self) -> int:
+        """Frames of a window."""
+        return self.config.rule.window
+
+    @property
+    def step(self) -> int:
+        """Frames between window starts."""
+        return self.config.rule.step
+
+    @property
+    def label_key(self) -> Optional[str]:
+        return self.config.outputs.label
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.config.reading.dtype
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return self.config.batching.batch_size
+
+    @property
+    def num_workers(self) -> int:
+        return self.config.batching.num_workers
+
+    @property
+    def drop_last(self) -> bool:
+        return self.config.batching.drop_last
+
+    @property
+    def batch_threads(self) -> int:
+        return self.config.batching.batch_threads
+
+    def set_batching(self, batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> None:
+        batching = self.config.batching
+        changed = dataclasses.replace(batching, batch_size=batching.batch_size if batch_size is None else batch_size,
+                                      num_workers=batching.num_workers if num_workers is None else num_workers)
+        self.config = dataclasses.replace(self.config, batching=changed)

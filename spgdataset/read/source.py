@@ -58,6 +58,10 @@ class ShardSet:
         """A stream over one of the shards (from the S3 cache when one is configured and holds it)."""
         return self.storage.open_shard(shard.name, shard.bytes, shard.sha256)
 
+    def will_read(self, k: int) -> None:
+        """Manifest shard k is read next: a local one is read into the page cache meanwhile (Storage.will_read)."""
+        self.storage.will_read(self.manifest.shards[k].name)
+
     def __getstate__(self) -> Dict[str, Any]:
         """For a spawned DataLoader worker: a memory-mapped index travels as its path and is mapped again
         there (not pickled as a copy); the storage travels with its settings."""

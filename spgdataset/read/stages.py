@@ -5,6 +5,7 @@
     -> Piece                   the chunks' windows the ranges cover, in order (EpochOrder.pieces)
     -> piece_plan              which files of which shard each piece needs
     -> read_plans              each run of pieces on one shard read at once (decode.py), a run ahead in a thread
+                               (remote shards), or the next shard named to the kernel (local ones: `hinted`)
     -> chunk_inputs            a piece's files, cut to its windows, and the order to yield them in; windows of
                                skipped shards made up at the end (fill_in)
     -> batching.iterate_windows  chunks laid end to end, batches by one gather each
@@ -81,9 +82,8 @@ def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tup
 
     def flush(alone: bool = False) -> None:
         if run:
-            ids = np.sort(np.concatenate(run))
-            ids = ids[np.diff(ids, prepend=-1) != 0]  # each file once (np.unique would import numpy.ma: 10 ms)
-            alone = alone and (shard_files is None or 2 * len(ids) < shard_files[run_shard])  # else whole is less
+            ids = distinct(np.concatenate(run))
+            alone = alone and few(ids, run_shard, shard_files)
             records = read(run_shard, ids, alone)
             if alone:
                 alone_reads.append((run_shard, ids))
@@ -122,6 +122,28 @@ def read_plans(plans: Iterable[PiecePlan], read: ReadFiles, done_reads: List[Tup
         yield done(waiting)
 
 
+def first_reads(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray) -> List[Tuple[int, np.ndarray]]:
+    """(shard, selection ids) of the reads of single files that start ranges `ranges` (read_plans): the first
+    piece's files, shard by shard, where they are few. What nextepoch.py reads ahead of an epoch."""
+    piece = next(order.pieces(ranges), None)
+    if piece is None:
+        return []
+    runs = [(j, distinct(ids)) for j, ids in _shard_runs(piece_plan(order, piece, bounds))]
+    return [(j, ids) for j, ids in runs if few(ids, j, np.diff(bounds))]
+
+
+def few(ids: np.ndarray, j: int, shard_files: Optional[np.ndarray]) -> bool:
+    """Whether files `ids` of shard j are read each by its own byte range: fewer than half of the shard's (else
+    reading the shard whole is less; with `shard_files` None, always)."""
+    return shard_files is None or 2 * len(ids) < shard_files[j]
+
+
+def distinct(ids: np.ndarray) -> np.ndarray:
+    """`ids` sorted, each once (np.unique would import numpy.ma: 10 ms before the first batch)."""
+    ids = np.sort(ids)
+    return ids[np.diff(ids, prepend=-1) != 0]
+
+
 def _shard_runs(plan: PiecePlan) -> Iterator[Tuple[int, np.ndarray]]:
     """(shard, selection ids) of a plan's files, shard run by shard run (a chunk's files are shard by shard)."""
     if not len(plan.files):
@@ -133,23 +155,42 @@ def _shard_runs(plan: PiecePlan) -> Iterator[Tuple[int, np.ndarray]]:
 
 def slot_chunks(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray, read: ReadFiles,
                 filled: Callable[[int], None] = lambda n: None, where: str = "",
-                ahead: bool = True) -> Iterator[ChunkInput]:
+                ahead: bool = True, will_read: Optional[Callable[[int], None]] = None) -> Iterator[ChunkInput]:
     """What a worker yields of ranges `ranges` of the epoch's order, chunk by chunk, the reads a run ahead in a
-    thread (`ahead`). A shard skipped in warn mode leaves its windows out; they are made up at the end
-    (fill_in), so that this worker still yields its planned count and every rank len() items (a rank that yields
-    fewer batches hangs the others in their next all-reduce)."""
+    thread (`ahead`), or each shard named to `will_read` before it is read (see `hinted`). A shard skipped in warn
+    mode leaves its windows out; they are made up at the end (fill_in), so that this worker still yields its
+    planned count and every rank len() items (a rank that yields fewer batches hangs the others in their next
+    all-reduce)."""
+    if will_read is not None:
+        read = hinted(read, order, will_read)
     done_reads: List[Tuple[int, np.ndarray]] = []
     reads = read_plans((piece_plan(order, piece, bounds) for piece in order.pieces(ranges)), read, done_reads,
                        np.diff(bounds))
     lost = 0
-    for group in read_ahead(reads) if ahead else reads:
-        for plan, records in group:
-            chunk, missing = assemble(plan, records)
+    for group in read_ahead(reads, name="shards") if ahead else reads:
+        while group:  # files are views of their shard's bytes: none is held on to once its chunk is yielded
+            chunk, missing = assemble(*group.pop(0))  # (decode.read_reusing reuses a shard buffer once free)
             lost += missing
             if len(chunk.order):
                 yield chunk
+            del chunk
     if lost:
         yield from fill_in(done_reads, lost, read, filled, where)
+
+
+def hinted(read: ReadFiles, order: EpochOrder, will_read: Callable[[int], None]) -> ReadFiles:
+    """`read`, each read followed by `will_read` of the shard read next: the shard itself after some of its
+    files were read alone (it is read whole right after), else the next one in the epoch's order. For local
+    shards: the kernel reads the next one from disk while this one's batches are built, with no thread of ours."""
+
+    def read_then_name_the_next(j: int, ids: np.ndarray, alone: bool) -> Optional[List[FileRecord]]:
+        records = read(j, ids, alone)
+        following = j if alone else order.shard_after(j)
+        if following is not None:
+            will_read(following)
+        return records
+
+    return read_then_name_the_next
 
 
 def assemble(plan: PiecePlan, records: Dict[int, Optional[FileRecord]]) -> Tuple[ChunkInput, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import IterableDataset
@@ -165,7 +165,12 @@ class EpochStream(IterableDataset):
         transport = self.transport(in_worker, ring, worker)
         items = self.iter_epoch(epoch, role, num_workers, skip * (self.batch_size or 1), transport=transport,
                                 history=self.history(epoch))
+        items = _then(items, lambda: self.after_epoch(epoch, worker, num_workers))
         return self.cursor.track(transport.deliver(items), epoch, counting=not in_worker)
+
+    def after_epoch(self, epoch: int, worker: int, num_workers: int) -> None:
+        """Called once worker `worker` of `num_workers` has built the last item of `epoch` (not when the loop was
+        left early), while those items still drain: a stream may prepare the next epoch here."""
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         return self.stream()
@@ -205,3 +210,9 @@ class EpochStream(IterableDataset):
         state_dict()/load_state_dict() to resume mid-epoch. The given batch size and worker count become this
         stream's (`set_batching`)."""
         return make_loader(self, batch_size, num_workers, pin_memory, persistent_workers, **kwargs)
+
+
+def _then(items: Items, done: Callable[[], None]) -> Items:
+    """`items`, then `done()` once they ran out (not when closed early)."""
+    yield from items
+    done()

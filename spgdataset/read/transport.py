@@ -24,7 +24,8 @@ from .ring import BatchRing
 class Transport:
     """`in_worker`: items go to another process (shared memory; `ring`'s slots of worker `ring_worker`).
     `batch_threads`: threads gathering a chunk's batches. `read_ahead`: items built ahead in a thread (0: none,
-    the caller's thread builds them). `shards_ahead`: the next shard read in a thread while this one is used."""
+    the caller's thread builds them). `shards_ahead`: the next shard read while this one is used (remote: in a
+    thread; local: by the kernel, told which one comes next)."""
 
     in_worker: bool = False
     ring: Optional[BatchRing] = None
@@ -47,7 +48,7 @@ class Transport:
     def deliver(self, items: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         """`items` carried as this transport says: read ahead in a thread, packed into ring slots."""
         if self.read_ahead:
-            items = read_ahead(one_thread(items), depth=self.read_ahead)
+            items = read_ahead(one_thread(items), depth=self.read_ahead, name="batches")
         return hand_off(items, self.ring)
 
 

@@ -45,10 +45,20 @@ class EpochOrder:
     seed: int
     epoch: int
     shuffle: bool
+    shards: np.ndarray
+    _rank: Optional[np.ndarray] = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def total(self) -> int:
         return int(self.chunk_starts[-1])
+
+    def shard_after(self, shard: int) -> Optional[int]:
+        """The shard whose files come after those of `shard` (None: it is the last): what is read next."""
+        if self._rank is None:
+            self._rank = np.empty(len(self.shards), dtype=np.int64)
+            self._rank[self.shards] = np.arange(len(self.shards))
+        rank = int(self._rank[shard]) + 1
+        return int(self.shards[rank]) if rank < len(self.shards) else None
 
     def permutation(self, chunk: int) -> np.ndarray:
         """Chunk `chunk`'s windows in the order they are yielded (numbered in file order inside the chunk)."""
@@ -94,7 +104,7 @@ def epoch_order(bounds: np.ndarray, counts: np.ndarray, seed: int, epoch: int, s
     ordered = counts[files]
     chunk_files = chunk_bounds(ordered, chunk_windows, first_windows)
     cumulative = np.concatenate(([0], np.cumsum(ordered, dtype=np.int64)))
-    return EpochOrder(files, ordered, chunk_files, cumulative[chunk_files], seed, epoch, shuffle)
+    return EpochOrder(files, ordered, chunk_files, cumulative[chunk_files], seed, epoch, shuffle, shards)
 
 
 def file_sequence(bounds: np.ndarray, shards: np.ndarray, rng: Optional[np.random.Generator],

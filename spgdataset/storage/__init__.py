@@ -1,7 +1,8 @@
 """Where shards live: a local folder or an `s3://bucket/prefix`, as one object with one surface.
 
 `at(url)` builds it (LocalStorage, storage/folder.py; S3Storage, storage/s3/prefix.py). A dataset reads its shard
-set through it (`read_bytes`, `read_checked`, `open_shard`, `exists`; `read_range`: one file of a shard); a run
+set through it (`read_bytes`, `read_checked`, `open_shard`, `exists`; `read_range`: one file of a shard;
+`will_read`: a shard read next, which a local folder asks the kernel to read ahead); a run
 writes its output through it (`create`/`commit`, `listing`, a writer's lock). An S3 storage holds its S3Settings
 as a value, read once when it is built: a pickled copy (a dataset in a spawned worker, a shard task on Dask)
 reaches S3 as its maker did.
@@ -45,8 +46,10 @@ class Storage(Protocol):
     """
 
     root: str
+    local: bool  # reads wait on a disk, not a network: the kernel reads ahead what `will_read` names
 
     def url(self, name: str) -> str: ...
+    def will_read(self, name: str) -> None: ...
     def exists(self) -> bool: ...
     def read_bytes(self, name: str, limit: int, missing_ok: bool = False,
                    what: str = "cannot read") -> Optional[bytes]: ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import posixpath
+import stat
 from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, Optional, Tuple
 
 from ..errors import ShardError, SpgError
@@ -22,11 +23,33 @@ class LocalStorage:
     shard is the one its state record describes without hashing it again (terabytes at 10,000 hours).
     """
 
+    local = True
+
     def __init__(self, root: str) -> None:
         self.root = root
 
     def url(self, name: str) -> str:
         return os.path.join(self.root, name)
+
+    def will_read(self, name: str) -> None:
+        """Ask the kernel to read file `name` into the page cache now, in the background (posix_fadvise
+        WILLNEED): the disk works while this process builds batches, with no thread of ours (a thread that reads
+        a cached shard competes for memory bandwidth and the GIL: 10% more CPU an epoch). A hint: a file that
+        cannot be opened is ignored here, and reported when it is read."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        try:
+            fd = os.open(self.url(name), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def exists(self) -> bool:
         return os.path.isdir(self.root)

@@ -241,9 +241,9 @@ def test_first_exhausted_stops_when_one_dataset_runs_out(shards):
     assert len(seq) == len(set(seq)) == len(router)
     assert set(of_dataset(seq, 0)) <= set(a.windows()) and collections.Counter(of_dataset(seq, 1)) == windows_of(b)
     deadline = time.monotonic() + 5  # a's reading stopped with the epoch (no read-ahead thread left behind)
-    while any(t.name == "spgdataset-read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+    while any(t.name.startswith("spgdataset-") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.name == "spgdataset-read-ahead" for t in threading.enumerate())
+    assert not any(t.name.startswith("spgdataset-") for t in threading.enumerate())
 
 
 def test_all_exhausted_goes_on_with_the_others(shards):

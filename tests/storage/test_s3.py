@@ -117,6 +117,20 @@ def test_two_workers_stream_the_same_windows_as_local_disk(aws, s3_shards, local
     assert windows(s3_shards, num_workers=2) == local_windows
 
 
+def test_s3_shards_are_read_ahead_in_a_thread_of_their_own(aws, s3_shards, monkeypatch):
+    """In the training process the next S3 shard is downloaded in a thread while batches are built (local
+    shards are named to the kernel instead: tests/read/test_stream.py)."""
+    import threading
+
+    started, start = [], threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread.name), start(thread))[1])
+    ds = SpectrogramDataset(s3_shards, window_content_ratio=0, normalize=False, batch_size=8,
+                            output_configuration={"spectrogram": True, "masks": []})
+    assert sum(1 for _ in ds) == len(ds) > 0
+    assert sorted(name for name in started if name.startswith("spgdataset-")) == [
+        "spgdataset-batches", "spgdataset-next-epoch", "spgdataset-shards"]
+
+
 def test_manifest_url_and_brace_lists(aws, s3_shards, local_windows, run16k):
     assert windows(s3_shards + "manifest.json") == local_windows
     wanted = ["shard-000000.tar", "shard-000002.tar"]

@@ -57,3 +57,32 @@ def test_s3_settings_are_read_once_and_travel_with_the_storage(clean_s3, monkeyp
     assert copy.settings == made.settings and copy.url("x") == "s3://bucket/prefix/x"
     given = clean_s3.S3Settings(endpoint_url="http://127.0.0.1:3")
     assert storage.at("s3://bucket", given).settings is given
+
+
+def test_a_local_shard_named_before_it_is_read_is_asked_of_the_kernel_never_blocking(tmp_path, monkeypatch):
+    """will_read: posix_fadvise(WILLNEED) on a regular file; a hint, so a missing name, a folder or a FIFO (whose
+    open would block without O_NONBLOCK) is passed over, and read() reports them. S3 names are no-ops: its
+    shards are read ahead in a thread."""
+    import os
+    import threading
+
+    (tmp_path / "shard.tar").write_bytes(b"x" * 10000)
+    os.mkfifo(tmp_path / "fifo.tar")
+    (tmp_path / "folder.tar").mkdir()
+    advised = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: (
+        advised.append((os.fstat(fd).st_size, advice)), real(fd, offset, length, advice)))
+    local = storage.at(str(tmp_path))
+    assert local.local and not storage.at("s3://bucket/prefix").local
+    done = threading.Event()
+
+    def name_them() -> None:
+        for name in ("shard.tar", "fifo.tar", "folder.tar", "missing.tar"):
+            local.will_read(name)
+        done.set()
+
+    threading.Thread(target=name_them, daemon=True).start()
+    assert done.wait(5), "will_read blocked (on the FIFO?)"
+    assert advised == [(10000, os.POSIX_FADV_WILLNEED)]
+    storage.at("s3://bucket/prefix").will_read("shard.tar")  # nothing to do, no request made

@@ -35,6 +35,8 @@ class S3Storage:
     shards against their state records without a request per shard.
     """
 
+    local = False  # the reader reads the next shard in a thread of its own, while this one is used
+
     def __init__(self, root: str, settings: S3Settings) -> None:
         self.root, self.settings = root, settings
         self.bucket, key = split_url(root)
@@ -42,6 +44,9 @@ class S3Storage:
 
     def url(self, name: str) -> str:
         return f"{SCHEME}{self.bucket}/{self.prefix}{name}"
+
+    def will_read(self, name: str) -> None:
+        """Nothing: an object is read ahead by the reader's thread (stages.slot_chunks)."""
 
     def exists(self) -> bool:
         """Whether any object lies under the prefix."""

@@ -52,6 +52,7 @@ class Chunk:
         self.audio = self._audio(files, offsets) if spec.audio else None
         self.frame_labels = self._frame_labels(files, offsets) if spec.frame_labels else None
         self.labels = torch.tensor([f.label for f in files], dtype=torch.int64)
+        self.views: Dict[str, torch.Tensor] = {}  # strided(), made once per tensor
 
     def _spectrograms(self, files: List[FileRecord], offsets: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
         """The chunk's frames in one tensor of the output dtype, normalised once here, not per window.
@@ -119,8 +120,24 @@ class Chunk:
         """Windows lo..hi of the arranged order, as one batch dict."""
         return take_parts([(self, lo, hi)], outputs)
 
+    def relabel(self, lookup: torch.Tensor, frames: bool = False) -> None:
+        """Move the windows' labels (`frames`: the frame labels) into another vocabulary, `lookup[label]` (a
+        router's merged one): once per chunk, not per batch. Call before the chunk is gathered from."""
+        if frames:
+            assert self.frame_labels is not None
+            self.frame_labels = lookup[self.frame_labels]
+        else:
+            self.window_labels = lookup[self.window_labels]
+        self.views.clear()
+
     def strided(self, name: str) -> torch.Tensor:
         """Every window of tensor `name` as a view (windows, ...) on the chunk's frames: what a gather reads."""
+        view = self.views.get(name)
+        if view is None:
+            view = self.views[name] = self._strided(name)
+        return view
+
+    def _strided(self, name: str) -> torch.Tensor:
         W, spec = self.spec.window, self.spec
         if name == "spectrogram":
             assert self.data is not None

@@ -288,7 +288,7 @@ class SpectrogramDatasetRouter(EpochStream):
             try:
                 for item in items:
                     yielded = True
-                    yield item
+                    yield self._relabelled(item, i) if chunks else item
             finally:
                 items.close()  # now, not at garbage collection: the dataset stops reading and its gatherers
             if not yielded:  # a pass with nothing in it (e.g. every shard skipped): do not loop forever
@@ -299,6 +299,15 @@ class SpectrogramDatasetRouter(EpochStream):
         if name == "label":
             return None if self.label_kept[i] else self.label_maps[i]
         return self.frame_label_maps[i]
+
+    def _relabelled(self, chunk: Chunk, i: int) -> Chunk:
+        """Dataset i's chunk with its labels in the merged vocabularies, moved once for all its batches."""
+        if chunk.spec.label and self._lookup(i, "label") is not None:
+            chunk.relabel(self.label_maps[i])
+        lookup = self._lookup(i, "frame_labels") if chunk.frame_labels is not None else None
+        if lookup is not None:
+            chunk.relabel(lookup, frames=True)
+        return chunk
 
     def _tag(self, item: Dict[str, Any], i: int) -> Dict[str, Any]:
         """Say which dataset a single window came from and move its labels into the merged vocabularies."""
@@ -337,20 +346,10 @@ class SpectrogramDatasetRouter(EpochStream):
                     return
                 parts += got
                 owners += [i] * len(got)
-            yield self._tagged(take_parts(parts, full if len(block) == size else fresh), parts, owners)
-
-    def _tagged(self, batch: Dict[str, Any], parts: Sequence[Part], owners: Sequence[int]) -> Dict[str, Any]:
-        """A gathered batch with "dataset", and labels moved into the merged vocabularies, slice by slice."""
-        lengths = [hi - lo for _, lo, hi in parts]
-        batch["dataset"] = torch.from_numpy(np.repeat(np.array(owners, dtype=np.int64), lengths))
-        at = 0
-        for n, i in zip(lengths, owners):
-            for name in ("label", "frame_labels"):
-                lookup = self._lookup(i, name) if name in batch else None
-                if lookup is not None:
-                    batch[name][at : at + n] = lookup[batch[name][at : at + n]]
-            at += n
-        return batch
+            batch = take_parts(parts, full if len(block) == size else fresh)  # labels already merged (_relabelled)
+            lengths = [hi - lo for _, lo, hi in parts]
+            batch["dataset"] = torch.from_numpy(np.repeat(np.array(owners, dtype=np.int64), lengths))
+            yield batch
 
     # ------------------------------------------------------------ errors
 

@@ -271,10 +271,10 @@ class SpectrogramDataset(ConfigValues, EpochStream):
         ranges = self.plan_epoch(epoch, worker, num_workers, history)
         ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
         self.reader.new_pass()
-        local = self.shards.storage.local  # shards ahead: local ones named to the kernel, remote ones in a thread
-        hint = (lambda j: self.shards.will_read(self.selection.shards[j])) if transport.shards_ahead and local else None
+        thread = transport.shard_thread(self.shards.storage.local)  # else local shards are named to the kernel
+        hint = (lambda j: self.shards.will_read(self.selection.shards[j])) if transport.shards_ahead else None
         return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read, self.error_log.filled,
-                           self.shards.root, transport.shards_ahead and not local, hint)
+                           self.shards.root, thread, None if thread else hint)
 
     def _read(self, j: int, ids: np.ndarray, alone: bool = False) -> Optional[List[FileRecord]]:
         """Files `ids` (selection ids, ascending) of selected shard j (None: the shard was skipped); `alone`: each

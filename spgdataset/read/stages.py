@@ -17,7 +17,7 @@ travel (read ahead in a thread, into a DataLoader's shared slots) is the stream'
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -162,7 +162,7 @@ def slot_chunks(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray, read:
     planned count and every rank len() items (a rank that yields fewer batches hangs the others in their next
     all-reduce)."""
     if will_read is not None:
-        read = hinted(read, order, will_read)
+        read = hinted(read, order, np.diff(bounds), will_read)
     done_reads: List[Tuple[int, np.ndarray]] = []
     reads = read_plans((piece_plan(order, piece, bounds) for piece in order.pieces(ranges)), read, done_reads,
                        np.diff(bounds))
@@ -178,16 +178,20 @@ def slot_chunks(order: EpochOrder, ranges: np.ndarray, bounds: np.ndarray, read:
         yield from fill_in(done_reads, lost, read, filled, where)
 
 
-def hinted(read: ReadFiles, order: EpochOrder, will_read: Callable[[int], None]) -> ReadFiles:
-    """`read`, each read followed by `will_read` of the shard read next: the shard itself after some of its
-    files were read alone (it is read whole right after), else the next one in the epoch's order. For local
-    shards: the kernel reads the next one from disk while this one's batches are built, with no thread of ours."""
+def hinted(read: ReadFiles, order: EpochOrder, shard_files: np.ndarray, will_read: Callable[[int], None]) -> ReadFiles:
+    """`read`, each read followed by `will_read` of the shards read next, once each: the shard itself after some
+    of its files were read alone (it is read whole right after), and the shards after it in the epoch's order
+    that hold a chunk's windows (a chunk's files span several shards, read one after the other). For local
+    shards: the kernel reads them from disk while this one's batches are built, with no thread of ours."""
+    named: Set[int] = set()
+    chunk = int(np.diff(order.chunk_starts).max()) if len(order.chunk_starts) > 1 else 0
 
     def read_then_name_the_next(j: int, ids: np.ndarray, alone: bool) -> Optional[List[FileRecord]]:
         records = read(j, ids, alone)
-        following = j if alone else order.shard_after(j)
-        if following is not None:
-            will_read(following)
+        for following in ([j] if alone else []) + order.shards_after(j, shard_files, chunk):
+            if following not in named:
+                named.add(following)
+                will_read(following)
         return records
 
     return read_then_name_the_next

@@ -24,8 +24,8 @@ from .ring import BatchRing
 class Transport:
     """`in_worker`: items go to another process (shared memory; `ring`'s slots of worker `ring_worker`).
     `batch_threads`: threads gathering a chunk's batches. `read_ahead`: items built ahead in a thread (0: none,
-    the caller's thread builds them). `shards_ahead`: the next shard read while this one is used (remote: in a
-    thread; local: by the kernel, told which one comes next)."""
+    the caller's thread builds them). `shards_ahead`: the next shard read while this one is used (in a thread,
+    or by the kernel, told which one comes next: `shard_thread`)."""
 
     in_worker: bool = False
     ring: Optional[BatchRing] = None
@@ -39,6 +39,14 @@ class Transport:
         full = OutputTensors(not self.in_worker and batch_size is not None, self.in_worker, self.ring,
                              self.ring_worker)
         return full, OutputTensors(False, self.in_worker)
+
+    def shard_thread(self, local: bool) -> bool:
+        """Whether the next shard is read in a thread of its own (else, local shards are named to the kernel ahead,
+        storage.will_read, and read in the thread that builds batches). Remote shards: always, their reads wait on
+        the network. Local ones: only in a DataLoader worker, whose one job is batches (the thread bought 5-9% of
+        rate there); in the training process it cost 10% more CPU for 2-4% of rate, on cores that training and
+        other ranks need (docs/performance.md)."""
+        return self.shards_ahead and (self.in_worker or not local)
 
     def inner(self) -> "Transport":
         """For the parts of a mixed stream (the router's datasets): no ring and no read-ahead of their own, as the

@@ -16,7 +16,7 @@ files that make the chunk (docs/dataset.md, "Shuffle quality").
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -46,19 +46,27 @@ class EpochOrder:
     epoch: int
     shuffle: bool
     shards: np.ndarray
-    _rank: Optional[np.ndarray] = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _reach: Optional[Tuple[np.ndarray, np.ndarray]] = dataclasses.field(default=None, init=False, repr=False,
+                                                                         compare=False)
 
     @property
     def total(self) -> int:
         return int(self.chunk_starts[-1])
 
-    def shard_after(self, shard: int) -> Optional[int]:
-        """The shard whose files come after those of `shard` (None: it is the last): what is read next."""
-        if self._rank is None:
-            self._rank = np.empty(len(self.shards), dtype=np.int64)
-            self._rank[self.shards] = np.arange(len(self.shards))
-        rank = int(self._rank[shard]) + 1
-        return int(self.shards[rank]) if rank < len(self.shards) else None
+    def shards_after(self, shard: int, shard_files: np.ndarray, windows: int, most: int = 8) -> List[int]:
+        """The shards whose files come next after those of `shard` (shard j holds shard_files[j] files), as many as
+        hold `windows` windows, at least one and at most `most`: what is read next (a chunk's worth)."""
+        if self._reach is None:
+            rank = np.empty(len(self.shards), dtype=np.int64)
+            rank[self.shards] = np.arange(len(self.shards))
+            lengths = shard_files[self.shards]
+            ends = np.cumsum(lengths)
+            cumulative = np.concatenate(([0], np.cumsum(self.counts, dtype=np.int64)))
+            self._reach = (rank, np.cumsum(cumulative[ends] - cumulative[ends - lengths]))
+        rank, reached = self._reach
+        r = int(rank[shard])
+        last = int(np.searchsorted(reached, reached[r] + windows, side="left"))
+        return self.shards[r + 1 : min(max(last, r + 1), r + most) + 1].tolist()
 
     def permutation(self, chunk: int) -> np.ndarray:
         """Chunk `chunk`'s windows in the order they are yielded (numbered in file order inside the chunk)."""

@@ -742,7 +742,7 @@ def report(results: Dict[str, Any]) -> str:
         if r is None:
             continue
         if "error" in r:
-            rows.append([label, procs, "error: " + r["error"]] + [""] * 12)
+            rows.append([label, procs, "error: " + r["error"]] + [""] * 13)
             continue
         rate = r["windows_per_s"]
         workers = r["worker_peak_rss_mb"]
@@ -753,7 +753,7 @@ def report(results: Dict[str, Any]) -> str:
                      f"{r['whole_cores_busy']:.2f}" if whole and procs == 1 else "-",
                      r["whole_windows_per_cpu_s"] if whole and procs == 1 else "-",
                      r["measured_over"], f"{cpu:.0f}", per_cpu if per_cpu else "-",
-                     f"{r['first_batch_s']:.3f}", r["main_peak_rss_mb"],
+                     f"{r['first_batch_s']:.3f}", later_first(r), r["main_peak_rss_mb"],
                      f"{max(workers)} (max of {len(workers)})" if workers else "-",
                      f"{rate / wds_rate:.2f}x" if wds_rate else "",
                      f"{100 * rate / copy_rate:.0f}%" if copy_rate else "", f"{r['others_load']:.2f}"])
@@ -761,6 +761,7 @@ def report(results: Dict[str, Any]) -> str:
     text += markdown_table(["reader", "procs", "steady windows / s", "whole epoch windows / s",
                             "cores busy, whole epoch", "windows / CPU-s, whole epoch", "measured over",
                             "steady main CPU %", "steady windows / CPU-s (1 proc)", "1st batch s",
+                            "later epochs' 1st batch s (median)",
                             "peak RSS main MB", "peak RSS workers MB",
                             "vs (a) wds 1 proc", "of (d) copy 1 thread", "others' load"], rows)
     text += values_check_line(results.get("checks", {}).get("values_check"), read.get("spg_1proc"))
@@ -771,6 +772,12 @@ def report(results: Dict[str, Any]) -> str:
              f"bench.py imports (torch, webdataset, spgdataset): {results['imports_rss_mb']} MB. "
              f"Load average before/after: {cfg['loadavg_before']} / {cfg['loadavg_after']}.")
     return text
+
+
+def later_first(row: Dict[str, Any]) -> str:
+    """The median first batch of the epochs after the first (what a set_epoch or a validation pass waits for)."""
+    later = row.get("later_first_batch_s")
+    return f"{sorted(later)[len(later) // 2]:.3f}" if later else "-"
 
 
 def values_check_line(check: Optional[Dict[str, Any]], spg: Optional[Dict[str, Any]]) -> str:

@@ -49,7 +49,7 @@ def interval_mask(spans: Sequence[Sequence[int]], frames: int, hop_length: int) 
     mask = np.zeros(frames, dtype=bool)
     for start, stop in spans:
         first, last = frame_span(int(start), int(stop), hop_length)
-        mask[max(first, 0) : min(last, frames)] = True
+        mask[max(first, 0) : max(min(last, frames), 0)] = True  # a span before the file marks nothing (no wrap)
     return mask
 
 

@@ -329,3 +329,11 @@ def test_columnar_counts_in_small_blocks_equal_the_per_file_rule(seed):
         intervals = {"speech": [list(s) for s in per_file[i]]} if annotated[i] else {}
         want = len(kept_starts(rule, f, intervals))
         assert got[i] == want, (i, f, intervals, window, step, hop, ratio, pad_short)
+
+
+def test_a_span_before_or_after_the_file_marks_no_frame():
+    """Spans from an untrusted index may lie outside the file: a negative stop must not wrap around to the end."""
+    assert not interval_mask([[-5000, -1000]], 100, 160).any()
+    assert not interval_mask([[100 * 160, 200 * 160]], 100, 160).any()
+    mask = interval_mask([[-5000, 1600]], 100, 160)
+    assert mask[:10].all() and not mask[10:].any()

@@ -35,6 +35,7 @@ from .framelabels import frame_labeller, labelmap_of
 from .memory import ChunkMemory
 from .nextepoch import NextEpoch
 from .options import ConfigValues, DatasetArguments, DatasetConfig
+from .perprocess import PerProcess
 from .records import FileRecord, WindowSpec, window_spec
 from .reference import build, is_reference_call, take_positions
 from .selection import Selection, select
@@ -157,8 +158,8 @@ class SpectrogramDataset(ConfigValues, EpochStream):
             warnings.warn(self.no_windows, stacklevel=3)
         self.reader = ShardReader(self.shards, self.file_windows, self._label_id, self.config.outputs.audio,
                                   self.config.reading, self.error_log, frame_labeller(self.shards, self.config))
-        self._memory = (os.getpid(), ChunkMemory())  # chunk buffers, reused across epochs in this process
-        self._next = (os.getpid(), NextEpoch())  # the next epoch's first files, read while this one drains
+        self._memory = PerProcess(ChunkMemory)  # chunk buffers, reused across epochs in this process
+        self._next = PerProcess(NextEpoch)  # the next epoch's first files, read while this one drains
         self._windows_digest: Optional[str] = None
         self._orders: Dict[Tuple[Any, ...], EpochOrder] = {}  # the last two epochs' orders, by (epoch, batching)
 
@@ -257,14 +258,14 @@ class SpectrogramDataset(ConfigValues, EpochStream):
         batching = self.config.batching
         drop_last = batching.drop_last if drop_last is None else drop_last
         return iterate_windows(self._chunk_inputs(epoch, worker, num_workers, skip_windows, transport, history),
-                               self._window_spec(), batching.batch_size, drop_last, transport, self._chunk_memory())
+                               self._window_spec(), batching.batch_size, drop_last, transport, self._memory.get())
 
     def iter_chunks(self, epoch: int, worker: int = 0, num_workers: int = 1, skip_windows: int = 0,
                     transport: Transport = PLAIN, history: Sequence[Stage] = ()) -> Iterator[Chunk]:
         """What `iter_epoch` yields, as chunks in their order before they are cut into batches: the router gathers
         its batches from several datasets' chunks at once (chunks.take_parts)."""
         return built_chunks(self._chunk_inputs(epoch, worker, num_workers, skip_windows, transport, history),
-                            self._window_spec(), self._chunk_memory())
+                            self._window_spec(), self._memory.get())
 
     def _chunk_inputs(self, epoch: int, worker: int, num_workers: int, skip_windows: int, transport: Transport,
                       history: Sequence[Stage]) -> Iterator[ChunkInput]:
@@ -272,14 +273,15 @@ class SpectrogramDataset(ConfigValues, EpochStream):
         ranges = elastic.cut(ranges, skip_windows, elastic.length_of(ranges))
         self.reader.new_pass()
         thread = transport.shard_thread(self.shards.storage.local)  # else local shards are named to the kernel
-        hint = (lambda j: self.shards.will_read(self.selection.shards[j])) if transport.shards_ahead else None
+        hint = (lambda j: self.shards.will_read(self.selection.shards[j])) if transport.shards_ahead and not thread \
+            else None
         return slot_chunks(self.epoch_order(epoch), ranges, self.selection.bounds, self._read, self.error_log.filled,
-                           self.shards.root, thread, None if thread else hint)
+                           self.shards.root, thread, hint)
 
     def _read(self, j: int, ids: np.ndarray, alone: bool = False) -> Optional[List[FileRecord]]:
         """Files `ids` (selection ids, ascending) of selected shard j (None: the shard was skipped); `alone`: each
         by its own byte range (decode.py), or as read ahead of this epoch (nextepoch.py)."""
-        next_epoch = self._next_epoch()
+        next_epoch = self._next.get()
         with next_epoch.lock:  # after the background reading of this epoch's first files, if any
             records = next_epoch.take(j, ids) if alone else None
             if records is None:
@@ -289,7 +291,7 @@ class SpectrogramDataset(ConfigValues, EpochStream):
     def after_epoch(self, epoch: int, worker: int, num_workers: int) -> None:
         """The epoch most likely next, its order and this worker's first files, prepared in the background."""
         if self.shards.index.members is not None:
-            next_epoch = self._next_epoch()
+            next_epoch = self._next.get()
             next_epoch.prepare(lambda e: self._first_reads(e, worker, num_workers), next_epoch.guesses(epoch))
 
     def _first_reads(self, epoch: int, worker: int, num_workers: int) -> Iterator[Tuple[int, np.ndarray, Any]]:
@@ -300,17 +302,6 @@ class SpectrogramDataset(ConfigValues, EpochStream):
             k, positions = int(selection.shards[j]), selection.files[ids].tolist()
             if not all(p in reader.cache for p in positions):
                 yield j, ids, functools.partial(reader.files_alone, k, positions)
-
-    def _next_epoch(self) -> NextEpoch:
-        if self._next[0] != os.getpid():  # a forked worker: not the parent's (its lock may be held by a thread)
-            self._next = (os.getpid(), NextEpoch())
-        return self._next[1]
-
-    def _chunk_memory(self) -> ChunkMemory:
-        """This process's chunk buffers (a forked worker starts its own rather than share the parent's pages)."""
-        if self._memory[0] != os.getpid():
-            self._memory = (os.getpid(), ChunkMemory())
-        return self._memory[1]
 
     def _window_spec(self) -> WindowSpec:
         return window_spec(self.config, self.shards.manifest)

@@ -13,6 +13,7 @@ checked, so a corrupt shard is skipped whole in warn mode and never reaches the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -30,9 +31,10 @@ from ..format.manifest import ShardEntry
 from ..format.names import AUDIO, INFO, SPEC
 from ..format.tar import tar_members
 from ..rules.splits import unit64
-from ..storage.local import read_at_most
+from ..storage.local import file_bytes_left, read_at_most
 from .errorlog import SharedErrorLog
 from .memory import ChunkMemory
+from .perprocess import PerProcess
 from .options import Reading
 from .records import FileRecord
 from .source import ShardSet
@@ -67,7 +69,7 @@ class ShardReader:
         self.opens = 0  # shards opened by this process (read whole, or some files of one alone)
         self.last_shard: Optional[Tuple[str, Any, Optional[Tuple[Any, ...]]]] = None  # (url, bytes, identity)
         self.failed: Set[str] = set()  # shards skipped in this pass over the shards
-        self._memory = (os.getpid(), ChunkMemory(keep=4))  # whole shards' bytes, reused (read_reusing)
+        self.shard_memory = PerProcess(functools.partial(ChunkMemory, keep=4))  # whole shards' bytes (read_reusing)
 
     def new_pass(self) -> None:
         """A new pass over the shards (an epoch, a worker's share): a shard skipped in the last one is tried again."""
@@ -208,7 +210,7 @@ class ShardReader:
             return self.last_shard[1], self.last_shard[2]
         stream = self.shards.open_shard(shard)
         try:
-            data = read_reusing(stream, shard.bytes, self._shard_memory())
+            data = read_reusing(stream, shard.bytes, self.shard_memory.get())
             identity = _file_identity(stream, len(data), shard.sha256)
         finally:
             stream.close()
@@ -226,12 +228,6 @@ class ShardReader:
                 self.verified[url] = identity
         self.last_shard = (url, data, identity)
         return data, identity
-
-    def _shard_memory(self) -> ChunkMemory:
-        """This process's buffers for whole shards (a forked worker starts its own, as for chunks)."""
-        if self._memory[0] != os.getpid():
-            self._memory = (os.getpid(), ChunkMemory(keep=4))
-        return self._memory[1]
 
     def _values_checked(self, url: str, identity: Optional[Tuple[Any, ...]], lo: int, hi: int) -> Optional[np.ndarray]:
         """Which files of the shard (index positions lo..hi) had their stored values checked in this process,
@@ -319,11 +315,8 @@ def read_reusing(stream: Any, limit: int, memory: ChunkMemory) -> Any:
     7 MB bytes object per shard is faulted in page by page, and freed and mapped anew by malloc when the
     thread that reads it is not the one that frees it (about 10,000 page faults and 12 ms of system time an
     epoch of a 1-hour set)."""
-    try:
-        size = os.fstat(stream.fileno()).st_size - stream.tell()
-    except (AttributeError, OSError, ValueError):  # a stream (S3): its own reading
-        return read_at_most(stream, limit)
-    if not 0 <= size <= limit:
+    size = file_bytes_left(stream)
+    if size is None or not 0 <= size <= limit:  # a stream (S3), or a file too large: read_at_most's own reading
         return read_at_most(stream, limit)
     buffer = memory.empty((size + 1,), torch.uint8).numpy()  # one more byte tells a file grown since
     got = 0

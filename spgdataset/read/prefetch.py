@@ -92,7 +92,7 @@ def read_ahead(items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> 
     stop = threading.Event()
     buffer = _Buffer(depth, stop)
 
-    def produce() -> None:
+    def produce(_: threading.Event) -> None:  # (it stops through `buffer`, which holds `stop`)
         try:
             for item in items:
                 if not buffer.put(item):
@@ -101,9 +101,7 @@ def read_ahead(items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> 
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             buffer.finish(exc)
 
-    thread = threading.Thread(target=produce, name=f"spgdataset-{name}", daemon=True)
-    _RUNNING[thread] = stop
-    thread.start()
+    in_background(produce, name, stop)
     try:
         while True:
             try:
@@ -117,10 +115,11 @@ def read_ahead(items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> 
             buffer.changed.notify()
 
 
-def in_background(work: Callable[[threading.Event], None], name: str) -> threading.Thread:
-    """Run `work(stop)` in a daemon thread named spgdataset-`name`, which is told to stop (`stop` set) and waited
-    for at interpreter exit, as read-ahead threads are."""
-    stop = threading.Event()
+def in_background(work: Callable[[threading.Event], None], name: str,
+                  stop: Optional[threading.Event] = None) -> threading.Thread:
+    """Run `work(stop)` in a daemon thread named spgdataset-`name` (as profilers show it), which is told to stop
+    (`stop` set; a new event unless given) and waited for at interpreter exit."""
+    stop = stop or threading.Event()
     thread = threading.Thread(target=work, args=(stop,), name=f"spgdataset-{name}", daemon=True)
     _RUNNING[thread] = stop
     thread.start()

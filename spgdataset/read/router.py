@@ -302,8 +302,9 @@ class SpectrogramDatasetRouter(EpochStream):
 
     def _relabelled(self, chunk: Chunk, i: int) -> Chunk:
         """Dataset i's chunk with its labels in the merged vocabularies, moved once for all its batches."""
-        if chunk.spec.label and self._lookup(i, "label") is not None:
-            chunk.relabel(self.label_maps[i])
+        lookup = self._lookup(i, "label") if chunk.spec.label else None
+        if lookup is not None:
+            chunk.relabel(lookup)
         lookup = self._lookup(i, "frame_labels") if chunk.frame_labels is not None else None
         if lookup is not None:
             chunk.relabel(lookup, frames=True)

@@ -109,9 +109,8 @@ def read_at_most(stream: BinaryIO, limit: int) -> bytes:
     `read(n)` allocates n): one read of the size the source reports, when it is at most `limit` (fstat of a
     file; `reported_size` of a stream, such as S3's ContentLength), else blocks that double with what came.
     """
-    try:
-        size: Optional[int] = os.fstat(stream.fileno()).st_size - stream.tell()
-    except (AttributeError, OSError, ValueError):  # not a file (io.UnsupportedOperation), or closed
+    size = file_bytes_left(stream)
+    if size is None:
         size = getattr(getattr(stream, "raw", stream), "reported_size", None)
     request = size + 1 if size is not None and 0 <= size <= limit else min(limit + 1, 1 << 20)
     parts: list[bytes] = []
@@ -125,6 +124,14 @@ def read_at_most(stream: BinaryIO, limit: int) -> bytes:
         # at the reported size one byte says whether more came since; else a block as large as what came
         request = 1 if total == size else min(limit + 1 - total, max(total, 1 << 20))
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def file_bytes_left(stream: Any) -> Optional[int]:
+    """Bytes from the stream's position to the end of the file under it (fstat); None when it is not a file."""
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell()
+    except (AttributeError, OSError, ValueError):  # not a file (io.UnsupportedOperation), or closed
+        return None
 
 
 def read_span(fd: int, offset: int, length: int) -> bytes:
